@@ -1,0 +1,1 @@
+"""fttpu: one pure-functional fine-tuning step for JAX/Flax language models."""

@@ -1,0 +1,49 @@
+"""Prompt-style classification with no new parameters.
+
+Each class has a label description ("It was great."). The encoder embeds the sentence and
+every description (mean pooling over real tokens); logits are scaled cosine similarities.
+Fine-tuning moves sentence and description embeddings through the same weights.
+"""
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """Average of the hidden states of real (mask = 1) tokens, as sentence-transformers pools."""
+  mask = mask[..., None].astype(hidden.dtype)
+  return (hidden * mask).sum(-2) / jnp.maximum(mask.sum(-2), 1.0)
+
+
+def make_logits_fn(module, scale: float) -> Callable:
+  """logits(params, batch, rng) -> (batch, classes); rng=None means evaluation (no dropout)."""
+
+  def embed(params, ids, mask, rng):
+    rngs = {} if rng is None else {"dropout": rng}
+    hidden = module.apply({"params": params}, ids, mask, deterministic=rng is None, rngs=rngs)
+    pooled = mean_pool(hidden, mask)
+    return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+
+  def logits(params, batch, rng: Optional[jax.Array] = None):
+    sentence_rng, label_rng = (None, None) if rng is None else jax.random.split(rng)
+    sentences = embed(params, batch["input_ids"], batch["attention_mask"], sentence_rng)
+    labels = embed(params, batch["label_input_ids"], batch["label_attention_mask"], label_rng)
+    return scale * sentences @ labels.T
+
+  return logits
+
+
+def make_loss_fn(logits_fn: Callable) -> Callable:
+  """loss(params, batch, rng) -> (weighted mean cross-entropy, {"accuracy": ...})."""
+
+  def loss_fn(params, batch, rng=None):
+    logits = logits_fn(params, batch, rng)
+    weights = batch["weights"]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+    correct = (logits.argmax(-1) == batch["labels"]).astype(jnp.float32)
+    total = jnp.maximum(weights.sum(), 1.0)
+    return (losses * weights).sum() / total, {"accuracy": (correct * weights).sum() / total}
+
+  return loss_fn

@@ -1,0 +1,70 @@
+"""Config helpers: the `key=value,...` argument of get_config, and start-up validation.
+
+Everything here runs before any data is read or anything is compiled, so a typo costs
+seconds, and every message names the key and what is valid.
+"""
+import ast
+import os
+
+import ml_collections
+
+SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+class ConfigError(ValueError):
+  """A config value that fttpu cannot run with."""
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'task=sst2,k=16' -> ConfigDict over `defaults`; values take the default's type."""
+  parsed = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep:
+      raise ConfigError(f"config argument {item!r} is not key=value; valid keys: {sorted(defaults)}")
+    if key not in defaults:
+      raise ConfigError(f"unknown config argument {key!r}; valid keys: {sorted(defaults)}")
+    kind = type(defaults[key])
+    try:
+      parsed[key] = kind(ast.literal_eval(value)) if kind in (int, float, bool) else kind(value)
+    except (ValueError, SyntaxError):
+      raise ConfigError(f"config argument {key}={value!r} is not a valid {kind.__name__}") from None
+  return ml_collections.ConfigDict(parsed)
+
+
+def _check(condition: bool, key: str, value, valid: str):
+  if not condition:
+    raise ConfigError(f"config.{key}={value!r} is invalid; valid: {valid}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails with the key, the value and the valid range for anything fttpu cannot run."""
+  from fttpu import methods, models
+  from fttpu.data import tasks
+  _check(config.method in methods.METHOD_NAMES, "method", config.method, str(sorted(methods.METHOD_NAMES)))
+  _check(config.model.family in models.FAMILIES, "model.family", config.model.family, str(sorted(models.FAMILIES)))
+  if config.model.checkpoint:
+    _check(os.path.isfile(os.path.join(config.model.checkpoint, "config.json")), "model.checkpoint",
+           config.model.checkpoint, "a Hugging Face checkpoint directory with config.json (or '' for the default)")
+  _check(config.model.logit_scale > 0, "model.logit_scale", config.model.logit_scale, "a number > 0")
+  d = config.data
+  _check(d.task in tasks.TASKS or os.path.isdir(os.path.join(d.dir, d.task)) or os.path.isdir(d.task),
+         "data.task", d.task, f"{sorted(tasks.TASKS)} or a directory (under data.dir) with train.tsv and test.tsv")
+  _check(d.k >= 1, "data.k", d.k, "an integer >= 1 (examples per class)")
+  _check(8 <= d.max_length <= 512, "data.max_length", d.max_length, "8..512 tokens")
+  t = config.train
+  _check(t.steps >= 0, "train.steps", t.steps, "an integer >= 0")
+  _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
+  _check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
+  for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    _check(t[key] >= 1, f"train.{key}", t[key], "an integer >= 1")
+  o = config.optimizer
+  _check(o.name in OPTIMIZERS, "optimizer.name", o.name, str(list(OPTIMIZERS)))
+  _check(o.schedule in SCHEDULES, "optimizer.schedule", o.schedule, str(list(SCHEDULES)))
+  _check(o.learning_rate > 0, "optimizer.learning_rate", o.learning_rate, "a number > 0")
+  _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "a number >= 0")
+  _check(o.warmup_steps >= 0, "optimizer.warmup_steps", o.warmup_steps, "an integer >= 0")
+  _check(all(v == -1 or v >= 1 for v in config.mesh.values()), "mesh", dict(config.mesh),
+         "axis sizes >= 1, or -1 for the remaining devices")

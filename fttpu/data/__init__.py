@@ -1,0 +1,1 @@
+"""Tasks, TFDS loading, few-shot sampling, tokenization and batching."""

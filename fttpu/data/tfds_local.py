@@ -1,0 +1,94 @@
+"""Task splits through tensorflow-datasets: a builder for local TSV directories, else the catalog.
+
+The local builder prepares ArrayRecord files once per content fingerprint of the TSVs (so an
+edited file is re-prepared) and is read back with `as_data_source`, which needs no TensorFlow.
+"""
+import hashlib
+import os
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from fttpu.data import tsv
+from fttpu.data.tasks import Task
+
+SPLITS = ("train", "test")
+
+
+class LocalTsv(tfds.core.GeneratorBasedBuilder):
+  """A `sentence<TAB>label` task directory as a TFDS dataset (one BuilderConfig per task + content)."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, source_dir: str, label_names, **kwargs):
+    self._source_dir = source_dir
+    self._label_names = list(label_names)
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"Sentence classification from {self._source_dir}",
+        features=tfds.features.FeaturesDict({
+            "index": tfds.features.Scalar(np.int64, doc="row number in the TSV (0 = first data row)"),
+            "sentence": tfds.features.Text(),
+            "label": tfds.features.ClassLabel(names=self._label_names),
+        }),
+    )
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(os.path.join(self._source_dir, f"{split}.tsv")) for split in SPLITS}
+
+  def _generate_examples(self, path):
+    sentences, labels = tsv.read_tsv(path, len(self._label_names))
+    for index, (sentence, label) in enumerate(zip(sentences, labels)):
+      yield index, {"index": index, "sentence": sentence, "label": int(label)}
+
+
+def _fingerprint(source_dir: str) -> str:
+  digest = hashlib.sha1()
+  for split in SPLITS:
+    path = os.path.join(source_dir, f"{split}.tsv")
+    if not os.path.isfile(path):
+      raise tsv.DataError(f"{path}: file not found (a task directory needs {' and '.join(s + '.tsv' for s in SPLITS)})")
+    with open(path, "rb") as f:
+      digest.update(f.read())
+  return digest.hexdigest()[:12]
+
+
+def _read_all(source) -> tuple[list[str], np.ndarray]:
+  """All rows of a split, in file order when the rows carry their index (TFDS shuffles on prepare)."""
+  rows = source.__getitems__(range(len(source)))
+  if rows and "index" in rows[0]:
+    rows = sorted(rows, key=lambda r: int(r["index"]))
+  sentences = [r["sentence"].decode("utf-8") if isinstance(r["sentence"], bytes) else str(r["sentence"]) for r in rows]
+  return sentences, np.asarray([r["label"] for r in rows], np.int32)
+
+
+def source_dir(task: Task, data_dir: str) -> str:
+  return task.name if os.path.isdir(task.name) else os.path.join(data_dir, task.name)
+
+
+def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[list[str], np.ndarray]]:
+  """{'train': (sentences, labels), 'test': ...} from DATA_DIR/<task> or, failing that, the TFDS catalog."""
+  cache_dir = os.path.expanduser(cache_dir)
+  directory = source_dir(task, data_dir)
+  if os.path.isdir(directory):
+    name = re.sub(r"[^a-z0-9_]", "_", os.path.basename(os.path.normpath(task.name)).lower())
+    builder = LocalTsv(source_dir=directory, label_names=task.label_names, data_dir=cache_dir,
+                       config=tfds.core.BuilderConfig(name=f"{name}_{_fingerprint(directory)}"),
+                       file_format="array_record")
+    builder.download_and_prepare()
+    return {split: _read_all(builder.as_data_source(split=split)) for split in SPLITS}
+  if task.tfds_name:
+    try:
+      sources = {ours: tfds.data_source(task.tfds_name, split=theirs, data_dir=cache_dir)
+                 for ours, theirs in task.tfds_splits}
+    except Exception as e:  # offline, or TFDS cannot build it here
+      raise FileNotFoundError(
+          f"task {task.name!r}: no local copy at {directory} and the TFDS dataset {task.tfds_name!r} could not be "
+          f"loaded ({type(e).__name__}: {str(e)[:200]}). Point fttpu at the data: --config.data.dir=DIR "
+          f"(or `make demo DATA_DIR=DIR`) where DIR/{task.name}/train.tsv and test.tsv exist.") from e
+    return {split: _read_all(source) for split, source in sources.items()}
+  raise FileNotFoundError(f"task {task.name!r}: no directory {directory} with train.tsv and test.tsv; "
+                          f"set --config.data.dir=DIR (or `make demo DATA_DIR=DIR`) to the folder that holds {task.name}/")

@@ -1,0 +1,9 @@
+"""Full fine-tuning: every parameter trains with the configured optimizer."""
+import functools
+
+from fttpu.methods import Method, autodiff, identity, masks
+
+
+def make(optimizer) -> Method:
+  labels = functools.partial(masks.label_all, label=masks.TRAIN)
+  return Method("full", identity, labels, masks.partition(labels, optimizer), autodiff, identity, trains=True)

@@ -1,0 +1,42 @@
+"""Label trees ("train" / "freeze") over params, and the optax transform they drive.
+
+The labels are the one mechanism that decides what trains: `partition` gives trainable
+leaves the optimizer (with state) and frozen leaves `set_to_zero` (no state at all).
+"""
+import re
+from typing import Callable, Sequence
+
+import jax
+import optax
+
+TRAIN, FREEZE = "train", "freeze"
+
+
+def path_name(key_path) -> str:
+  """'layers/query/kernel' for a tree path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+
+
+def label_all(params, label: str):
+  return jax.tree_util.tree_map(lambda _: label, params)
+
+
+def label_by_regex(params, rules: Sequence[tuple[str, str]]):
+  """First matching (regex, label) rule per leaf path; a leaf no rule covers is an error."""
+  def label(key_path, _):
+    name = path_name(key_path)
+    for pattern, value in rules:
+      if re.search(pattern, name):
+        return value
+    raise ValueError(f"parameter {name!r} matches none of the mask rules {[p for p, _ in rules]}")
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def partition(labels: Callable, trainable: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`trainable` on leaves labelled TRAIN, zero updates and no optimizer state on FREEZE."""
+  return optax.partition({TRAIN: trainable, FREEZE: optax.set_to_zero()}, labels)
+
+
+def count_trainable(params, labels) -> int:
+  return sum(int(p.size) for p, l in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(labels))
+             if l == TRAIN)

@@ -1,0 +1,28 @@
+"""The optimizer of config.optimizer: schedule + update rule, applied to trainable leaves only."""
+import jax
+import optax
+
+
+def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+  decay_steps = max(total_steps - config.warmup_steps, 1)
+  after = {"constant": optax.constant_schedule(config.learning_rate),
+           "linear": optax.linear_schedule(config.learning_rate, 0.0, decay_steps),
+           "cosine": optax.cosine_decay_schedule(config.learning_rate, decay_steps)}[config.schedule]
+  if not config.warmup_steps:
+    return after
+  warmup = optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
+  return optax.join_schedules([warmup, after], [config.warmup_steps])
+
+
+def _decay_mask(params):
+  """Weight decay on matrices and embeddings, not on biases and norm scales (as HF and BERT)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: not str(path[-1].key) in ("bias", "scale"), params)
+
+
+def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(config, total_steps)
+  if config.name == "adamw":
+    return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
+                       mask=_decay_mask)
+  return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask), optax.sgd(schedule))

@@ -1,0 +1,37 @@
+"""Device mesh from config.mesh and the shardings of state and batches.
+
+For now parameters are replicated and batches split over the `data` axis; the model's
+logical axis rules (FSDP, tensor parallelism) plug in here.
+"""
+import math
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_mesh(axes: dict) -> Mesh:
+  """{'data': -1} -> a Mesh over all devices; at most one axis may be -1."""
+  names, sizes = list(axes), list(axes.values())
+  devices = jax.devices()
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh {dict(axes)}: at most one axis may be -1")
+  known = math.prod(s for s in sizes if s != -1)
+  sizes = [len(devices) // known if s == -1 else s for s in sizes]
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f"mesh {dict(axes)} needs {math.prod(sizes)} devices; {len(devices)} are available")
+  return Mesh(np.asarray(devices).reshape(sizes), names)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_shardings(mesh: Mesh, batch: dict) -> dict:
+  """Examples split over `data`; the label-description prompts (keys label_*) replicated."""
+  split = NamedSharding(mesh, P("data")) if "data" in mesh.axis_names else replicated(mesh)
+  return {k: replicated(mesh) if k.startswith("label_") else split for k in batch}
+
+
+def put_batch(mesh: Mesh, batch: dict) -> dict:
+  return jax.device_put(batch, batch_shardings(mesh, batch))

@@ -1,0 +1,113 @@
+"""The training loop: setup -> data -> model -> method -> shard -> restore -> loop -> eval.
+
+`run(config, workdir)` is the whole program; main.py only parses flags.
+"""
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+from fttpu import checkpoint, classifier, config as config_lib, methods, metrics, models, optim, sharding, step as step_lib
+from fttpu.data import pipeline
+from fttpu.state import TrainState
+
+
+def evaluate(eval_fn, params, data: pipeline.Encoded, prompts: dict, batch_size: int, mesh) -> dict:
+  """Accuracy and mean cross-entropy over every example of `data`."""
+  totals = {"correct": 0.0, "count": 0.0, "loss_sum": 0.0}
+  for batch in pipeline.eval_batches(data, batch_size):
+    sums = eval_fn(params, sharding.put_batch(mesh, {**batch, **prompts}))
+    totals = {k: totals[k] + float(v) for k, v in jax.device_get(sums).items()}
+  return {"accuracy": totals["correct"] / totals["count"], "loss": totals["loss_sum"] / totals["count"]}
+
+
+def run(config, workdir: str) -> dict:
+  """Trains and evaluates as `config` says; writes config.json, metrics.jsonl, TensorBoard, checkpoints."""
+  # ---------------------------------------------------------------- setup
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_lead = jax.process_index() == 0
+  if is_lead:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  writer = metrics.MetricWriter(workdir, enabled=is_lead)
+
+  # ---------------------------------------------------------------- model and data
+  model = models.load(config.model.family, config.model.checkpoint)
+  data = pipeline.load_few_shot(config.data, model.tokenizer, config.seed)
+  logging.info("task %s: %d train, %d dev, %d test examples; checkpoint %s", data.task.name, len(data.train),
+               len(data.dev), len(data.test), model.checkpoint_dir)
+  logits_fn = classifier.make_logits_fn(model.module, config.model.logit_scale)
+  loss_fn = classifier.make_loss_fn(logits_fn)
+
+  # ---------------------------------------------------------------- method
+  method = methods.get_method(config.method, optim.make_optimizer(config.optimizer, config.train.steps))
+  total_steps = config.train.steps if method.trains else 0
+  params = method.prepare(model.params, jax.random.key(config.seed))
+
+  # ---------------------------------------------------------------- shard
+  mesh = sharding.make_mesh(config.mesh)
+  state = jax.device_put(TrainState.create(params, method.tx, config.seed), sharding.replicated(mesh))
+  prompts = data.prompts
+  example_batch = {**pipeline.train_batch(data.train, 0, config.train.batch_size, config.seed), **prompts}
+  state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  train_step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
+                       in_shardings=(state_sharding, sharding.batch_shardings(mesh, example_batch)),
+                       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
+  evaluate_on = lambda params, split: evaluate(eval_step, params, split, prompts, config.train.eval_batch_size, mesh)
+
+  # ---------------------------------------------------------------- restore
+  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
+  restored = checkpoint.restore_latest(manager, state)
+  if restored is not None:
+    state = restored
+    logging.info("resumed from %s at step %d", manager.directory, int(state.step))
+
+  # ---------------------------------------------------------------- loop
+  first_step = int(jax.device_get(state.step))
+  timings = {}
+  if first_step < total_steps:
+    started = time.perf_counter()
+    train_step = train_step.lower(state, sharding.put_batch(mesh, example_batch)).compile()
+    timings["perf/compile_s"] = time.perf_counter() - started
+    logging.info("train step compiled in %.1fs", timings["perf/compile_s"])
+  progress = metrics.Progress(total_steps, first_step)
+  step_times = []
+  for step in range(first_step, total_steps):
+    batch = {**pipeline.train_batch(data.train, step, config.train.batch_size, config.seed), **prompts}
+    started = time.perf_counter()
+    state, step_metrics = train_step(state, sharding.put_batch(mesh, batch))
+    step_metrics = jax.device_get(step_metrics)  # waits for the step: the timing covers the compute
+    step_times.append(time.perf_counter() - started)
+    done = step + 1
+    if not np.isfinite(step_metrics["train/loss"]):
+      raise FloatingPointError(f"step {done}: training loss is {step_metrics['train/loss']}; "
+                               f"the last checkpoint in {manager.directory} holds the last good state")
+    if done % config.train.log_every == 0 or done == total_steps:
+      writer.write(done, step_metrics)
+      progress.log(done, step_metrics)
+    if done % config.train.eval_every == 0 or done == total_steps:
+      dev = evaluate_on(state.params, data.dev)
+      writer.write(done, {"eval/accuracy": dev["accuracy"], "eval/loss": dev["loss"]}, split="dev")
+      logging.info("step %d dev accuracy %.4f", done, dev["accuracy"])
+    if done % config.train.checkpoint_every == 0 or done == total_steps:
+      checkpoint.save(manager, state)
+  manager.wait_until_finished()
+  if step_times:
+    timings["perf/step_s"] = float(np.median(step_times[1:] or step_times))
+
+  # ---------------------------------------------------------------- eval
+  final_params = method.merge(state.params)
+  test = evaluate_on(final_params, data.test)
+  record = writer.write(int(jax.device_get(state.step)),
+                        {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **timings},
+                        split="test", final=True)
+  logging.info("final test accuracy %.4f on %d examples", test["accuracy"], len(data.test))
+  writer.close()
+  manager.close()
+  return record

