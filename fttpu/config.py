@@ -68,3 +68,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(o.warmup_steps >= 0, "optimizer.warmup_steps", o.warmup_steps, "an integer >= 0")
   _check(all(v == -1 or v >= 1 for v in config.mesh.values()), "mesh", dict(config.mesh),
          "axis sizes >= 1, or -1 for the remaining devices")
+
+
+def check_overrides(config: ml_collections.ConfigDict | None, argv: list[str]) -> None:
+  """Every --config.a.b=... flag names an existing field; otherwise list the valid ones there."""
+  if config is None:
+    return
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0]
+    node, walked = config, "config"
+    for key in path.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise ConfigError(f"unknown config key {walked}.{key} (from {arg.split('=', 1)[0]}); "
+                          f"valid keys of {walked}: {valid}")
+      node, walked = node[key], f"{walked}.{key}"

@@ -1,24 +1,63 @@
 """Entry point: python -m fttpu.main --config=configs/fewshot.py:task=sst2,method=full --workdir=DIR"""
+import importlib.util
 import json
+import logging as py_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fttpu import train
+from fttpu.config import ConfigError, check_overrides
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :key=value,... arguments.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl, TensorBoard and checkpoints.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# Errors that mean bad input, not a bug: shown as one line, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def _quiet_library_logs():
+  """Keeps fttpu's INFO lines; orbax's per-save INFO lines go to WARNING and up."""
+  class DropOrbaxInfo(py_logging.Filter):
+    def filter(self, record):
+      return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
+  for handler in py_logging.getLogger().handlers + [logging.get_absl_handler()]:
+    handler.addFilter(DropOrbaxInfo())
+
+
+def _load_config_file(argv):
+  """The ConfigDict that --config=FILE[:ARG] names, to check --config.* overrides against."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_fttpu_config", path)
+  if module_spec is None:
+    return None
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  result = train.run(flags.FLAGS.config, flags.FLAGS.workdir)
+  _quiet_library_logs()
+  try:
+    result = train.run(flags.FLAGS.config, flags.FLAGS.workdir)
+  except USER_ERRORS as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"error: {e}")
   print(json.dumps(result))
 
 
 if __name__ == "__main__":
+  try:
+    check_overrides(_load_config_file(sys.argv), sys.argv)
+  except ConfigError as e:
+    sys.exit(f"error: {e}")
   app.run(main)

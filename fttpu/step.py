@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fttpu.methods import masks
 from fttpu.state import TrainState
 
 
@@ -11,7 +12,7 @@ def train_step(state: TrainState, batch: dict, *, method, loss_fn):
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   loss, aux, grads = method.estimate(loss_fn, state.params, batch, rng)
   updates, opt_state = method.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  params = masks.apply_updates(state.params, updates, method.labels(state.params))
   metrics = {"train/loss": loss, "train/accuracy": aux["accuracy"], "train/grad_norm": optax.global_norm(grads)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -17,6 +17,7 @@ class Task:
   template: str = "{sentence}"
   # TFDS catalog entry used when no local copy exists, and its split names for train/test.
   tfds_name: Optional[str] = None
+  tfds_module: Optional[str] = None  # the module that registers tfds_name (TFDS imports catalog modules lazily)
   tfds_splits: tuple[tuple[str, str], ...] = ()
 
   @property
@@ -30,6 +31,7 @@ TASKS = {
         label_names=("negative", "positive"),
         label_descriptions=("It was terrible.", "It was great."),
         tfds_name="glue/sst2",
+        tfds_module="tensorflow_datasets.text.glue",
         # GLUE's test labels are hidden: the few-shot literature tests on the validation split.
         tfds_splits=(("train", "train"), ("test", "validation")),
     ),

@@ -4,8 +4,11 @@ The local builder prepares ArrayRecord files once per content fingerprint of the
 edited file is re-prepared) and is read back with `as_data_source`, which needs no TensorFlow.
 """
 import hashlib
+import importlib
 import os
 import re
+import socket
+import urllib.parse
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -65,6 +68,13 @@ def _read_all(source) -> tuple[list[str], np.ndarray]:
   return sentences, np.asarray([r["label"] for r in rows], np.int32)
 
 
+def _check_reachable(builder) -> None:
+  """Fails in a second, not after minutes of download retries, when the source host is unknown."""
+  host = urllib.parse.urlparse(getattr(builder.builder_config, "data_url", "") or "").hostname
+  if host and not builder.is_prepared():
+    socket.getaddrinfo(host, 443)  # socket.gaierror offline
+
+
 def source_dir(task: Task, data_dir: str) -> str:
   return task.name if os.path.isdir(task.name) else os.path.join(data_dir, task.name)
 
@@ -82,12 +92,17 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
     return {split: _read_all(builder.as_data_source(split=split)) for split in SPLITS}
   if task.tfds_name:
     try:
-      sources = {ours: tfds.data_source(task.tfds_name, split=theirs, data_dir=cache_dir)
-                 for ours, theirs in task.tfds_splits}
+      if task.tfds_module:
+        importlib.import_module(task.tfds_module)
+      builder = tfds.builder(task.tfds_name, data_dir=cache_dir, file_format="array_record")
+      _check_reachable(builder)
+      builder.download_and_prepare()
+      sources = {ours: builder.as_data_source(split=theirs) for ours, theirs in task.tfds_splits}
     except Exception as e:  # offline, or TFDS cannot build it here
+      reason = str(e).splitlines()[0][:200] if str(e) else ""
       raise FileNotFoundError(
-          f"task {task.name!r}: no local copy at {directory} and the TFDS dataset {task.tfds_name!r} could not be "
-          f"loaded ({type(e).__name__}: {str(e)[:200]}). Point fttpu at the data: --config.data.dir=DIR "
+          f"task {task.name!r}: no local copy at {directory}, and the TFDS dataset {task.tfds_name!r} could not be "
+          f"loaded ({type(e).__name__}: {reason}). Point fttpu at the data: --config.data.dir=DIR "
           f"(or `make demo DATA_DIR=DIR`) where DIR/{task.name}/train.tsv and test.tsv exist.") from e
     return {split: _read_all(source) for split, source in sources.items()}
   raise FileNotFoundError(f"task {task.name!r}: no directory {directory} with train.tsv and test.tsv; "

@@ -40,3 +40,12 @@ def partition(labels: Callable, trainable: optax.GradientTransformation) -> opta
 def count_trainable(params, labels) -> int:
   return sum(int(p.size) for p, l in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(labels))
              if l == TRAIN)
+
+
+def apply_updates(params, updates, labels):
+  """params + updates on TRAIN leaves; FREEZE leaves are returned as they are, bit for bit.
+
+  (optax.apply_updates would add the zero updates, which turns -0.0 into +0.0.)
+  """
+  return jax.tree_util.tree_map(lambda label, p, u: (p + u).astype(p.dtype) if label == TRAIN else p,
+                                labels, params, updates)

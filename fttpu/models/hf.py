@@ -110,7 +110,12 @@ def bert_converter(config):
 
   def convert(get):
     def stack(name, fn=lambda x: x):
-      return np.stack([fn(get(f"encoder.layer.{i}.{name}")) for i in range(config.num_layers)])
+      tensors = {f"encoder.layer.{i}.{name}": get(f"encoder.layer.{i}.{name}") for i in range(config.num_layers)}
+      first = next(iter(tensors.values())).shape
+      for tensor_name, tensor in tensors.items():
+        if tensor.shape != first:
+          raise CheckpointError(f"shape mismatch for {tensor_name}: {tensor.shape}, other layers have {first}")
+      return np.stack([fn(t) for t in tensors.values()])
 
     def dense(name, kernel_shape=None, bias_shape=None):
       return {"kernel": stack(name + ".weight", lambda w: w.T.reshape(kernel_shape or w.T.shape)),

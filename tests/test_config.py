@@ -1,0 +1,52 @@
+"""Bad config input fails at start-up, naming the key and what is valid."""
+import pytest
+
+from configs import fewshot
+from fttpu.config import ConfigError, check_overrides, validate
+
+
+def test_defaults_validate():
+  validate(fewshot.get_config("task=trec,method=zero_shot,k=8,seed=13"))
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("tsk=sst2", r"unknown config argument 'tsk'; valid keys: \['k', 'method', 'seed', 'steps', 'task'\]"),
+    ("k=many", r"k='many' is not a valid int"),
+    ("method", r"'method' is not key=value"),
+])
+def test_bad_config_arguments(arg, message):
+  with pytest.raises(ConfigError, match=message):
+    fewshot.get_config(arg)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("method", "lora", r"config.method='lora' is invalid; valid: \['full', 'zero_shot'\]"),
+    ("model.family", "gpt", r"config.model.family='gpt' is invalid; valid: \['bert'\]"),
+    ("model.checkpoint", "/nonexistent", r"model.checkpoint='/nonexistent' is invalid; valid: a Hugging Face"),
+    ("data.task", "imdb", r"data.task='imdb' is invalid; valid: \['sst2', 'trec'\] or a directory"),
+    ("data.k", 0, r"data.k=0 is invalid; valid: an integer >= 1"),
+    ("data.max_length", 4096, r"data.max_length=4096 is invalid; valid: 8..512"),
+    ("train.steps", -5, r"train.steps=-5 is invalid"),
+    ("train.batch_size", 0, r"train.batch_size=0 is invalid"),
+    ("train.eval_every", 0, r"train.eval_every=0 is invalid"),
+    ("optimizer.name", "lion", r"optimizer.name='lion' is invalid; valid: \['adamw', 'sgd'\]"),
+    ("optimizer.schedule", "step", r"optimizer.schedule='step' is invalid; valid: \['constant', 'linear', 'cosine'\]"),
+    ("optimizer.learning_rate", 0.0, r"optimizer.learning_rate=0.0 is invalid; valid: a number > 0"),
+    ("model.logit_scale", -1.0, r"model.logit_scale=-1.0 is invalid"),
+    ("mesh.data", 0, r"mesh=.* is invalid; valid: axis sizes >= 1, or -1"),
+])
+def test_invalid_values_name_key_and_valid_range(key, value, message):
+  config = fewshot.get_config()
+  section, _, field = key.rpartition(".")
+  (config[section] if section else config)[field] = value
+  with pytest.raises(ConfigError, match=message):
+    validate(config)
+
+
+def test_unknown_override_keys_list_the_valid_ones():
+  config = fewshot.get_config()
+  check_overrides(config, ["--config.data.k=4", "--config.train.steps=3", "--workdir=x"])
+  with pytest.raises(ConfigError, match=r"unknown config key config.data.kk .*valid keys of config.data: \['cache_dir'"):
+    check_overrides(config, ["--config.data.kk=4"])
+  with pytest.raises(ConfigError, match=r"unknown config key config.trainer .*valid keys of config: \['data'"):
+    check_overrides(config, ["--config.trainer.steps=4"])

@@ -1,0 +1,102 @@
+"""Task data: strict TSV reading, the TFDS builder, the k-shot protocol, batching."""
+import os
+
+import numpy as np
+import pytest
+
+from fttpu.data import fewshot, pipeline, tasks, tfds_local, tsv
+from tests.conftest import data_dir
+
+
+def write(path, text: bytes | str):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(text.encode() if isinstance(text, str) else text)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("sentence\tlabel\ngood film\t1\nbad\tfilm\t0\n", r"bad.tsv:3: expected 2 tab-separated columns \(sentence, label\), got 3"),
+    ("sentence\tlabel\ngood film\t1\nno label here\n", r"bad.tsv:3: expected 2 tab-separated columns"),
+    ("sentence\tlabel\ngood film\t2\n", r"bad.tsv:2: label '2' is not an integer in 0..1"),
+    ("sentence\tlabel\ngood film\tpositive\n", r"bad.tsv:2: label 'positive' is not an integer in 0..1"),
+    ("text\tlabel\ngood film\t1\n", r"bad.tsv:1: expected the header"),
+    (b"sentence\tlabel\ngood \xff film\t1\n", r"bad.tsv:2: not valid UTF-8"),
+    ("", r"bad.tsv: empty file"),
+    ("sentence\tlabel\n", r"bad.tsv: no rows after the header"),
+])
+def test_malformed_rows_name_file_line_and_expectation(tmp_path, body, message):
+  write(tmp_path / "bad.tsv", body)
+  with pytest.raises(tsv.DataError, match=message):
+    tsv.read_tsv(str(tmp_path / "bad.tsv"), num_classes=2)
+
+
+def test_tfds_builder_gives_the_file_rows_in_order(tfds_dir):
+  task = tasks.get_task("trec", data_dir())
+  splits = tfds_local.load_splits(task, data_dir(), tfds_dir)
+  for split in ("train", "test"):
+    sentences, labels = tsv.read_tsv(f"{data_dir()}/trec/{split}.tsv", task.num_classes)
+    assert splits[split][0] == sentences
+    np.testing.assert_array_equal(splits[split][1], labels)
+
+
+def test_malformed_row_fails_through_the_tfds_builder(tmp_path, tfds_dir):
+  write(tmp_path / "mytask/train.tsv", "sentence\tlabel\nfine\t0\nfine too\t1\nbroken\t7\n")
+  write(tmp_path / "mytask/test.tsv", "sentence\tlabel\nfine\t0\n")
+  task = tasks.get_task("mytask", str(tmp_path), label_descriptions=("no", "yes"))
+  with pytest.raises(tsv.DataError, match=r"mytask/train.tsv:4: label '7' is not an integer in 0..1"):
+    tfds_local.load_splits(task, str(tmp_path), tfds_dir)
+
+
+def test_any_directory_in_the_format_is_a_task(tmp_path, tfds_dir):
+  rows = [f"sentence {i}\t{i % 3}\n" for i in range(30)]
+  write(tmp_path / "three/train.tsv", "sentence\tlabel\n" + "".join(rows))
+  write(tmp_path / "three/test.tsv", "sentence\tlabel\n" + "".join(rows[:9]))
+  task = tasks.get_task("three", str(tmp_path), label_descriptions=("a", "b", "c"))
+  splits = tfds_local.load_splits(task, str(tmp_path), tfds_dir)
+  assert len(splits["train"][0]) == 30 and splits["train"][0][4] == "sentence 4"
+  assert len(splits["test"][0]) == 9
+  with pytest.raises(ValueError, match="label_descriptions"):
+    tasks.get_task("three", str(tmp_path))
+  with pytest.raises(ValueError, match=r"6 classes .* 2 label descriptions"):
+    tasks.get_task("trec", str(tmp_path), label_descriptions=("a", "b"))
+
+
+def test_unknown_task_and_missing_data_say_where_to_point(tmp_path, tfds_dir):
+  with pytest.raises(ValueError, match=r"unknown task 'nope'.*registered: \['sst2', 'trec'\]"):
+    tasks.get_task("nope", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match=r"no local copy at .*sst2.*--config.data.dir=DIR"):
+    tfds_local.load_splits(tasks.get_task("sst2", str(tmp_path)), str(tmp_path), tfds_dir)
+
+
+def test_k_shot_is_deterministic_balanced_and_disjoint(tfds_dir):
+  task = tasks.get_task("trec", data_dir())
+  labels = tfds_local.load_splits(task, data_dir(), tfds_dir)["train"][1]
+  train, dev = fewshot.sample_k_shot(labels, 16, 42, task.num_classes)
+  again_train, again_dev = fewshot.sample_k_shot(labels, 16, 42, task.num_classes)
+  np.testing.assert_array_equal(train, again_train)
+  np.testing.assert_array_equal(dev, again_dev)
+  for indices in (train, dev):
+    assert np.bincount(labels[indices], minlength=6).tolist() == [16] * 6
+  assert not set(train) & set(dev)
+  samples = {seed: set(fewshot.sample_k_shot(labels, 16, seed, 6)[0]) for seed in fewshot.STANDARD_SEEDS}
+  assert len({frozenset(s) for s in samples.values()}) == 5, "each standard seed draws a different sample"
+
+
+def test_k_larger_than_a_class_fails_with_the_class_size():
+  labels = np.array([0] * 50 + [1] * 5)
+  with pytest.raises(ValueError, match=r"class 1 has 5 training rows; k=3 needs 6"):
+    fewshot.sample_k_shot(labels, 3, 13, 2)
+
+
+def test_train_batches_are_a_pure_function_of_step_and_cover_each_epoch(sst2_16shot):
+  data = sst2_16shot.train
+  first = pipeline.train_batch(data, 3, 8, seed=42)
+  np.testing.assert_array_equal(first["input_ids"], pipeline.train_batch(data, 3, 8, seed=42)["input_ids"])
+  epoch = np.concatenate([pipeline.train_batch(data, s, 8, seed=42)["input_ids"] for s in range(4)])
+  assert sorted(map(bytes, epoch)) == sorted(map(bytes, data.input_ids))
+
+
+def test_eval_batches_cover_every_example_once(sst2_16shot):
+  batches = list(pipeline.eval_batches(sst2_16shot.test, 64))
+  assert sum(b["weights"].sum() for b in batches) == len(sst2_16shot.test) == 872
+  assert all(b["input_ids"].shape == (64, 64) for b in batches)

@@ -1,0 +1,56 @@
+"""The entry point end to end, as a user runs it: files written, resume, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO, data_dir
+
+
+def run_main(*args, workdir):
+  command = [sys.executable, "-m", "fttpu.main", *args, f"--workdir={workdir}"]
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+
+
+def read_metrics(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+def test_short_sst2_run_writes_config_metrics_tensorboard_checkpoints_and_resumes(tmp_path, tfds_dir):
+  workdir = tmp_path / "run"
+  args = ["--config=configs/fewshot.py:task=sst2,method=full,k=16,seed=42,steps=4", f"--config.data.dir={data_dir()}",
+          "--config.train.log_every=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2"]
+  result = run_main(*args, workdir=workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "step 4/4" in result.stderr and "steps/s" in result.stderr and "ETA" in result.stderr
+
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["method"] == "full" and config["data"]["k"] == 16 and config["train"]["steps"] == 4
+  lines = read_metrics(workdir)
+  assert [l["step"] for l in lines if "train/loss" in l] == [2, 4]
+  assert [l["step"] for l in lines if l.get("split") == "dev"] == [2, 4]
+  assert all(0 <= l["eval/accuracy"] <= 1 for l in lines if "eval/accuracy" in l)
+  final = lines[-1]
+  assert final["final"] is True and final["split"] == "test" and final["step"] == 4 and "eval/accuracy" in final
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tensorboard"))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+
+  # Same workdir again: resumes at step 4, trains nothing, and evaluates the same weights.
+  again = run_main(*args, workdir=workdir)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resumed from" in again.stderr
+  resumed = read_metrics(workdir)[len(lines):]
+  assert [l for l in resumed if "train/loss" in l] == []
+  assert resumed[-1]["final"] and resumed[-1]["eval/accuracy"] == final["eval/accuracy"]
+
+
+def test_bad_input_fails_before_training_with_a_message(tmp_path):
+  result = run_main("--config=configs/fewshot.py:task=sst2", "--config.train.stepz=3", workdir=tmp_path / "bad")
+  assert result.returncode != 0
+  assert "unknown config key config.train.stepz" in result.stderr and "'steps'" in result.stderr
+  result = run_main("--config=configs/fewshot.py:task=sst2,method=sparse", workdir=tmp_path / "bad")
+  assert result.returncode != 0 and "config.method='sparse' is invalid; valid: ['full', 'zero_shot']" in result.stderr
+  result = run_main("--config=configs/fewshot.py:task=sst2,method=zero_shot", f"--config.data.dir={tmp_path}",
+                    "--config.data.cache_dir=" + str(tmp_path / "tfds"), workdir=tmp_path / "bad")
+  assert result.returncode != 0 and "--config.data.dir=DIR" in result.stderr

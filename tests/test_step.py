@@ -1,0 +1,75 @@
+"""The pure train step on the real checkpoint and real 16-shot SST-2."""
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from fttpu import classifier, methods, optim, step as step_lib
+from fttpu.data import pipeline
+from fttpu.methods import masks
+from fttpu.state import TrainState
+
+
+@pytest.fixture(scope="module")
+def setup(minilm, sst2_config, sst2_16shot):
+  """(make_state, jitted donated step, loss_fn, data) for full fine-tuning, compiled once."""
+  method = methods.get_method("full", optim.make_optimizer(sst2_config.optimizer, 30))
+  logits_fn = classifier.make_logits_fn(minilm.module, sst2_config.model.logit_scale)
+  loss_fn = classifier.make_loss_fn(logits_fn)
+  train_step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn), donate_argnums=0)
+  make_state = lambda: TrainState.create(jax.tree_util.tree_map(np.array, minilm.params), method.tx, 42)
+  return make_state, train_step, loss_fn, sst2_16shot
+
+
+def batch_at(data, step):
+  return {**pipeline.train_batch(data.train, step, 8, seed=42), **data.prompts}
+
+
+def full_train_loss(loss_fn, params, data):
+  batch = {"input_ids": data.train.input_ids, "attention_mask": data.train.attention_mask,
+           "labels": data.train.labels, "weights": np.ones(len(data.train), np.float32), **data.prompts}
+  return float(jax.jit(loss_fn)(params, batch)[0])
+
+
+def test_full_changes_every_parameter_and_lowers_the_training_loss(setup, minilm):
+  make_state, train_step, loss_fn, data = setup
+  before = jax.tree_util.tree_map(np.array, minilm.params)
+  loss_before = full_train_loss(loss_fn, before, data)
+  state = make_state()
+  state, first_metrics = train_step(state, batch_at(data, 0))
+  unchanged = [masks.path_name(path) for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(before),
+                                                             jax.tree_util.tree_leaves(state.params))
+               if np.array_equal(a, np.asarray(b))]
+  assert not unchanged, f"full fine-tuning left these leaves unchanged: {unchanged}"
+  for step in range(1, 30):
+    state, step_metrics = train_step(state, batch_at(data, step))
+  assert int(state.step) == 30
+  loss_after = full_train_loss(loss_fn, state.params, data)
+  assert np.isfinite(first_metrics["train/loss"]) and loss_after < 0.5 * loss_before, (loss_before, loss_after)
+
+
+def test_zero_shot_step_keeps_params_bit_identical_with_no_optimizer_state(minilm, sst2_config, sst2_16shot):
+  method = methods.get_method("zero_shot", optim.make_optimizer(sst2_config.optimizer, 10))
+  assert not method.trains
+  loss_fn = classifier.make_loss_fn(classifier.make_logits_fn(minilm.module, sst2_config.model.logit_scale))
+  state = TrainState.create(jax.tree_util.tree_map(np.array, minilm.params), method.tx, 42)
+  state_entries = sum(np.size(x) for x in jax.tree_util.tree_leaves(state.opt_state) if np.ndim(x) > 0)
+  assert state_entries == 0, "frozen leaves must carry no optimizer state (only scalar step counters)"
+  new_state, _ = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn))(
+      state, batch_at(sst2_16shot, 0))
+  for a, b in zip(jax.tree_util.tree_leaves(minilm.params), jax.tree_util.tree_leaves(new_state.params)):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_full_optimizer_state_covers_exactly_the_params(minilm, sst2_config):
+  method = methods.get_method("full", optim.make_optimizer(sst2_config.optimizer, 10))
+  state = method.tx.init(minilm.params)
+  param_size = sum(p.size for p in jax.tree_util.tree_leaves(minilm.params))
+  state_size = sum(np.size(x) for x in jax.tree_util.tree_leaves(state) if np.ndim(x) > 0)
+  assert state_size == 2 * param_size  # Adam's two moments per trainable entry, nothing for frozen ones
+
+
+def test_unknown_method_lists_the_valid_ones(sst2_config):
+  with pytest.raises(ValueError, match=r"unknown method 'lora'; valid: \['full', 'zero_shot'\]"):
+    methods.get_method("lora", optim.make_optimizer(sst2_config.optimizer, 10))
