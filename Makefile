@@ -4,10 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= ../shared/data
 WORKDIR ?= workdirs/demo
+TASKS ?= sst2
 # Quiet the warnings pip prints for mirror folders that lack a package.
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +21,7 @@ install: $(VENV)/.installed
 
 # Main job: 16-shot SST-2, zero-shot vs full fine-tuning of MiniLM, results table + plot.
 demo: install
-	$(PY) -m experiments.demo --data_dir=$(DATA_DIR) --workdir=$(WORKDIR)
+	$(PY) -m experiments.demo --data_dir=$(DATA_DIR) --workdir=$(WORKDIR) --tasks=$(TASKS)
 
 # The test suite (CPU). Long runs are marked `slow` and run by `make test-all`.
 test: install
@@ -28,9 +29,6 @@ test: install
 
 test-all: install
 	DATA_DIR=$(DATA_DIR) $(PY) -m pytest -q tests
-
-bench: install
-	$(PY) -m fttpu.bench --methods=forward,full --batch=16 --seq=64
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info

@@ -1,13 +1,12 @@
 """Entry point: python -m fttpu.main --config=configs/fewshot.py:task=sst2,method=full --workdir=DIR"""
 import importlib.util
 import json
-import logging as py_logging
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fttpu import train
+from fttpu import metrics, train
 from fttpu.config import ConfigError, check_overrides
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :key=value,... arguments.",
@@ -17,15 +16,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors that mean bad input, not a bug: shown as one line, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError)
-
-
-def _quiet_library_logs():
-  """Keeps fttpu's INFO lines; orbax's per-save INFO lines go to WARNING and up."""
-  class DropOrbaxInfo(py_logging.Filter):
-    def filter(self, record):
-      return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
-  for handler in py_logging.getLogger().handlers + [logging.get_absl_handler()]:
-    handler.addFilter(DropOrbaxInfo())
 
 
 def _load_config_file(argv):
@@ -46,7 +36,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  _quiet_library_logs()
+  metrics.quiet_library_logs()
   try:
     result = train.run(flags.FLAGS.config, flags.FLAGS.workdir)
   except USER_ERRORS as e:

@@ -8,6 +8,17 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 
+def quiet_library_logs():
+  """Keeps fttpu's INFO lines; orbax's per-save INFO lines go to WARNING and up."""
+  from absl import logging as absl_logging
+
+  class DropOrbaxInfo(logging.Filter):
+    def filter(self, record):
+      return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+  for handler in logging.getLogger().handlers + [absl_logging.get_absl_handler()]:
+    handler.addFilter(DropOrbaxInfo())
+
+
 class MetricWriter:
   """Appends {"step": s, **scalars} lines to metrics.jsonl and the same scalars to TensorBoard."""
 
@@ -37,17 +48,14 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-  """Log lines with step, loss, steps/s and ETA, timed from the first step after compilation."""
+  """Log lines with step, loss, steps/s and ETA; create it after compilation, before the first step."""
 
   def __init__(self, total_steps: int, first_step: int):
     self.total, self.first = total_steps, first_step
-    self.start = None
+    self.start = time.perf_counter()
 
   def line(self, step: int, scalars: dict) -> str:
-    now = time.perf_counter()
-    if self.start is None:
-      self.start = (now, step)
-    elapsed, done = now - self.start[0], step - self.start[1]
+    elapsed, done = time.perf_counter() - self.start, step - self.first
     rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
     eta = _duration((self.total - step) / rate) if rate == rate and rate > 0 else "?"
     values = " ".join(f"{k}={float(np.asarray(v)):.4f}" for k, v in scalars.items())

@@ -106,7 +106,7 @@ def run(config, workdir: str) -> dict:
   test = evaluate_on(final_params, data.test)
   record = writer.write(int(jax.device_get(state.step)),
                         {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **timings},
-                        split="test", final=True)
+                        split="test", examples=len(data.test), final=True)
   logging.info("final test accuracy %.4f on %d examples", test["accuracy"], len(data.test))
   writer.close()
   manager.close()
