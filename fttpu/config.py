@@ -43,7 +43,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Fails with the key, the value and the valid range for anything fttpu cannot run."""
   from fttpu import methods, models
   from fttpu.data import tasks
-  _check(config.method in methods.METHOD_NAMES, "method", config.method, str(sorted(methods.METHOD_NAMES)))
+  _check(config.method in methods.METHODS, "method", config.method, str(sorted(methods.METHODS)))
   _check(config.model.family in models.FAMILIES, "model.family", config.model.family, str(sorted(models.FAMILIES)))
   if config.model.checkpoint:
     _check(os.path.isfile(os.path.join(config.model.checkpoint, "config.json")), "model.checkpoint",

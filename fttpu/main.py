@@ -15,7 +15,7 @@ flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl, 
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors that mean bad input, not a bug: shown as one line, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError)
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def _load_config_file(argv):

@@ -1,36 +1,13 @@
-"""Update rules by name. Each is a `Method`: a bundle of pure functions the one step uses."""
-from typing import Callable, NamedTuple
-
-import jax
+"""Update rules by name. Each module's make(optimizer) returns a `Method` (see base.py)."""
 import optax
 
+from fttpu.methods import full, zero_shot
+from fttpu.methods.base import Method
 
-class Method(NamedTuple):
-  name: str
-  prepare: Callable   # (params, rng) -> params with any added leaves
-  labels: Callable    # params -> tree of "train"/"freeze": the optax parameter mask
-  tx: optax.GradientTransformation
-  estimate: Callable  # (loss_fn, params, batch, rng) -> (loss, aux, grads)
-  merge: Callable     # params -> plain model params for evaluation and export
-  trains: bool        # False for evaluation-only methods
-
-
-def autodiff(loss_fn, params, batch, rng):
-  """Exact gradients by reverse-mode autodiff (dropout on: rng is given)."""
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
-  return loss, aux, grads
-
-
-def identity(params, *unused):
-  return params
+METHODS = {"full": full.make, "zero_shot": zero_shot.make}
 
 
 def get_method(name: str, optimizer: optax.GradientTransformation) -> Method:
-  from fttpu.methods import full, zero_shot
-  registry = {"full": full.make, "zero_shot": zero_shot.make}
-  if name not in registry:
-    raise ValueError(f"unknown method {name!r}; valid: {sorted(registry)}")
-  return registry[name](optimizer)
-
-
-METHOD_NAMES = ("full", "zero_shot")
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r}; valid: {sorted(METHODS)}")
+  return METHODS[name](optimizer)

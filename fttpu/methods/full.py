@@ -1,7 +1,8 @@
 """Full fine-tuning: every parameter trains with the configured optimizer."""
 import functools
 
-from fttpu.methods import Method, autodiff, identity, masks
+from fttpu.methods import masks
+from fttpu.methods.base import Method, autodiff, identity
 
 
 def make(optimizer) -> Method:

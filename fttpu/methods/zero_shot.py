@@ -1,7 +1,8 @@
 """Zero-shot: evaluation only; every parameter is frozen and no step runs."""
 import functools
 
-from fttpu.methods import Method, autodiff, identity, masks
+from fttpu.methods import masks
+from fttpu.methods.base import Method, autodiff, identity
 
 
 def make(optimizer) -> Method:

@@ -1,0 +1,106 @@
+"""Benchmark CLI: per method, median step time, compile time, compiled memory and peak RSS, as JSON.
+
+  python -m fttpu.bench --methods=forward,full --batch=16 --seq=64 --steps=5
+
+Each method runs in its own process (so peak RSS is its own) on the real checkpoint with a
+random batch, the way ../shared/bench/peer_torch.py measures the PyTorch peers:
+  forward : evaluation logits (encoder on the batch and the label descriptions), no gradients
+  <method>: one train step of that method (fttpu.step.train_step, jitted, state donated)
+"""
+import functools
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+flags.DEFINE_list("methods", ["forward", "full"], "forward, or any method name of fttpu.methods.")
+flags.DEFINE_integer("batch", 16, "Sentences per batch.")
+flags.DEFINE_integer("seq", 64, "Tokens per sentence.")
+flags.DEFINE_integer("steps", 5, "Timed steps after two warm-up steps.")
+flags.DEFINE_integer("classes", 2, "Label descriptions (classes).")
+flags.DEFINE_string("checkpoint", "", "Hugging Face checkpoint directory; '' = the installed MiniLM.")
+flags.DEFINE_string("one", None, "Internal: run one method in this process.")
+FLAGS = flags.FLAGS
+
+
+def _memory(compiled) -> dict:
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return {}
+  return {f"compiled_{name}_mb": getattr(analysis, f"{name}_size_in_bytes") / 2**20
+          for name in ("argument", "output", "temp", "alias", "generated_code")}
+
+
+def run_one(method_name: str) -> dict:
+  import jax
+  import numpy as np
+  from configs import fewshot
+  from fttpu import classifier, methods, models, optim, step as step_lib
+  from fttpu.state import TrainState
+
+  model = models.load("bert", FLAGS.checkpoint)
+  rng = np.random.default_rng(0)
+  batch = {"input_ids": rng.integers(1000, 20000, (FLAGS.batch, FLAGS.seq), dtype=np.int32),
+           "attention_mask": np.ones((FLAGS.batch, FLAGS.seq), np.int32),
+           "labels": rng.integers(0, FLAGS.classes, FLAGS.batch, dtype=np.int32),
+           "weights": np.ones(FLAGS.batch, np.float32),
+           "label_input_ids": rng.integers(1000, 20000, (FLAGS.classes, 8), dtype=np.int32),
+           "label_attention_mask": np.ones((FLAGS.classes, 8), np.int32)}
+  logits_fn = classifier.make_logits_fn(model.module, 20.0)
+  rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  if method_name == "forward":
+    params = jax.device_put(model.params)
+    started = time.perf_counter()
+    compiled = jax.jit(logits_fn).lower(params, batch).compile()
+    compile_s = time.perf_counter() - started
+    step = lambda: compiled(params, batch).block_until_ready()
+  else:
+    config = fewshot.get_config()
+    method = methods.get_method(method_name, optim.make_optimizer(config.optimizer, 1000))
+    loss_fn = classifier.make_loss_fn(logits_fn)
+    state = jax.device_put(TrainState.create(method.prepare(model.params, jax.random.key(0)), method.tx, 0))
+    started = time.perf_counter()
+    compiled = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
+                       donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.perf_counter() - started
+    holder = [state]
+
+    def step():
+      holder[0], metrics = compiled(holder[0], batch)
+      jax.block_until_ready(metrics)
+  step(), step()
+  times = []
+  for _ in range(FLAGS.steps):
+    started = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - started)
+  rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return {"step_s": float(np.median(times)), "compile_s": compile_s, "max_rss_mb": rss_after / 1024,
+          "rss_growth_mb": (rss_after - rss_before) / 1024, **_memory(compiled)}
+
+
+def main(argv):
+  del argv
+  if FLAGS.one:
+    print(json.dumps(run_one(FLAGS.one)))
+    return
+  import os
+  out = {"batch": FLAGS.batch, "seq": FLAGS.seq, "steps": FLAGS.steps, "cpu_count": os.cpu_count()}
+  for method in FLAGS.methods:
+    command = [sys.executable, "-m", "fttpu.bench", f"--one={method}", f"--batch={FLAGS.batch}", f"--seq={FLAGS.seq}",
+               f"--steps={FLAGS.steps}", f"--classes={FLAGS.classes}", f"--checkpoint={FLAGS.checkpoint}"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+      raise SystemExit(f"benchmark of {method} failed:\n{result.stderr[-3000:]}")
+    out[method] = json.loads(result.stdout.strip().splitlines()[-1])
+  if "forward" in out:
+    out["ratios_to_forward"] = {m: round(out[m]["step_s"] / out["forward"]["step_s"], 2)
+                                for m in FLAGS.methods if m != "forward"}
+  print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)
