@@ -10,7 +10,8 @@ setup(
     version="0.1.0",
     description="One pure-functional fine-tuning step (full, sparse, LoRA, zeroth-order) in JAX/Flax",
     python_requires=">=3.11",
-    packages=find_packages(include=["fttpu", "fttpu.*", "configs", "experiments", "experiments.*"]),
+    # configs/ and experiments/ run from the repository root (python -m experiments.demo).
+    packages=find_packages(include=["fttpu", "fttpu.*"]),
     install_requires=[
         "jax>=0.10",
         "flax>=0.12",

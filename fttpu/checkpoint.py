@@ -10,14 +10,11 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
-def save(manager: ocp.CheckpointManager, state, force: bool = False) -> None:
-  manager.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(state), force=force)
+def save(manager: ocp.CheckpointManager, state) -> None:
+  manager.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(state))
 
 
-def restore_latest(manager: ocp.CheckpointManager, target):
-  """The newest checkpoint restored onto `target`'s structure and shardings, or None."""
-  step = manager.latest_step()
-  if step is None:
-    return None
+def restore(manager: ocp.CheckpointManager, step: int, target):
+  """Checkpoint `step` restored onto `target`'s structure, dtypes and shardings."""
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))

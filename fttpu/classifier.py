@@ -35,15 +35,20 @@ def make_logits_fn(module, scale: float) -> Callable:
   return logits
 
 
+def weighted_sums(logits: jax.Array, batch: dict) -> dict:
+  """Sums over the batch, each example weighted (padding rows weigh 0): loss, correct, count."""
+  weights = batch["weights"]
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+  correct = (logits.argmax(-1) == batch["labels"]).astype(jnp.float32)
+  return {"loss_sum": (losses * weights).sum(), "correct": (correct * weights).sum(), "count": weights.sum()}
+
+
 def make_loss_fn(logits_fn: Callable) -> Callable:
   """loss(params, batch, rng) -> (weighted mean cross-entropy, {"accuracy": ...})."""
 
   def loss_fn(params, batch, rng=None):
-    logits = logits_fn(params, batch, rng)
-    weights = batch["weights"]
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-    correct = (logits.argmax(-1) == batch["labels"]).astype(jnp.float32)
-    total = jnp.maximum(weights.sum(), 1.0)
-    return (losses * weights).sum() / total, {"accuracy": (correct * weights).sum() / total}
+    sums = weighted_sums(logits_fn(params, batch, rng), batch)
+    count = jnp.maximum(sums["count"], 1.0)
+    return sums["loss_sum"] / count, {"accuracy": sums["correct"] / count}
 
   return loss_fn

@@ -50,8 +50,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
            config.model.checkpoint, "a Hugging Face checkpoint directory with config.json (or '' for the default)")
   _check(config.model.logit_scale > 0, "model.logit_scale", config.model.logit_scale, "a number > 0")
   d = config.data
-  _check(d.task in tasks.TASKS or os.path.isdir(os.path.join(d.dir, d.task)) or os.path.isdir(d.task),
-         "data.task", d.task, f"{sorted(tasks.TASKS)} or a directory (under data.dir) with train.tsv and test.tsv")
+  _check(d.task in tasks.TASKS or tasks.task_dir(d.task, d.dir) is not None, "data.task", d.task,
+         f"{sorted(tasks.TASKS)}, a folder under data.dir={d.dir!r}, or an absolute path, with train.tsv and test.tsv")
   _check(d.k >= 1, "data.k", d.k, "an integer >= 1 (examples per class)")
   _check(8 <= d.max_length <= 512, "data.max_length", d.max_length, "8..512 tokens")
   t = config.train
@@ -60,6 +60,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
   for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     _check(t[key] >= 1, f"train.{key}", t[key], "an integer >= 1")
+  _check(t.select in ("last", "best_dev"), "train.select", t.select, "['last', 'best_dev']")
   o = config.optimizer
   _check(o.name in OPTIMIZERS, "optimizer.name", o.name, str(list(OPTIMIZERS)))
   _check(o.schedule in SCHEDULES, "optimizer.schedule", o.schedule, str(list(SCHEDULES)))

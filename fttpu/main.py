@@ -1,6 +1,7 @@
 """Entry point: python -m fttpu.main --config=configs/fewshot.py:task=sst2,method=full --workdir=DIR"""
 import importlib.util
 import json
+import os
 import sys
 
 from absl import app, flags, logging
@@ -8,25 +9,29 @@ from ml_collections import config_flags
 
 from fttpu import metrics, train
 from fttpu.config import ConfigError, check_overrides
+from fttpu.data.tsv import DataError
+from fttpu.models.hf import CheckpointError
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :key=value,... arguments.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl, TensorBoard and checkpoints.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Errors that mean bad input, not a bug: shown as one line, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+# Errors that mean bad input or a failed run, not a bug in fttpu: shown as one line, no traceback.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError, FloatingPointError)
 
 
 def _load_config_file(argv):
   """The ConfigDict that --config=FILE[:ARG] names, to check --config.* overrides against."""
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None and "--config" in argv[:-1]:
+    spec = argv[argv.index("--config") + 1]
   if spec is None:
     return None
   path, _, arg = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("_fttpu_config", path)
-  if module_spec is None:
-    return None
+  if not os.path.isfile(path) or module_spec is None:
+    raise ConfigError(f"--config={spec}: no config file {path!r} (for example configs/fewshot.py)")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()

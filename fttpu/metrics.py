@@ -20,20 +20,37 @@ def quiet_library_logs():
 
 
 class MetricWriter:
-  """Appends {"step": s, **scalars} lines to metrics.jsonl and the same scalars to TensorBoard."""
+  """Appends {"step": s, **scalars} lines to metrics.jsonl and the same scalars to TensorBoard.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  On resume from step s, lines past s (and earlier final lines) are dropped, so the file reads
+  as one uninterrupted run; TensorBoard purges its events past s the same way.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+    if enabled and os.path.exists(self.path):
+      self._truncate(resume_step if resume_step is not None else -1)
+    purge = None if resume_step is None else resume_step + 1
+    self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge) if enabled else None
+
+  def _truncate(self, last_step: int):
+    with open(self.path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    with open(self.path, "w") as f:
+      for record in records:
+        if record["step"] <= last_step and not record.get("final"):
+          f.write(json.dumps(record) + "\n")
 
   def write(self, step: int, scalars: dict, **extra) -> dict:
     record = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}, **extra}
     if self.enabled:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+      split = extra.get("split")
       for key, value in scalars.items():
-        self._tensorboard.add_scalar(key, float(np.asarray(value)), int(step))
+        tag = key.replace("eval/", f"{split}/", 1) if split else key  # dev/accuracy, test/accuracy
+        self._tensorboard.add_scalar(tag, float(np.asarray(value)), int(step))
       self._tensorboard.flush()
     return record
 

@@ -23,6 +23,16 @@ def make_mesh(axes: dict) -> Mesh:
   return Mesh(np.asarray(devices).reshape(sizes), names)
 
 
+def check_batch_sizes(mesh: Mesh, *batch_sizes: int) -> None:
+  """Batches split over the `data` axis: every batch size must divide by its size."""
+  from fttpu.config import ConfigError
+  size = dict(zip(mesh.axis_names, mesh.devices.shape)).get("data", 1)
+  for batch_size in batch_sizes:
+    if batch_size % size:
+      raise ConfigError(f"batch size {batch_size} does not divide over the mesh's data axis of {size} devices; "
+                        f"use a multiple of {size} (train.batch_size, train.eval_batch_size)")
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -1,8 +1,8 @@
 """The pure train and eval steps: (state, batch) -> (state, metrics). Every method uses these."""
 import jax
-import jax.numpy as jnp
 import optax
 
+from fttpu import classifier
 from fttpu.methods import masks
 from fttpu.state import TrainState
 
@@ -18,9 +18,5 @@ def train_step(state: TrainState, batch: dict, *, method, loss_fn):
 
 
 def eval_step(params, batch: dict, *, logits_fn):
-  """Weighted sums over one batch: correct predictions, examples, and cross-entropy."""
-  logits = logits_fn(params, batch, None)
-  weights = batch["weights"]
-  correct = (logits.argmax(-1) == batch["labels"]).astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-  return {"correct": (correct * weights).sum(), "count": weights.sum(), "loss_sum": (losses * weights).sum()}
+  """Weighted sums over one batch (no dropout): cross-entropy, correct predictions, examples."""
+  return classifier.weighted_sums(logits_fn(params, batch, None), batch)

@@ -1,4 +1,4 @@
-"""The training loop: setup -> data -> model -> method -> shard -> restore -> loop -> eval.
+"""The training loop: setup -> model and data -> method -> shard -> restore -> loop -> eval.
 
 `run(config, workdir)` is the whole program; main.py only parses flags.
 """
@@ -9,10 +9,12 @@ import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 from fttpu import checkpoint, classifier, config as config_lib, methods, metrics, models, optim, sharding, step as step_lib
 from fttpu.data import pipeline
+from fttpu.methods import masks
 from fttpu.state import TrainState
 
 
@@ -25,16 +27,42 @@ def evaluate(eval_fn, params, data: pipeline.Encoded, prompts: dict, batch_size:
   return {"accuracy": totals["correct"] / totals["count"], "loss": totals["loss_sum"] / totals["count"]}
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in config.items():
+    out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+  return out
+
+
+def check_same_run(config: ml_collections.ConfigDict, path: str) -> None:
+  """A workdir with checkpoints resumes only the config that made them."""
+  with open(path) as f:
+    old = _flat(json.load(f))
+  new = _flat(json.loads(config.to_json()))
+  differs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  if differs:
+    details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differs[:8])
+    raise config_lib.ConfigError(f"{os.path.dirname(path)} holds checkpoints of a run with another config "
+                                 f"({details}); resume with the same config or use a new --workdir")
+
+
 def run(config, workdir: str) -> dict:
   """Trains and evaluates as `config` says; writes config.json, metrics.jsonl, TensorBoard, checkpoints."""
   # ---------------------------------------------------------------- setup
   config_lib.validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_sizes(mesh, config.train.batch_size, config.train.eval_batch_size)
   os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
+  config_path = os.path.join(workdir, "config.json")
+  resume_step = manager.latest_step()
+  if resume_step is not None and os.path.exists(config_path):
+    check_same_run(config, config_path)
   is_lead = jax.process_index() == 0
   if is_lead:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with open(config_path, "w") as f:
       f.write(config.to_json(indent=2))
-  writer = metrics.MetricWriter(workdir, enabled=is_lead)
+  writer = metrics.MetricWriter(workdir, enabled=is_lead, resume_step=resume_step)
 
   # ---------------------------------------------------------------- model and data
   model = models.load(config.model.family, config.model.checkpoint)
@@ -48,9 +76,11 @@ def run(config, workdir: str) -> dict:
   method = methods.get_method(config.method, optim.make_optimizer(config.optimizer, config.train.steps))
   total_steps = config.train.steps if method.trains else 0
   params = method.prepare(model.params, jax.random.key(config.seed))
+  logging.info("method %s: %d of %d parameters train", method.name,
+               masks.count_trainable(params, method.labels(params)),
+               sum(p.size for p in jax.tree_util.tree_leaves(params)))
 
   # ---------------------------------------------------------------- shard
-  mesh = sharding.make_mesh(config.mesh)
   state = jax.device_put(TrainState.create(params, method.tx, config.seed), sharding.replicated(mesh))
   prompts = data.prompts
   example_batch = {**pipeline.train_batch(data.train, 0, config.train.batch_size, config.seed), **prompts}
@@ -59,13 +89,12 @@ def run(config, workdir: str) -> dict:
                        in_shardings=(state_sharding, sharding.batch_shardings(mesh, example_batch)),
                        out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
-  evaluate_on = lambda params, split: evaluate(eval_step, params, split, prompts, config.train.eval_batch_size, mesh)
+  evaluate_on = lambda params, split: evaluate(eval_step, method.merge(params), split, prompts,
+                                               config.train.eval_batch_size, mesh)
 
   # ---------------------------------------------------------------- restore
-  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
-  restored = checkpoint.restore_latest(manager, state)
-  if restored is not None:
-    state = restored
+  if resume_step is not None:
+    state = checkpoint.restore(manager, resume_step, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
 
   # ---------------------------------------------------------------- loop
@@ -77,6 +106,7 @@ def run(config, workdir: str) -> dict:
     timings["perf/compile_s"] = time.perf_counter() - started
     logging.info("train step compiled in %.1fs", timings["perf/compile_s"])
   progress = metrics.Progress(total_steps, first_step)
+  best_dev = (-1.0, first_step, None)  # (accuracy, step, host copy of params) for train.select=best_dev
   step_times = []
   for step in range(first_step, total_steps):
     batch = {**pipeline.train_batch(data.train, step, config.train.batch_size, config.seed), **prompts}
@@ -95,6 +125,8 @@ def run(config, workdir: str) -> dict:
       dev = evaluate_on(state.params, data.dev)
       writer.write(done, {"eval/accuracy": dev["accuracy"], "eval/loss": dev["loss"]}, split="dev")
       logging.info("step %d dev accuracy %.4f", done, dev["accuracy"])
+      if config.train.select == "best_dev" and dev["accuracy"] > best_dev[0]:
+        best_dev = (dev["accuracy"], done, jax.device_get(state.params))
     if done % config.train.checkpoint_every == 0 or done == total_steps:
       checkpoint.save(manager, state)
   manager.wait_until_finished()
@@ -102,11 +134,14 @@ def run(config, workdir: str) -> dict:
     timings["perf/step_s"] = float(np.median(step_times[1:] or step_times))
 
   # ---------------------------------------------------------------- eval
-  final_params = method.merge(state.params)
+  selected_step, final_params = int(jax.device_get(state.step)), state.params
+  if best_dev[2] is not None:
+    selected_step, final_params = best_dev[1], best_dev[2]
+    logging.info("testing the parameters of step %d (best dev accuracy %.4f)", selected_step, best_dev[0])
   test = evaluate_on(final_params, data.test)
   record = writer.write(int(jax.device_get(state.step)),
                         {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **timings},
-                        split="test", examples=len(data.test), final=True)
+                        split="test", examples=len(data.test), selected_step=selected_step, final=True)
   logging.info("final test accuracy %.4f on %d examples", test["accuracy"], len(data.test))
   writer.close()
   manager.close()

@@ -23,7 +23,7 @@ def test_bad_config_arguments(arg, message):
     ("method", "lora", r"config.method='lora' is invalid; valid: \['full', 'zero_shot'\]"),
     ("model.family", "gpt", r"config.model.family='gpt' is invalid; valid: \['bert'\]"),
     ("model.checkpoint", "/nonexistent", r"model.checkpoint='/nonexistent' is invalid; valid: a Hugging Face"),
-    ("data.task", "imdb", r"data.task='imdb' is invalid; valid: \['sst2', 'trec'\] or a directory"),
+    ("data.task", "imdb", r"data.task='imdb' is invalid; valid: \['sst2', 'trec'\], a folder under data.dir"),
     ("data.k", 0, r"data.k=0 is invalid; valid: an integer >= 1"),
     ("data.max_length", 4096, r"data.max_length=4096 is invalid; valid: 8..512"),
     ("train.steps", -5, r"train.steps=-5 is invalid"),

@@ -61,11 +61,37 @@ def test_any_directory_in_the_format_is_a_task(tmp_path, tfds_dir):
     tasks.get_task("trec", str(tmp_path), label_descriptions=("a", "b"))
 
 
-def test_unknown_task_and_missing_data_say_where_to_point(tmp_path, tfds_dir):
+def test_unknown_task_and_missing_data_say_where_to_point(tmp_path, tfds_dir, monkeypatch):
   with pytest.raises(ValueError, match=r"unknown task 'nope'.*registered: \['sst2', 'trec'\]"):
     tasks.get_task("nope", str(tmp_path))
-  with pytest.raises(FileNotFoundError, match=r"no local copy at .*sst2.*--config.data.dir=DIR"):
-    tfds_local.load_splits(tasks.get_task("sst2", str(tmp_path)), str(tmp_path), tfds_dir)
+  # No local copy and no network: the TFDS catalog fallback fails at once and says what to do.
+  import socket
+  def offline(*args, **kwargs):
+    raise socket.gaierror(-2, "Name or service not known")
+  monkeypatch.setattr(socket, "getaddrinfo", offline)
+  with pytest.raises(FileNotFoundError, match=r"no local copy at .*sst2.*'glue/sst2'.*--config.data.dir=DIR"):
+    tfds_local.load_splits(tasks.get_task("sst2", str(tmp_path)), str(tmp_path), str(tmp_path / "tfds"))
+
+
+def test_a_folder_in_the_working_directory_does_not_shadow_the_data(tmp_path, monkeypatch):
+  (tmp_path / "trec").mkdir()
+  monkeypatch.chdir(tmp_path)
+  assert tasks.task_dir("trec", data_dir()) == os.path.join(data_dir(), "trec")
+
+
+def test_changed_label_set_prepares_the_data_again(tmp_path, tfds_dir):
+  write(tmp_path / "t/train.tsv", "sentence\tlabel\na\t0\nb\t1\nc\t2\n")
+  write(tmp_path / "t/test.tsv", "sentence\tlabel\na\t0\n")
+  three = tasks.get_task("t", str(tmp_path), label_descriptions=("x", "y", "z"))
+  assert len(tfds_local.load_splits(three, str(tmp_path), tfds_dir)["train"][0]) == 3
+  two = tasks.get_task("t", str(tmp_path), label_descriptions=("x", "y"))
+  with pytest.raises(tsv.DataError, match=r"t/train.tsv:4: label '2' is not an integer in 0..1"):
+    tfds_local.load_splits(two, str(tmp_path), tfds_dir)
+
+
+def test_label_descriptions_are_encoded_at_their_own_length(sst2_16shot):
+  mask = sst2_16shot.prompts["label_attention_mask"]
+  assert mask.shape[1] == mask.sum(1).max() < 16, "descriptions must not be padded to the tokenizer file's length"
 
 
 def test_k_shot_is_deterministic_balanced_and_disjoint(tfds_dir):
@@ -84,7 +110,7 @@ def test_k_shot_is_deterministic_balanced_and_disjoint(tfds_dir):
 
 def test_k_larger_than_a_class_fails_with_the_class_size():
   labels = np.array([0] * 50 + [1] * 5)
-  with pytest.raises(ValueError, match=r"class 1 has 5 training rows; k=3 needs 6"):
+  with pytest.raises(ValueError, match=r"class 1 has 5 training rows; k=3 needs 6 \(k train \+ k dev\); lower data.k"):
     fewshot.sample_k_shot(labels, 3, 13, 2)
 
 

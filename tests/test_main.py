@@ -40,9 +40,15 @@ def test_short_sst2_run_writes_config_metrics_tensorboard_checkpoints_and_resume
   again = run_main(*args, workdir=workdir)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resumed from" in again.stderr
-  resumed = read_metrics(workdir)[len(lines):]
-  assert [l for l in resumed if "train/loss" in l] == []
-  assert resumed[-1]["final"] and resumed[-1]["eval/accuracy"] == final["eval/accuracy"]
+  after = read_metrics(workdir)
+  assert after[:-1] == lines[:-1], "resuming keeps the lines up to the checkpoint and adds no duplicates"
+  assert after[-1]["final"] and after[-1]["eval/accuracy"] == final["eval/accuracy"]
+  assert sum(bool(l.get("final")) for l in after) == 1
+
+  # The same workdir with another config is refused before anything loads, naming what differs.
+  other = run_main(*[a.replace("steps=4", "steps=6") for a in args], workdir=workdir)
+  assert other.returncode != 0
+  assert "holds checkpoints of a run with another config (train.steps: 4 -> 6)" in other.stderr
 
 
 def test_bad_input_fails_before_training_with_a_message(tmp_path):
@@ -51,6 +57,25 @@ def test_bad_input_fails_before_training_with_a_message(tmp_path):
   assert "unknown config key config.train.stepz" in result.stderr and "'steps'" in result.stderr
   result = run_main("--config=configs/fewshot.py:task=sst2,method=sparse", workdir=tmp_path / "bad")
   assert result.returncode != 0 and "config.method='sparse' is invalid; valid: ['full', 'zero_shot']" in result.stderr
-  result = run_main("--config=configs/fewshot.py:task=sst2,method=zero_shot", f"--config.data.dir={tmp_path}",
-                    "--config.data.cache_dir=" + str(tmp_path / "tfds"), workdir=tmp_path / "bad")
-  assert result.returncode != 0 and "--config.data.dir=DIR" in result.stderr
+  result = run_main("--config=configs/fewshot.py:task=trec,method=zero_shot", f"--config.data.dir={tmp_path}",
+                    workdir=tmp_path / "bad")
+  assert result.returncode != 0 and f"no directory {tmp_path}/trec" in result.stderr
+  assert "--config.data.dir=DIR" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_new_task_folder_runs_with_label_descriptions_from_the_command_line(tmp_path, tfds_dir):
+  """The README's 'Adding a task' recipe: a folder in the TSV format plus --config.data.label_descriptions."""
+  with open(f"{data_dir()}/sst2/test.tsv") as f:
+    rows = f.read().splitlines()[1:81]
+  for split, part in (("train", rows[:60]), ("test", rows[60:])):
+    (tmp_path / "data" / "reviews").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "data" / "reviews" / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(part) + "\n")
+  workdir = tmp_path / "run"
+  result = run_main("--config=configs/fewshot.py:task=reviews,method=zero_shot,k=4",
+                    f"--config.data.dir={tmp_path / 'data'}",
+                    """--config.data.label_descriptions=("A bad movie.", "A good movie.")""", workdir=workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["data"]["label_descriptions"] == ["A bad movie.", "A good movie."]
+  final = read_metrics(workdir)[-1]
+  assert final["final"] and final["examples"] == 20 and 0 <= final["eval/accuracy"] <= 1

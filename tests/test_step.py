@@ -14,7 +14,10 @@ from fttpu.state import TrainState
 @pytest.fixture(scope="module")
 def setup(minilm, sst2_config, sst2_16shot):
   """(make_state, jitted donated step, loss_fn, data) for full fine-tuning, compiled once."""
-  method = methods.get_method("full", optim.make_optimizer(sst2_config.optimizer, 30))
+  # No weight decay: only gradients may move a parameter, so an unchanged leaf means no gradient reached it.
+  optimizer_config = sst2_config.optimizer.copy_and_resolve_references()
+  optimizer_config.weight_decay = 0.0
+  method = methods.get_method("full", optim.make_optimizer(optimizer_config, 30))
   logits_fn = classifier.make_logits_fn(minilm.module, sst2_config.model.logit_scale)
   loss_fn = classifier.make_loss_fn(logits_fn)
   train_step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn), donate_argnums=0)
@@ -73,3 +76,17 @@ def test_full_optimizer_state_covers_exactly_the_params(minilm, sst2_config):
 def test_unknown_method_lists_the_valid_ones(sst2_config):
   with pytest.raises(ValueError, match=r"unknown method 'lora'; valid: \['full', 'zero_shot'\]"):
     methods.get_method("lora", optim.make_optimizer(sst2_config.optimizer, 10))
+
+
+def test_eval_padding_rows_do_not_count(setup, minilm):
+  """Accuracy over 20 examples is the same in batches of 20, of 8 (4 padding rows) and of 5."""
+  from fttpu import train
+  from fttpu.sharding import make_mesh
+  _, _, _, data = setup
+  logits_fn = classifier.make_logits_fn(minilm.module, 20.0)
+  eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
+  subset = data.test.take(np.arange(20))
+  results = [train.evaluate(eval_step, minilm.params, subset, data.prompts, size, make_mesh({"data": -1}))
+             for size in (20, 8, 5)]
+  assert results[0]["accuracy"] == results[1]["accuracy"] == results[2]["accuracy"]
+  np.testing.assert_allclose([r["loss"] for r in results], results[0]["loss"], rtol=1e-5)

@@ -34,12 +34,20 @@ class FewShotData:
   prompts: dict  # label descriptions, tokenized: {"label_input_ids", "label_attention_mask"}
 
 
+def _unpadded_copy(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+  """A private copy with the file's own padding and truncation settings removed."""
+  copy = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+  copy.no_padding()
+  copy.no_truncation()
+  return copy
+
+
 def encode(tokenizer: tokenizers.Tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
   """Token ids and attention mask, truncated and padded to `max_length`."""
-  tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())  # a private copy: padding is mutable state
+  pad = tokenizer.padding or {"pad_id": tokenizer.token_to_id("[PAD]") or 0, "pad_token": "[PAD]"}
+  tokenizer = _unpadded_copy(tokenizer)
   tokenizer.enable_truncation(max_length)
-  pad_id = tokenizer.token_to_id("[PAD]") or 0
-  tokenizer.enable_padding(length=max_length, pad_id=pad_id)
+  tokenizer.enable_padding(length=max_length, pad_id=pad["pad_id"], pad_token=pad["pad_token"])
   encodings = tokenizer.encode_batch(texts)
   return (np.asarray([e.ids for e in encodings], np.int32),
           np.asarray([e.attention_mask for e in encodings], np.int32))
@@ -61,7 +69,7 @@ def load_few_shot(data_config, tokenizer, seed: int) -> FewShotData:
   encoded = encode_split(tokenizer, task, train_all, train_labels[np.concatenate([train_idx, dev_idx])],
                          data_config.max_length)
   test = encode_split(tokenizer, task, *splits["test"], data_config.max_length)
-  label_length = max(len(tokenizer.encode(d).ids) for d in task.label_descriptions)
+  label_length = max(len(e.ids) for e in _unpadded_copy(tokenizer).encode_batch(list(task.label_descriptions)))
   label_ids, label_mask = encode(tokenizer, list(task.label_descriptions), label_length)
   n = len(train_idx)
   return FewShotData(task, encoded.take(np.arange(n)), encoded.take(np.arange(n, len(encoded))), test,

@@ -8,6 +8,8 @@ import dataclasses
 import os
 from typing import Optional
 
+from fttpu.config import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -50,23 +52,35 @@ TASKS = {
 }
 
 
+def task_dir(name: str, data_dir: str) -> Optional[str]:
+  """DATA_DIR/name, or `name` itself when it is an absolute path; None when neither is a directory."""
+  for candidate in (os.path.join(data_dir, name), name if os.path.isabs(name) else None):
+    if candidate and os.path.isdir(candidate):
+      return candidate
+  return None
+
+
 def get_task(name: str, data_dir: str, template: str = "", label_descriptions=(), label_names=()) -> Task:
   """The registered task `name`, or a task for the directory DATA_DIR/name, with config overrides."""
   if name in TASKS:
     task = TASKS[name]
-  elif os.path.isdir(os.path.join(data_dir, name)) or os.path.isdir(name):
+  elif task_dir(name, data_dir):
     if not label_descriptions:
-      raise ValueError(f"task {name!r} is not registered (registered: {sorted(TASKS)}); for a task directory "
+      raise ConfigError(f"task {name!r} is not registered (registered: {sorted(TASKS)}); for a task directory "
                        "give its prompts with --config.data.label_descriptions='(\"desc of 0\", \"desc of 1\", ...)'")
     task = Task(name=name, label_names=tuple(label_names) or tuple(str(i) for i in range(len(label_descriptions))),
                 label_descriptions=tuple(label_descriptions))
   else:
-    raise ValueError(f"unknown task {name!r}: not registered (registered: {sorted(TASKS)}) and no directory "
+    raise ConfigError(f"unknown task {name!r}: not registered (registered: {sorted(TASKS)}) and no directory "
                      f"{os.path.join(data_dir, name)!r}")
   overrides = {}
   if template:
-    if "{sentence}" not in template:
-      raise ValueError(f"data.template={template!r} must contain '{{sentence}}'")
+    try:
+      ok = "{sentence}" in template and template.format(sentence="") is not None
+    except (KeyError, IndexError, ValueError):
+      ok = False
+    if not ok:
+      raise ConfigError(f"data.template={template!r} must contain {{sentence}} and no other {{...}} field")
     overrides["template"] = template
   if label_descriptions:
     overrides["label_descriptions"] = tuple(label_descriptions)
@@ -74,6 +88,6 @@ def get_task(name: str, data_dir: str, template: str = "", label_descriptions=()
     overrides["label_names"] = tuple(label_names)
   task = dataclasses.replace(task, **overrides)
   if len(task.label_descriptions) != task.num_classes:
-    raise ValueError(f"task {name!r} has {task.num_classes} classes {list(task.label_names)} but "
+    raise ConfigError(f"task {name!r} has {task.num_classes} classes {list(task.label_names)} but "
                      f"{len(task.label_descriptions)} label descriptions")
   return task

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fttpu.data import tsv
-from fttpu.data.tasks import Task
+from fttpu.data.tasks import Task, task_dir
 
 SPLITS = ("train", "test")
 
@@ -48,8 +48,9 @@ class LocalTsv(tfds.core.GeneratorBasedBuilder):
       yield index, {"index": index, "sentence": sentence, "label": int(label)}
 
 
-def _fingerprint(source_dir: str) -> str:
-  digest = hashlib.sha1()
+def _fingerprint(source_dir: str, label_names) -> str:
+  """Content of the TSVs and the label set: either changing means preparing again."""
+  digest = hashlib.sha1(repr(list(label_names)).encode())
   for split in SPLITS:
     path = os.path.join(source_dir, f"{split}.tsv")
     if not os.path.isfile(path):
@@ -60,10 +61,11 @@ def _fingerprint(source_dir: str) -> str:
 
 
 def _read_all(source) -> tuple[list[str], np.ndarray]:
-  """All rows of a split, in file order when the rows carry their index (TFDS shuffles on prepare)."""
+  """All rows of a split in file order (TFDS shuffles on prepare; ours carry `index`, GLUE's `idx`)."""
   rows = source.__getitems__(range(len(source)))
-  if rows and "index" in rows[0]:
-    rows = sorted(rows, key=lambda r: int(r["index"]))
+  order_key = next((k for k in ("index", "idx") if rows and k in rows[0]), None)
+  if order_key:
+    rows = sorted(rows, key=lambda r: int(r[order_key]))
   sentences = [r["sentence"].decode("utf-8") if isinstance(r["sentence"], bytes) else str(r["sentence"]) for r in rows]
   return sentences, np.asarray([r["label"] for r in rows], np.int32)
 
@@ -75,18 +77,14 @@ def _check_reachable(builder) -> None:
     socket.getaddrinfo(host, 443)  # socket.gaierror offline
 
 
-def source_dir(task: Task, data_dir: str) -> str:
-  return task.name if os.path.isdir(task.name) else os.path.join(data_dir, task.name)
-
-
 def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[list[str], np.ndarray]]:
   """{'train': (sentences, labels), 'test': ...} from DATA_DIR/<task> or, failing that, the TFDS catalog."""
   cache_dir = os.path.expanduser(cache_dir)
-  directory = source_dir(task, data_dir)
-  if os.path.isdir(directory):
+  directory = task_dir(task.name, data_dir)
+  if directory:
     name = re.sub(r"[^a-z0-9_]", "_", os.path.basename(os.path.normpath(task.name)).lower())
     builder = LocalTsv(source_dir=directory, label_names=task.label_names, data_dir=cache_dir,
-                       config=tfds.core.BuilderConfig(name=f"{name}_{_fingerprint(directory)}"),
+                       config=tfds.core.BuilderConfig(name=f"{name}_{_fingerprint(directory, task.label_names)}"),
                        file_format="array_record")
     builder.download_and_prepare()
     return {split: _read_all(builder.as_data_source(split=split)) for split in SPLITS}
@@ -101,9 +99,9 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
     except Exception as e:  # offline, or TFDS cannot build it here
       reason = str(e).splitlines()[0][:200] if str(e) else ""
       raise FileNotFoundError(
-          f"task {task.name!r}: no local copy at {directory}, and the TFDS dataset {task.tfds_name!r} could not be "
+          f"task {task.name!r}: no local copy at {os.path.join(data_dir, task.name)}, and the TFDS dataset {task.tfds_name!r} could not be "
           f"loaded ({type(e).__name__}: {reason}). Point fttpu at the data: --config.data.dir=DIR "
           f"(or `make demo DATA_DIR=DIR`) where DIR/{task.name}/train.tsv and test.tsv exist.") from e
     return {split: _read_all(source) for split, source in sources.items()}
-  raise FileNotFoundError(f"task {task.name!r}: no directory {directory} with train.tsv and test.tsv; "
+  raise FileNotFoundError(f"task {task.name!r}: no directory {os.path.join(data_dir, task.name)} with train.tsv and test.tsv; "
                           f"set --config.data.dir=DIR (or `make demo DATA_DIR=DIR`) to the folder that holds {task.name}/")

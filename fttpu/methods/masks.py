@@ -3,8 +3,7 @@
 The labels are the one mechanism that decides what trains: `partition` gives trainable
 leaves the optimizer (with state) and frozen leaves `set_to_zero` (no state at all).
 """
-import re
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import optax
@@ -19,17 +18,6 @@ def path_name(key_path) -> str:
 
 def label_all(params, label: str):
   return jax.tree_util.tree_map(lambda _: label, params)
-
-
-def label_by_regex(params, rules: Sequence[tuple[str, str]]):
-  """First matching (regex, label) rule per leaf path; a leaf no rule covers is an error."""
-  def label(key_path, _):
-    name = path_name(key_path)
-    for pattern, value in rules:
-      if re.search(pattern, name):
-        return value
-    raise ValueError(f"parameter {name!r} matches none of the mask rules {[p for p, _ in rules]}")
-  return jax.tree_util.tree_map_with_path(label, params)
 
 
 def partition(labels: Callable, trainable: optax.GradientTransformation) -> optax.GradientTransformation:
