@@ -35,7 +35,9 @@ def get_config(arg=None):
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 5e-5
+  # Chosen on dev: of {1e-5, 2e-5, 5e-5} x seeds {13, 21, 42, 87, 100}, 2e-5 has the best mean dev
+  # accuracy over SST-2 and TREC (200 steps, batch 8, MiniLM).
+  config.optimizer.learning_rate = 2e-5
   config.optimizer.weight_decay = 0.01
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
