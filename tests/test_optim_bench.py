@@ -1,0 +1,70 @@
+"""The optimizer factory, the mesh helpers and the benchmark CLI."""
+import json
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from fttpu import optim, sharding
+from tests.conftest import REPO
+
+
+def optimizer_config(**overrides):
+  config = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-3, weight_decay=0.1, b1=0.9, b2=0.999,
+                                          eps=1e-8, schedule="linear", warmup_steps=0))
+  config.update(overrides)
+  return config
+
+
+def test_schedules_warm_up_then_decay_to_zero():
+  linear = optim.learning_rate_schedule(optimizer_config(warmup_steps=10), total_steps=110)
+  assert float(linear(0)) == 0.0 and float(linear(10)) == pytest.approx(1e-3)
+  assert float(linear(60)) == pytest.approx(5e-4) and float(linear(110)) == pytest.approx(0.0, abs=1e-12)
+  cosine = optim.learning_rate_schedule(optimizer_config(schedule="cosine"), total_steps=100)
+  assert float(cosine(50)) == pytest.approx(5e-4) and float(cosine(100)) == pytest.approx(0.0, abs=1e-12)
+  assert float(optim.learning_rate_schedule(optimizer_config(schedule="constant"), 100)(99)) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_weight_decay_spares_biases_and_norm_scales(name):
+  params = {"dense": {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)},
+            "norm": {"scale": np.ones(2, np.float32), "bias": np.ones(2, np.float32)}}
+  tx = optim.make_optimizer(optimizer_config(name=name, schedule="constant"), total_steps=10)
+  zero_grads = jax.tree_util.tree_map(np.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  assert np.all(np.asarray(new["dense"]["kernel"]) < 1.0), "matrices decay"
+  for leaf in (new["dense"]["bias"], new["norm"]["scale"], new["norm"]["bias"]):
+    np.testing.assert_array_equal(leaf, 1.0)
+
+
+def test_mesh_needs_the_devices_it_names():
+  assert dict(sharding.make_mesh({"data": -1}).shape) == {"data": len(jax.devices())}
+  with pytest.raises(ValueError, match=r"needs 2 devices; 1 are available"):
+    sharding.make_mesh({"data": 2})
+  with pytest.raises(ValueError, match="at most one axis may be -1"):
+    sharding.make_mesh({"data": -1, "fsdp": -1})
+
+
+def test_batch_sizes_must_divide_over_the_data_axis():
+  command = [sys.executable, "-c", "from fttpu import sharding; "
+             "sharding.check_batch_sizes(sharding.make_mesh({'data': -1}), 8, 6)"]
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PATH": ""}
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+  assert result.returncode != 0
+  assert "batch size 6 does not divide over the mesh's data axis of 4 devices; use a multiple of 4" in result.stderr
+
+
+def test_bench_cli_prints_json_per_method():
+  command = [sys.executable, "-m", "fttpu.bench", "--methods=forward,zero_shot", "--batch=2", "--seq=8", "--steps=1"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(result.stdout)
+  for method in ("forward", "zero_shot"):
+    assert report[method]["step_s"] > 0 and report[method]["compile_s"] > 0 and report[method]["max_rss_mb"] > 0
+    assert report[method]["compiled_argument_mb"] > 80  # the 22.7M float32 parameters are arguments
+  assert report["ratios_to_forward"]["zero_shot"] > 0
