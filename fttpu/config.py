@@ -52,6 +52,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   d = config.data
   _check(d.task in tasks.TASKS or tasks.task_dir(d.task, d.dir) is not None, "data.task", d.task,
          f"{sorted(tasks.TASKS)}, a folder under data.dir={d.dir!r}, or an absolute path, with train.tsv and test.tsv")
+  if d.task in tasks.TASKS or tasks.task_dir(d.task, d.dir) is not None:
+    tasks.get_task(d.task, d.dir, d.template, tuple(d.label_descriptions), tuple(d.label_names))  # prompts fit the task
   _check(d.k >= 1, "data.k", d.k, "an integer >= 1 (examples per class)")
   _check(8 <= d.max_length <= 512, "data.max_length", d.max_length, "8..512 tokens")
   t = config.train

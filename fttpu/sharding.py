@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fttpu.config import ConfigError
+
 
 def make_mesh(axes: dict) -> Mesh:
   """{'data': -1} -> a Mesh over all devices; at most one axis may be -1."""
@@ -25,7 +27,6 @@ def make_mesh(axes: dict) -> Mesh:
 
 def check_batch_sizes(mesh: Mesh, *batch_sizes: int) -> None:
   """Batches split over the `data` axis: every batch size must divide by its size."""
-  from fttpu.config import ConfigError
   size = dict(zip(mesh.axis_names, mesh.devices.shape)).get("data", 1)
   for batch_size in batch_sizes:
     if batch_size % size:

@@ -50,3 +50,16 @@ def test_unknown_override_keys_list_the_valid_ones():
     check_overrides(config, ["--config.data.kk=4"])
   with pytest.raises(ConfigError, match=r"unknown config key config.trainer .*valid keys of config: \['data'"):
     check_overrides(config, ["--config.trainer.steps=4"])
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("data.template", "Review: {text}", r"data.template='Review: \{text\}' must contain \{sentence\} and no other"),
+    ("data.template", "Review:", r"data.template='Review:' must contain \{sentence\}"),
+    ("data.label_descriptions", ("bad", "good", "neutral"), r"task 'sst2' has 2 classes .* but 3 label descriptions"),
+])
+def test_prompts_that_do_not_fit_the_task_fail_at_validation(key, value, message):
+  config = fewshot.get_config()
+  section, _, field = key.rpartition(".")
+  config[section][field] = value
+  with pytest.raises(ConfigError, match=message):
+    validate(config)

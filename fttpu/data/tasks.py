@@ -60,6 +60,17 @@ def task_dir(name: str, data_dir: str) -> Optional[str]:
   return None
 
 
+def _checked_template(template: str) -> str:
+  """`template` if it formats with exactly the field {sentence}."""
+  try:
+    template.format(sentence="")
+  except (KeyError, IndexError, ValueError):
+    raise ConfigError(f"data.template={template!r} must contain {{sentence}} and no other {{...}} field") from None
+  if "{sentence}" not in template:
+    raise ConfigError(f"data.template={template!r} must contain {{sentence}}")
+  return template
+
+
 def get_task(name: str, data_dir: str, template: str = "", label_descriptions=(), label_names=()) -> Task:
   """The registered task `name`, or a task for the directory DATA_DIR/name, with config overrides."""
   if name in TASKS:
@@ -75,13 +86,7 @@ def get_task(name: str, data_dir: str, template: str = "", label_descriptions=()
                      f"{os.path.join(data_dir, name)!r}")
   overrides = {}
   if template:
-    try:
-      ok = "{sentence}" in template and template.format(sentence="") is not None
-    except (KeyError, IndexError, ValueError):
-      ok = False
-    if not ok:
-      raise ConfigError(f"data.template={template!r} must contain {{sentence}} and no other {{...}} field")
-    overrides["template"] = template
+    overrides["template"] = _checked_template(template)
   if label_descriptions:
     overrides["label_descriptions"] = tuple(label_descriptions)
   if label_names:
