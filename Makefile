@@ -42,7 +42,7 @@ test-all: install-test
 # Step time, compile time, compiled memory and peak RSS per method (JSON). Beside it, for the
 # PyTorch peers: THREADS=2 BATCH=16 SEQ=64 $(PY) ../shared/bench/peer_torch.py (needs `pip install peft`).
 bench: install
-	$(PY) -m fttpu.bench --methods=forward,full,zero_shot --batch=16 --seq=64 --steps=5
+	$(PY) -m fttpu.bench --methods=forward,full,head,bitfit,lora,sparse,spiel,prefix --batch=16 --seq=64 --steps=5
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info

@@ -5,7 +5,9 @@
 Each method runs in its own process (so peak RSS is its own) on the real checkpoint with a
 random batch, the way ../shared/bench/peer_torch.py measures the PyTorch peers:
   forward : evaluation logits (encoder on the batch and the label descriptions), no gradients
-  <method>: one train step of that method (fttpu.step.train_step, jitted, state donated)
+  <method>: one train step of that method (fttpu.step.train_step, jitted, state donated), with
+            the method's defaults of configs/fewshot.py (lora: r=8 on query/value; sparse and
+            spiel: density 0.01). spiel's prune/regrow, every 20 steps outside the step, is not timed.
 """
 import functools
 import json
@@ -39,6 +41,7 @@ def run_one(method_name: str) -> dict:
   import numpy as np
   from configs import fewshot
   from fttpu import classifier, methods, models, optim, step as step_lib
+  from fttpu.methods import masks
   from fttpu.state import TrainState
 
   model = models.load("bert", FLAGS.checkpoint)
@@ -52,16 +55,20 @@ def run_one(method_name: str) -> dict:
   logits_fn = classifier.make_logits_fn(model.module, 20.0)
   rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   if method_name == "forward":
-    params = jax.device_put(model.params)
+    params = jax.device_put({"model": model.params})
     started = time.perf_counter()
     compiled = jax.jit(logits_fn).lower(params, batch).compile()
     compile_s = time.perf_counter() - started
     step = lambda: compiled(params, batch).block_until_ready()
   else:
-    config = fewshot.get_config()
-    method = methods.get_method(method_name, optim.make_optimizer(config.optimizer, 1000))
+    config = fewshot.get_config(f"method={method_name}")
+    optimizer = optim.make_optimizer(config.optimizer, 1000)
+    method = methods.get_method(config, optimizer, model)
     loss_fn = classifier.make_loss_fn(logits_fn)
-    state = jax.device_put(TrainState.create(method.prepare(model.params, jax.random.key(0)), method.tx, 0))
+    prompts = {k: batch[k] for k in ("label_input_ids", "label_attention_mask")}
+    context = methods.Context(loss_fn, jax.jit(classifier.make_embed_fn(model.module)), lambda step: batch, batch,
+                              prompts, model.module, optimizer)
+    state = jax.device_put(TrainState.create(method.prepare(model.params, jax.random.key(0), context), method.tx, 0))
     started = time.perf_counter()
     compiled = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
                        donate_argnums=0).lower(state, batch).compile()
@@ -78,7 +85,13 @@ def run_one(method_name: str) -> dict:
     step()
     times.append(time.perf_counter() - started)
   rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return {"step_s": float(np.median(times)), "compile_s": compile_s, "max_rss_mb": rss_after / 1024,
+  extra = {}
+  if method_name != "forward":
+    labels = method.labels(holder[0].params)
+    extra = {"trainable": masks.count_trainable(holder[0].params, labels),
+             "optimizer_state_entries": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(holder[0].opt_state)
+                                                if np.ndim(x) > 0))}
+  return {"step_s": float(np.median(times)), "compile_s": compile_s, "max_rss_mb": rss_after / 1024, **extra,
           "rss_growth_mb": (rss_after - rss_before) / 1024, **_memory(compiled)}
 
 

@@ -3,6 +3,8 @@
 Each class has a label description ("It was great."). The encoder embeds the sentence and
 every description (mean pooling over real tokens); logits are scaled cosine similarities.
 Fine-tuning moves sentence and description embeddings through the same weights.
+With a trained linear head (tree["head"], linear probing) the logits are
+normalized sentence features @ kernel + bias instead.
 """
 from typing import Callable, Optional
 
@@ -17,19 +19,29 @@ def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   return (hidden * mask).sum(-2) / jnp.maximum(mask.sum(-2), 1.0)
 
 
-def make_logits_fn(module, scale: float) -> Callable:
-  """logits(params, batch, rng) -> (batch, classes); rng=None means evaluation (no dropout)."""
+def make_embed_fn(module) -> Callable:
+  """embed(model params, ids, mask, rng=None) -> unit-norm mean-pooled features (n, hidden)."""
 
-  def embed(params, ids, mask, rng):
+  def embed(params, ids, mask, rng=None):
     rngs = {} if rng is None else {"dropout": rng}
     hidden = module.apply({"params": params}, ids, mask, deterministic=rng is None, rngs=rngs)
     pooled = mean_pool(hidden, mask)
     return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
-  def logits(params, batch, rng: Optional[jax.Array] = None):
+  return embed
+
+
+def make_logits_fn(module, scale: float) -> Callable:
+  """logits(tree, batch, rng) -> (batch, classes) for tree = {"model": params, "head"?: ...};
+  rng=None means evaluation (no dropout)."""
+  embed = make_embed_fn(module)
+
+  def logits(tree, batch, rng: Optional[jax.Array] = None):
     sentence_rng, label_rng = (None, None) if rng is None else jax.random.split(rng)
-    sentences = embed(params, batch["input_ids"], batch["attention_mask"], sentence_rng)
-    labels = embed(params, batch["label_input_ids"], batch["label_attention_mask"], label_rng)
+    sentences = embed(tree["model"], batch["input_ids"], batch["attention_mask"], sentence_rng)
+    if "head" in tree:
+      return sentences @ tree["head"]["kernel"] + tree["head"]["bias"]
+    labels = embed(tree["model"], batch["label_input_ids"], batch["label_attention_mask"], label_rng)
     return scale * sentences @ labels.T
 
   return logits
@@ -44,10 +56,10 @@ def weighted_sums(logits: jax.Array, batch: dict) -> dict:
 
 
 def make_loss_fn(logits_fn: Callable) -> Callable:
-  """loss(params, batch, rng) -> (weighted mean cross-entropy, {"accuracy": ...})."""
+  """loss(tree, batch, rng) -> (weighted mean cross-entropy, {"accuracy": ...})."""
 
-  def loss_fn(params, batch, rng=None):
-    sums = weighted_sums(logits_fn(params, batch, rng), batch)
+  def loss_fn(tree, batch, rng=None):
+    sums = weighted_sums(logits_fn(tree, batch, rng), batch)
     count = jnp.maximum(sums["count"], 1.0)
     return sums["loss_sum"] / count, {"accuracy": sums["correct"] / count}
 

@@ -5,6 +5,7 @@ seconds, and every message names the key and what is valid.
 """
 import ast
 import os
+import re
 
 import ml_collections
 
@@ -68,8 +69,47 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(o.learning_rate > 0, "optimizer.learning_rate", o.learning_rate, "a number > 0")
   _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "a number >= 0")
   _check(o.warmup_steps >= 0, "optimizer.warmup_steps", o.warmup_steps, "an integer >= 0")
+  validate_methods(config)
   _check(all(v == -1 or v >= 1 for v in config.mesh.values()), "mesh", dict(config.mesh),
          "axis sizes >= 1, or -1 for the remaining devices")
+
+
+def validate_methods(config: ml_collections.ConfigDict) -> None:
+  """The update rules' sections (checked whichever method runs, so a sweep fails before it starts)."""
+  from fttpu.methods import sparse
+  _check(config.head.solver in ("adam", "lbfgs"), "head.solver", config.head.solver, "['adam', 'lbfgs']")
+  _check(config.head.l2 > 0, "head.l2", config.head.l2, "a number > 0")
+  _check(config.layers.sample >= 0, "layers.sample", config.layers.sample, "an integer >= 0 (0 = no LISA sampling)")
+  _check(config.layers.every >= 1, "layers.every", config.layers.every, "an integer >= 1")
+  _check_regex(config.layers.select, "layers.select")
+  for section in ("sparse", "spiel"):
+    c = config[section]
+    _check(0 < c.density <= 1, f"{section}.density", c.density, "a fraction in (0, 1]")
+    _check_regex(c.targets, f"{section}.targets")
+  s = config.sparse
+  _check(s.selector in sparse.SELECTORS, "sparse.selector", s.selector, str(list(sparse.SELECTORS)))
+  _check(s.structure in sparse.STRUCTURES, "sparse.structure", s.structure, str(list(sparse.STRUCTURES)))
+  _check(not (s.structure != "none" and s.selector in ("half",)), "sparse.structure", s.structure,
+         "'none' with selector 'half' (half picks whole matrices)")
+  _check(s.calibration_batches >= 1, "sparse.calibration_batches", s.calibration_batches, "an integer >= 1")
+  _check(s.lottery_steps >= 1, "sparse.lottery_steps", s.lottery_steps, "an integer >= 1")
+  p = config.spiel
+  _check(p.every >= 1, "spiel.every", p.every, "an integer >= 1")
+  _check(p.accumulate >= 1, "spiel.accumulate", p.accumulate, "an integer >= 1")
+  _check(0 <= p.replace_fraction <= 1, "spiel.replace_fraction", p.replace_fraction, "a fraction in [0, 1]")
+  l = config.lora
+  _check(l.rank >= 1, "lora.rank", l.rank, "an integer >= 1")
+  _check(l.alpha > 0, "lora.alpha", l.alpha, "a number > 0")
+  _check(0 <= l.dropout < 1, "lora.dropout", l.dropout, "a probability in [0, 1)")
+  _check_regex(l.targets, "lora.targets")
+  _check(config.prefix.length >= 1, "prefix.length", config.prefix.length, "an integer >= 1")
+
+
+def _check_regex(pattern: str, key: str) -> None:
+  try:
+    re.compile(pattern)
+  except re.error as e:
+    raise ConfigError(f"config.{key}={pattern!r} is not a valid regular expression: {e}") from None
 
 
 def check_overrides(config: ml_collections.ConfigDict | None, argv: list[str]) -> None:

@@ -74,17 +74,25 @@ def run(config, workdir: str) -> dict:
   loss_fn = classifier.make_loss_fn(logits_fn)
 
   # ---------------------------------------------------------------- method
-  method = methods.get_method(config.method, optim.make_optimizer(config.optimizer, config.train.steps))
+  optimizer = optim.make_optimizer(config.optimizer, config.train.steps)
+  method = methods.get_method(config, optimizer, model)
   total_steps = config.train.steps if method.trains else 0
-  params = method.prepare(model.params, jax.random.key(config.seed))
-  logging.info("method %s: %d of %d parameters train", method.name,
-               masks.count_trainable(params, method.labels(params)),
-               sum(p.size for p in jax.tree_util.tree_leaves(params)))
+  batch_at = lambda step: {**pipeline.train_batch(data.train, step, config.train.batch_size, config.seed),
+                           **data.prompts}
+  context = methods.Context(loss_fn=loss_fn, embed=jax.jit(classifier.make_embed_fn(model.module)),
+                            train_batch=batch_at, train_set={**pipeline.whole(data.train), **data.prompts},
+                            prompts=data.prompts, module=model.module, full_optimizer=optimizer)
+  started = time.perf_counter()
+  params = method.prepare(model.params, jax.random.key(config.seed), context)
+  labels = method.labels(params)
+  logging.info("method %s: %d of %d parameters train (prepared in %.1fs)", method.name,
+               masks.count_trainable(params, labels), sum(p.size for p in jax.tree_util.tree_leaves(params)),
+               time.perf_counter() - started)
 
   # ---------------------------------------------------------------- shard
   state = jax.device_put(TrainState.create(params, method.tx, config.seed), sharding.replicated(mesh))
   prompts = data.prompts
-  example_batch = {**pipeline.train_batch(data.train, 0, config.train.batch_size, config.seed), **prompts}
+  example_batch = batch_at(0)
   state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
   train_step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
                        in_shardings=(state_sharding, sharding.batch_shardings(mesh, example_batch)),
@@ -98,6 +106,11 @@ def run(config, workdir: str) -> dict:
     state = checkpoint.restore(manager, resume_step, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
 
+  if method.refresh:  # dynamic masks: dense gradients every `refresh_every` steps, outside the step
+    dense_grad = jax.jit(jax.grad(lambda model_params, batch: loss_fn({"model": model_params}, batch, None)[0]))
+    refresh = lambda state, step: jax.device_put(
+        method.refresh(state, dense_grad, lambda i: sharding.put_batch(mesh, batch_at(i)), total_steps), state_sharding)
+
   # ---------------------------------------------------------------- loop
   first_step = int(jax.device_get(state.step))
   timings = {}
@@ -109,7 +122,9 @@ def run(config, workdir: str) -> dict:
   progress = metrics.Progress(total_steps, first_step)
   step_times = []
   for step in range(first_step, total_steps):
-    batch = {**pipeline.train_batch(data.train, step, config.train.batch_size, config.seed), **prompts}
+    if method.refresh and step and step % method.refresh_every == 0:
+      state = refresh(state, step)
+    batch = batch_at(step)
     started = time.perf_counter()
     state, step_metrics = train_step(state, sharding.put_batch(mesh, batch))
     step_metrics = jax.device_get(step_metrics)  # waits for the step: the timing covers the compute
@@ -128,6 +143,11 @@ def run(config, workdir: str) -> dict:
     if done % config.train.checkpoint_every == 0 or done == total_steps:
       checkpoint.save(manager, state)
   manager.wait_until_finished()
+  if is_lead and method.trains:
+    saved = checkpoint.save_artifact(os.path.join(workdir, "artifact.safetensors"), method.artifact(state.params),
+                                     method.name)
+    if saved:
+      logging.info("saved %s (%.2f MB): what %s adds to the pretrained checkpoint", saved[0], saved[1], method.name)
   if step_times:
     timings["perf/step_s"] = float(np.median(step_times[1:] or step_times))
 

@@ -42,3 +42,29 @@ def sst2_config(tfds_dir):
 def sst2_16shot(sst2_config, minilm):
   from fttpu.data import pipeline
   return pipeline.load_few_shot(sst2_config.data, minilm.tokenizer, sst2_config.seed)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+  """A 2-layer random BERT (hidden 32, 4 heads) for the mechanics of methods: fast to compile."""
+  import jax
+  import numpy as np
+  from fttpu.models import LoadedModel, bert
+  config = bert.BertConfig(vocab_size=1200, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                           max_positions=32, type_vocab_size=2, hidden_dropout=0.0, attention_dropout=0.0)
+  module = bert.BertEncoder(config)
+  ids = np.ones((1, 4), np.int32)
+  params = jax.tree_util.tree_map(np.asarray, module.init(jax.random.key(0), ids, ids)["params"])
+  return LoadedModel(module, params, None, config, "")
+
+
+def tiny_batch(seed: int, size: int = 8, length: int = 12) -> dict:
+  """Random token ids with padding, binary labels and two label descriptions."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(4, length + 1, size)
+  mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
+  return {"input_ids": (rng.integers(1000, 1200, (size, length)) * mask).astype(np.int32), "attention_mask": mask,
+          "labels": rng.integers(0, 2, size).astype(np.int32), "weights": np.ones(size, np.float32),
+          "label_input_ids": rng.integers(1000, 1200, (2, 5)).astype(np.int32),
+          "label_attention_mask": np.ones((2, 5), np.int32)}

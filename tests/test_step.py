@@ -17,11 +17,11 @@ def setup(minilm, sst2_config, sst2_16shot):
   # No weight decay: only gradients may move a parameter, so an unchanged leaf means no gradient reached it.
   optimizer_config = sst2_config.optimizer.copy_and_resolve_references()
   optimizer_config.weight_decay = 0.0
-  method = methods.get_method("full", optim.make_optimizer(optimizer_config, 30))
+  method = methods.get_method(sst2_config, optim.make_optimizer(optimizer_config, 30), minilm)
   logits_fn = classifier.make_logits_fn(minilm.module, sst2_config.model.logit_scale)
   loss_fn = classifier.make_loss_fn(logits_fn)
   train_step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn), donate_argnums=0)
-  make_state = lambda: TrainState.create(jax.tree_util.tree_map(np.array, minilm.params), method.tx, 42)
+  make_state = lambda: TrainState.create({"model": jax.tree_util.tree_map(np.array, minilm.params)}, method.tx, 42)
   return make_state, train_step, loss_fn, sst2_16shot
 
 
@@ -38,11 +38,11 @@ def full_train_loss(loss_fn, params, data):
 def test_full_changes_every_parameter_and_lowers_the_training_loss(setup, minilm):
   make_state, train_step, loss_fn, data = setup
   before = jax.tree_util.tree_map(np.array, minilm.params)
-  loss_before = full_train_loss(loss_fn, before, data)
+  loss_before = full_train_loss(loss_fn, {"model": before}, data)
   state = make_state()
   state, first_metrics = train_step(state, batch_at(data, 0))
   unchanged = [masks.path_name(path) for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(before),
-                                                             jax.tree_util.tree_leaves(state.params))
+                                                             jax.tree_util.tree_leaves(state.params["model"]))
                if np.array_equal(a, np.asarray(b))]
   assert not unchanged, f"full fine-tuning left these leaves unchanged: {unchanged}"
   for step in range(1, 30):
@@ -53,29 +53,26 @@ def test_full_changes_every_parameter_and_lowers_the_training_loss(setup, minilm
 
 
 def test_zero_shot_step_keeps_params_bit_identical_with_no_optimizer_state(minilm, sst2_config, sst2_16shot):
-  method = methods.get_method("zero_shot", optim.make_optimizer(sst2_config.optimizer, 10))
+  config = sst2_config.copy_and_resolve_references()
+  config.method = "zero_shot"
+  method = methods.get_method(config, optim.make_optimizer(sst2_config.optimizer, 10), minilm)
   assert not method.trains
   loss_fn = classifier.make_loss_fn(classifier.make_logits_fn(minilm.module, sst2_config.model.logit_scale))
-  state = TrainState.create(jax.tree_util.tree_map(np.array, minilm.params), method.tx, 42)
+  state = TrainState.create({"model": jax.tree_util.tree_map(np.array, minilm.params)}, method.tx, 42)
   state_entries = sum(np.size(x) for x in jax.tree_util.tree_leaves(state.opt_state) if np.ndim(x) > 0)
   assert state_entries == 0, "frozen leaves must carry no optimizer state (only scalar step counters)"
   new_state, _ = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn))(
       state, batch_at(sst2_16shot, 0))
-  for a, b in zip(jax.tree_util.tree_leaves(minilm.params), jax.tree_util.tree_leaves(new_state.params)):
+  for a, b in zip(jax.tree_util.tree_leaves(minilm.params), jax.tree_util.tree_leaves(new_state.params["model"])):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 
 def test_full_optimizer_state_covers_exactly_the_params(minilm, sst2_config):
-  method = methods.get_method("full", optim.make_optimizer(sst2_config.optimizer, 10))
-  state = method.tx.init(minilm.params)
+  method = methods.get_method(sst2_config, optim.make_optimizer(sst2_config.optimizer, 10), minilm)
+  state = method.tx.init({"model": minilm.params})
   param_size = sum(p.size for p in jax.tree_util.tree_leaves(minilm.params))
   state_size = sum(np.size(x) for x in jax.tree_util.tree_leaves(state) if np.ndim(x) > 0)
   assert state_size == 2 * param_size  # Adam's two moments per trainable entry, nothing for frozen ones
-
-
-def test_unknown_method_lists_the_valid_ones(sst2_config):
-  with pytest.raises(ValueError, match=r"unknown method 'lora'; valid: \['full', 'zero_shot'\]"):
-    methods.get_method("lora", optim.make_optimizer(sst2_config.optimizer, 10))
 
 
 def test_eval_padding_rows_do_not_count(setup, minilm):
@@ -86,7 +83,7 @@ def test_eval_padding_rows_do_not_count(setup, minilm):
   logits_fn = classifier.make_logits_fn(minilm.module, 20.0)
   eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
   subset = data.test.take(np.arange(20))
-  results = [train.evaluate(eval_step, minilm.params, subset, data.prompts, size, make_mesh({"data": -1}))
+  results = [train.evaluate(eval_step, {"model": minilm.params}, subset, data.prompts, size, make_mesh({"data": -1}))
              for size in (20, 8, 5)]
   assert results[0]["accuracy"] == results[1]["accuracy"] == results[2]["accuracy"]
   np.testing.assert_allclose([r["loss"] for r in results], results[0]["loss"], rtol=1e-5)

@@ -89,6 +89,12 @@ def train_batch(data: Encoded, step: int, batch_size: int, seed: int) -> dict:
           "weights": np.ones(batch_size, np.float32)}
 
 
+def whole(data: Encoded) -> dict:
+  """Every example as one batch (linear probes fit on all training features at once)."""
+  return {"input_ids": data.input_ids, "attention_mask": data.attention_mask, "labels": data.labels,
+          "weights": np.ones(len(data), np.float32)}
+
+
 def eval_batches(data: Encoded, batch_size: int) -> Iterator[dict]:
   """Fixed-size batches over all of `data`; padding rows carry weight 0."""
   for start in range(0, len(data), batch_size):

@@ -1,13 +1,23 @@
-"""Update rules by name. Each module's make(optimizer) returns a `Method` (see base.py)."""
-import optax
+"""Update rules by name. Each maker(config, optimizer, model) returns a `Method` (see base.py)."""
+from fttpu.methods import layers, lora, simple, sparse
+from fttpu.methods.base import Context, Method
+from fttpu.config import ConfigError
 
-from fttpu.methods import full, zero_shot
-from fttpu.methods.base import Method
+METHODS = {
+    "zero_shot": simple.zero_shot,
+    "full": simple.full,
+    "head": simple.head,
+    "bitfit": simple.bitfit,
+    "prefix": simple.prefix,
+    "lora": lora.make,
+    "layers": layers.make,
+    "sparse": sparse.make,
+    "spiel": sparse.make_spiel,
+}
 
-METHODS = {"full": full.make, "zero_shot": zero_shot.make}
 
-
-def get_method(name: str, optimizer: optax.GradientTransformation) -> Method:
-  if name not in METHODS:
-    raise ValueError(f"unknown method {name!r}; valid: {sorted(METHODS)}")
-  return METHODS[name](optimizer)
+def get_method(config, optimizer, model) -> Method:
+  """The method `config.method` names, built from its config section."""
+  if config.method not in METHODS:
+    raise ConfigError(f"unknown method {config.method!r}; valid: {sorted(METHODS)}")
+  return METHODS[config.method](config, optimizer, model)

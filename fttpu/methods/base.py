@@ -1,25 +1,119 @@
-"""The method interface: a bundle of pure functions that the one train step uses."""
-from typing import Callable, NamedTuple
+"""The method interface: a bundle of pure functions that the one train step uses.
+
+A method's parameters are one tree, built by `prepare` from the pretrained model params:
+
+  {"model": model params, plus any adapter leaves the model reads (lora_*, dora_*, prefix_*),
+   "head":  {"kernel", "bias"}                    (optional: a linear head on pooled features),
+   "delta": {<model path>: {"index", "value"}}}   (optional: sparse deltas, see deltas.py)
+
+`labels` marks each leaf "train" or "freeze" (the optax parameter mask), `view` is what the
+model applies in a train step (sparse deltas scattered in, adapters kept apart) and `merge`
+folds everything foldable into plain model weights for evaluation and export.
+"""
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import optax
+from flax import traverse_util
+
+from fttpu.methods import deltas, masks
+
+
+class Context(NamedTuple):
+  """What `prepare` may use besides the weights: the frozen model and the training data."""
+  loss_fn: Callable      # (tree, batch, rng) -> (loss, aux), tree = {"model": ..., "head"?: ...}
+  embed: Callable        # (model params, ids, mask) -> unit-norm pooled features (n, hidden)
+  train_batch: Callable  # step -> a training batch (prompts included)
+  train_set: dict        # every training example in one batch (prompts included)
+  prompts: dict          # label_input_ids / label_attention_mask of the label descriptions
+  module: Any            # the Flax model (prefix initialisation runs it)
+  full_optimizer: optax.GradientTransformation  # the configured optimizer (LT-SFT's dense phase)
 
 
 class Method(NamedTuple):
   name: str
-  prepare: Callable   # (params, rng) -> params with any added leaves
-  labels: Callable    # params -> tree of "train"/"freeze": the optax parameter mask
+  prepare: Callable   # (model params, rng, Context) -> tree with any added leaves
+  labels: Callable    # tree -> tree of "train"/"freeze": the optax parameter mask
   tx: optax.GradientTransformation
-  estimate: Callable  # (loss_fn, params, batch, rng) -> (loss, aux, grads)
-  merge: Callable     # params -> plain model params for evaluation and export
+  estimate: Callable  # (loss_fn, tree, labels, batch, rng) -> (loss, aux, grads)
   trains: bool        # False for evaluation-only methods
+  view: Callable = None      # tree -> what the loss applies in a train step
+  merge: Callable = None     # tree -> {"model": plain weights, "head"?} for evaluation and export
+  artifact: Callable = None  # tree -> the small tree a run saves (everything beyond the base model)
+  refresh: Optional[Callable] = None  # (state, grad_fn, batches) -> state, every `refresh_every` steps
+  refresh_every: int = 0
 
 
-def autodiff(loss_fn, params, batch, rng):
-  """Exact gradients by reverse-mode autodiff (dropout on: rng is given)."""
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
-  return loss, aux, grads
+def make_method(name, prepare, labels, tx, *, estimate=None, trains=True, artifact=None, refresh=None,
+                refresh_every=0) -> Method:
+  return Method(name, prepare, labels, tx, estimate or autodiff, trains, view=scatter_deltas, merge=merge,
+                artifact=artifact or extra_leaves, refresh=refresh, refresh_every=refresh_every)
 
 
-def identity(params, *unused):
-  return params
+def wrap(params, rng=None, context=None) -> dict:
+  """The tree of a method that adds nothing."""
+  del rng, context
+  return {"model": params}
+
+
+def autodiff(loss_fn, tree, labels, batch, rng):
+  """Exact gradients of the trainable leaves by reverse-mode autodiff (dropout on: rng is given).
+
+  Frozen leaves are constants of the differentiated function, so no gradient is computed for
+  them (their entry in `grads` is zeros, which the optimizer never reads).
+  """
+  trainable, rebuild = masks.split(tree, labels)
+  (loss, aux), grads = jax.value_and_grad(lambda t: loss_fn(rebuild(t), batch, rng), has_aux=True)(trainable)
+  return loss, aux, masks.fill(tree, labels, grads)
+
+
+def scatter_deltas(tree) -> dict:
+  """The tree with each sparse delta added into its model weight (and "delta" removed)."""
+  if "delta" not in tree:
+    return tree
+  weights = traverse_util.flatten_dict(tree["model"])
+  for path, delta in deltas.flat_deltas(tree).items():
+    w = weights[path]
+    weights[path] = jnp.asarray(w).reshape(-1).at[delta["index"]].add(delta["value"].astype(w.dtype)).reshape(w.shape)
+  return {**{k: v for k, v in tree.items() if k != "delta"}, "model": traverse_util.unflatten_dict(weights)}
+
+
+LORA_LEAVES = ("lora_a", "lora_b", "lora_scale", "lora_dropout", "dora_magnitude", "lora_a0", "lora_b0")
+
+
+def fold_adapter(kernel, a, b, scale, magnitude=None):
+  """One projection's kernel with its LoRA (and DoRA magnitude) folded in."""
+  from fttpu.models.bert import lora_delta
+  merged = kernel + lora_delta(a, b, scale)
+  if magnitude is not None:
+    merged = merged * (magnitude / jnp.sqrt(jnp.sum(jnp.square(merged), axis=tuple(range(a.ndim - 1)))))
+  return merged
+
+
+def fold_adapters(model: dict) -> dict:
+  """Model params with every LoRA/DoRA adapter folded into its kernel (and its leaves removed)."""
+  flat = traverse_util.flatten_dict(model)
+  for module in [p[:-1] for p in flat if p[-1] == "lora_a"]:
+    get = lambda name: flat.get(module + (name,))
+    fold = jax.vmap(fold_adapter) if get("lora_scale").ndim else fold_adapter  # stacked layers: (L, ...)
+    kernel = get("kernel")
+    flat[module + ("kernel",)] = fold(kernel, get("lora_a"), get("lora_b"), get("lora_scale"),
+                                      get("dora_magnitude")).astype(kernel.dtype)
+  return traverse_util.unflatten_dict({p: v for p, v in flat.items() if p[-1] not in LORA_LEAVES})
+
+
+def merge(tree) -> dict:
+  """Plain model weights (deltas scattered, adapters folded) plus the head and prefixes, if any."""
+  tree = scatter_deltas(tree)
+  return {**tree, "model": fold_adapters(tree["model"])}
+
+
+def extra_leaves(tree) -> dict:
+  """Everything in the tree that the pretrained checkpoint does not hold (adapters, head, deltas)."""
+  out = {k: v for k, v in tree.items() if k != "model"}
+  extras = {p: v for p, v in traverse_util.flatten_dict(tree["model"]).items()
+            if p[-1].startswith(("lora_", "dora_", "prefix_"))}
+  if extras:
+    out["model"] = traverse_util.unflatten_dict(extras)
+  return out

@@ -3,10 +3,13 @@
 The labels are the one mechanism that decides what trains: `partition` gives trainable
 leaves the optimizer (with state) and frozen leaves `set_to_zero` (no state at all).
 """
+import re
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
+from fttpu.config import ConfigError
 
 TRAIN, FREEZE = "train", "freeze"
 
@@ -20,6 +23,19 @@ def label_all(params, label: str):
   return jax.tree_util.tree_map(lambda _: label, params)
 
 
+def label_matching(tree, pattern: str, key: str = "pattern"):
+  """TRAIN where the leaf's path ('model/layers/query/bias') matches `pattern` (re.search)."""
+  regex = re.compile(pattern)
+  labels = jax.tree_util.tree_map_with_path(lambda path, _: TRAIN if regex.search(path_name(path)) else FREEZE, tree)
+  if TRAIN not in jax.tree_util.tree_leaves(labels):
+    raise ConfigError(f"{key}={pattern!r} matches no parameter; parameter paths are: {leaf_paths(tree)}")
+  return labels
+
+
+def leaf_paths(tree) -> list[str]:
+  return [path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
 def partition(labels: Callable, trainable: optax.GradientTransformation) -> optax.GradientTransformation:
   """`trainable` on leaves labelled TRAIN, zero updates and no optimizer state on FREEZE."""
   return optax.partition({TRAIN: trainable, FREEZE: optax.set_to_zero()}, labels)
@@ -28,6 +44,26 @@ def partition(labels: Callable, trainable: optax.GradientTransformation) -> opta
 def count_trainable(params, labels) -> int:
   return sum(int(p.size) for p, l in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(labels))
              if l == TRAIN)
+
+
+def split(tree, labels):
+  """(list of the TRAIN leaves, rebuild) where rebuild(new TRAIN leaves) is the whole tree again."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  flags = [label == TRAIN for label in treedef.flatten_up_to(labels)]
+
+  def rebuild(trainable):
+    it = iter(trainable)
+    return treedef.unflatten([next(it) if f else x for x, f in zip(leaves, flags)])
+
+  return [x for x, f in zip(leaves, flags) if f], rebuild
+
+
+def fill(tree, labels, trainable_values):
+  """A tree shaped like `tree`: `trainable_values` on TRAIN leaves, zeros elsewhere."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  it = iter(trainable_values)
+  return treedef.unflatten([next(it) if label == TRAIN else jnp.zeros_like(x)
+                            for x, label in zip(leaves, treedef.flatten_up_to(labels))])
 
 
 def apply_updates(params, updates, labels):

@@ -4,6 +4,10 @@ Parameters of the L layers live in one stacked tree (leading axis = layer), so a
 walk the layers one at a time (`nn.scan`) and compile one layer body instead of L.
 Attention projections keep heads as their own axis: query/key/value kernels are
 (embed, heads, head_dim) and the output kernel is (heads, head_dim, embed).
+
+Parameter-efficient methods add leaves that the layers look for (see fttpu/methods/):
+`lora_a`/`lora_b`/`lora_scale` (and `lora_dropout`, `dora_magnitude`) beside a projection's
+kernel, and `prefix_key`/`prefix_value` in a layer. Without them the model is plain BERT.
 """
 import dataclasses
 from typing import Any
@@ -58,6 +62,52 @@ _ACTIVATIONS = {
 }
 
 
+def _contract(x, y, dims: int):
+  """Contracts the last `dims` axes of x with the first `dims` axes of y."""
+  return jax.lax.dot_general(x, y, ((tuple(range(x.ndim - dims, x.ndim)), tuple(range(dims))), ((), ())))
+
+
+def lora_delta(a, b, scale):
+  """The weight change scale * (A @ B) of a LoRA adapter, shaped like the kernel."""
+  return scale * _contract(a, b, 1)
+
+
+class Projection(nn.Module):
+  """x @ kernel + bias over x's last `in_dims` axes (flax DenseGeneral's parameters and shapes).
+
+  With `lora_a` (in..., r), `lora_b` (r, out...) and `lora_scale` () among its params it adds
+  scale * dropout(x) @ A @ B without merging (LoRA; rank r). With `dora_magnitude` (out...) too,
+  the output is rescaled to magnitude / ||W + scale A B|| per output unit (DoRA; the norm is not
+  differentiated, as in the paper).
+  """
+  features: tuple[int, ...]
+  in_dims: int = 1
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    in_shape = x.shape[x.ndim - self.in_dims:]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(
+        in_axis=tuple(range(self.in_dims)), out_axis=tuple(range(self.in_dims, self.in_dims + len(self.features)))),
+        in_shape + tuple(self.features))
+    bias = self.param("bias", nn.initializers.zeros, tuple(self.features))
+    out = _contract(x, kernel, self.in_dims)
+    if self.has_variable("params", "lora_a"):
+      a, b, scale = (self.get_variable("params", name) for name in ("lora_a", "lora_b", "lora_scale"))
+      if self.has_variable("params", "lora_dropout") and not self.deterministic:
+        rate = self.get_variable("params", "lora_dropout")
+        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, x.shape)
+        x = jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+      low_rank = scale * _contract(_contract(x, a, self.in_dims), b, 1)
+      if self.has_variable("params", "dora_magnitude"):
+        merged = kernel + lora_delta(a, b, scale)
+        norm = jnp.sqrt(jnp.sum(jnp.square(merged), axis=tuple(range(self.in_dims))))
+        ratio = self.get_variable("params", "dora_magnitude") / jax.lax.stop_gradient(norm)
+        return ratio * (out + low_rank) + bias
+      out = out + low_rank
+    return out + bias
+
+
 class BertLayer(nn.Module):
   """One post-LayerNorm transformer block; returns (hidden, None) to be scanned."""
   config: BertConfig
@@ -68,17 +118,26 @@ class BertLayer(nn.Module):
     c = self.config
     drop = lambda rate: nn.Dropout(rate, deterministic=self.deterministic)
     heads = (c.num_heads, c.head_dim)
-    q = nn.DenseGeneral(heads, name="query")(hidden)
-    k = nn.DenseGeneral(heads, name="key")(hidden)
-    v = nn.DenseGeneral(heads, name="value")(hidden)
+    project = lambda features, name, in_dims=1: Projection(features, in_dims, self.deterministic, name=name)
+    q = project(heads, "query")(hidden)
+    k = project(heads, "key")(hidden)
+    v = project(heads, "value")(hidden)
+    self.sow("intermediates", "key_states", k)      # read by prefix tuning's initialisation
+    self.sow("intermediates", "value_states", v)
+    if self.has_variable("params", "prefix_key"):  # prefix tuning: P trained keys/values first
+      prefix = lambda name, x: jnp.broadcast_to(self.get_variable("params", name).astype(x.dtype),
+                                                (x.shape[0],) + self.get_variable("params", name).shape)
+      k = jnp.concatenate([prefix("prefix_key", k), k], axis=1)
+      v = jnp.concatenate([prefix("prefix_value", v), v], axis=1)
+      attention_bias = jnp.pad(attention_bias, ((0, 0), (k.shape[1] - attention_bias.shape[1], 0)))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(c.head_dim).astype(q.dtype)
     probs = jax.nn.softmax(scores + attention_bias[:, None, None, :], axis=-1)
     probs = drop(c.attention_dropout)(probs)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    attended = nn.DenseGeneral(c.hidden_size, axis=(-2, -1), name="attention_out")(context)
+    attended = project((c.hidden_size,), "attention_out", 2)(context)
     hidden = nn.LayerNorm(c.layer_norm_eps, name="attention_norm")(hidden + drop(c.hidden_dropout)(attended))
-    inner = _ACTIVATIONS[c.hidden_act](nn.Dense(c.intermediate_size, name="mlp_in")(hidden))
-    out = nn.Dense(c.hidden_size, name="mlp_out")(inner)
+    inner = _ACTIVATIONS[c.hidden_act](project((c.intermediate_size,), "mlp_in")(hidden))
+    out = project((c.hidden_size,), "mlp_out")(inner)
     hidden = nn.LayerNorm(c.layer_norm_eps, name="mlp_norm")(hidden + drop(c.hidden_dropout)(out))
     return hidden, None
 
@@ -97,7 +156,7 @@ class BertEncoder(nn.Module):
     hidden = nn.LayerNorm(c.layer_norm_eps, name="embedding_norm")(embedded)
     hidden = nn.Dropout(c.hidden_dropout, deterministic=deterministic)(hidden)
     attention_bias = jnp.where(attention_mask > 0, 0.0, jnp.finfo(hidden.dtype).min).astype(hidden.dtype)
-    layers = nn.scan(BertLayer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+    layers = nn.scan(BertLayer, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
                      in_axes=nn.broadcast, length=c.num_layers)
     hidden, _ = layers(c, deterministic, name="layers")(hidden, attention_bias)
     return hidden

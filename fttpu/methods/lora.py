@@ -1,0 +1,97 @@
+"""LoRA adapters (Hu et al.), with the rsLoRA scale, DoRA magnitudes and PiSSA initialisation.
+
+For each projection whose path matches `lora.targets` (default query and value), the model
+computes x W + scale * dropout(x) A B (see models/bert.py `Projection`); only A, B (and DoRA's
+magnitude) train. scale = alpha / r, or alpha / sqrt(r) with rsLoRA.
+  - init "gaussian": A ~ N(0, 1/r)-ish (Kaiming-uniform as PEFT), B = 0: the step-0 model is the base model.
+  - PiSSA: A, B from the top-r singular triplets of W, and W keeps the residual W - scale A B.
+  - DoRA: magnitude m = ||W||_in per output unit; output rescaled by m / ||W + scale A B||.
+The artifact is the adapters only; for PiSSA it is rank 2r ([A; -A0], [B, B0]) so that it adds
+onto the untouched pretrained weights.
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from fttpu.methods import masks
+from fttpu.methods.base import extra_leaves, make_method
+from fttpu.config import ConfigError
+
+TRAINABLE = ("lora_a", "lora_b", "dora_magnitude")
+
+
+def target_modules(model: dict, pattern: str) -> list[tuple]:
+  """Paths of the projections (modules with a kernel of >= 2 axes per layer) matching `pattern`."""
+  regex = re.compile(pattern)
+  modules = [p[:-1] for p, v in traverse_util.flatten_dict(model).items() if p[-1] == "kernel" and v.ndim >= 3]
+  chosen = [m for m in modules if regex.search("/".join(m))]
+  if not chosen:
+    raise ConfigError(f"lora.targets={pattern!r} matches no projection; valid projections: "
+                     f"{['/'.join(m) for m in modules]}")
+  return chosen
+
+
+def _in_dims(name: str) -> int:
+  return 2 if name == "attention_out" else 1  # attention_out contracts (heads, head_dim)
+
+
+def init_adapter(kernel: np.ndarray, in_dims: int, rank: int, scale: float, rng, pissa: bool):
+  """(A, B, residual kernel) for one layer's kernel (in..., out...)."""
+  in_shape, out_shape = kernel.shape[:in_dims], kernel.shape[in_dims:]
+  matrix = kernel.reshape(int(np.prod(in_shape)), int(np.prod(out_shape)))
+  if pissa:
+    u, s, vt = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+    root = np.sqrt(s[:rank] / scale)
+    a, b = u[:, :rank] * root, root[:, None] * vt[:rank]
+    residual = matrix - scale * (a @ b)
+    return (a.reshape(in_shape + (rank,)).astype(np.float32), b.reshape((rank,) + out_shape).astype(np.float32),
+            residual.reshape(kernel.shape).astype(kernel.dtype))
+  bound = 1.0 / np.sqrt(matrix.shape[0])  # PEFT: kaiming_uniform(a=sqrt(5)) on A, fan_in = in features
+  a = np.asarray(jax.random.uniform(rng, (matrix.shape[0], rank), jnp.float32, -bound, bound))
+  return a.reshape(in_shape + (rank,)), np.zeros((rank,) + out_shape, np.float32), kernel
+
+
+def make(config, optimizer, model):
+  c = config.lora
+  scale = c.alpha / (np.sqrt(c.rank) if c.rslora else c.rank)
+
+  def prepare(params, rng, context=None):
+    flat = traverse_util.flatten_dict(jax.tree_util.tree_map(np.asarray, params))
+    for index, module in enumerate(target_modules(params, c.targets)):
+      kernel = flat[module + ("kernel",)]
+      layers = kernel.shape[0]
+      adapters = [init_adapter(kernel[l], _in_dims(module[-1]), c.rank, scale,
+                               jax.random.fold_in(rng, index * layers + l), c.pissa) for l in range(layers)]
+      a, b, residual = (np.stack(parts) for parts in zip(*adapters))
+      flat[module + ("lora_a",)], flat[module + ("lora_b",)] = a, b
+      flat[module + ("lora_scale",)] = np.full((layers,), scale, np.float32)
+      if c.dropout:
+        flat[module + ("lora_dropout",)] = np.full((layers,), c.dropout, np.float32)
+      if c.dora:
+        in_axes = tuple(range(1, 1 + _in_dims(module[-1])))  # (PiSSA: residual + scale A B = kernel)
+        flat[module + ("dora_magnitude",)] = np.sqrt(np.square(kernel).sum(in_axes)).astype(np.float32)
+      if c.pissa:
+        flat[module + ("lora_a0",)], flat[module + ("lora_b0",)] = a.copy(), b.copy()
+        flat[module + ("kernel",)] = residual
+    return {"model": traverse_util.unflatten_dict(flat)}
+
+  def labels(tree):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: masks.TRAIN if str(path[-1].key) in TRAINABLE else masks.FREEZE, tree)
+
+  def artifact(tree):
+    """The adapters; PiSSA's as rank-2r adapters over the pretrained (not the residual) kernel."""
+    if not c.pissa:
+      return extra_leaves(tree)
+    flat = traverse_util.flatten_dict(extra_leaves(tree))
+    for module in [p[:-1] for p in flat if p[-1] == "lora_a0"]:
+      a, b, a0, b0 = (flat.pop(module + (n,)) if n.endswith("0") else flat[module + (n,)]
+                      for n in ("lora_a", "lora_b", "lora_a0", "lora_b0"))
+      flat[module + ("lora_a",)] = jnp.concatenate([a, -a0], axis=-1)
+      flat[module + ("lora_b",)] = jnp.concatenate([b, b0], axis=1)
+    return traverse_util.unflatten_dict(flat)
+
+  return make_method("lora", prepare, labels, masks.partition(labels, optimizer), artifact=artifact)

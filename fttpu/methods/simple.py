@@ -1,0 +1,103 @@
+"""Methods that train a named subset of whole leaves: full, zero-shot, bitfit, head, prefix."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fttpu.methods import masks
+from fttpu.methods.base import make_method, wrap
+
+
+def full(config, optimizer, model):
+  """Every model parameter trains."""
+  labels = functools.partial(masks.label_all, label=masks.TRAIN)
+  return make_method("full", wrap, labels, masks.partition(labels, optimizer))
+
+
+def zero_shot(config, optimizer, model):
+  """Evaluation only: every parameter is frozen and no step runs."""
+  labels = functools.partial(masks.label_all, label=masks.FREEZE)
+  return make_method("zero_shot", wrap, labels, masks.partition(labels, optimizer), trains=False)
+
+
+def bitfit(config, optimizer, model):
+  """BitFit (Ben Zaken et al.): only the bias terms train."""
+  labels = lambda tree: masks.label_matching(tree, r"^model/.*/bias$")
+  return make_method("bitfit", wrap, labels, masks.partition(labels, optimizer))
+
+
+def fit_logistic_regression(features, labels, classes: int, l2: float, iterations: int = 200):
+  """Multinomial logistic regression by L-BFGS (optax.lbfgs with zoom line search).
+
+  Minimises mean cross-entropy + l2 / (2 n) * ||kernel||^2, i.e. scikit-learn's
+  LogisticRegression(C=1/l2) objective scaled by 1/n. Returns (kernel, bias).
+  """
+  n = features.shape[0]
+
+  def objective(params):
+    logits = features @ params["kernel"] + params["bias"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss + 0.5 * l2 / n * jnp.sum(jnp.square(params["kernel"]))
+
+  solver = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(objective)
+
+  def step(carry, _):
+    params, state = carry
+    value, grad = value_and_grad(params, state=state)
+    updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=objective)
+    return (optax.apply_updates(params, updates), state), value
+
+  params = {"kernel": jnp.zeros((features.shape[1], classes)), "bias": jnp.zeros((classes,))}
+  (params, _), _ = jax.lax.scan(step, (params, solver.init(params)), length=iterations)
+  return params["kernel"], params["bias"]
+
+
+def head(config, optimizer, model):
+  """Linear probing: a linear head on the frozen encoder's pooled features.
+
+  head.solver=adam trains the head with the configured optimizer, starting from the zero-shot
+  classifier (kernel = logit_scale * label-description features), so step 0 equals zero-shot.
+  head.solver=lbfgs fits it in closed form (logistic regression by L-BFGS on the training
+  features, as the MeZO paper's LP baseline) and runs no steps.
+  """
+  scale, solver = config.model.logit_scale, config.head.solver
+
+  def prepare(params, rng, context):
+    if solver == "lbfgs":
+      data = context.train_set
+      features = context.embed(params, data["input_ids"], data["attention_mask"])
+      classes = context.prompts["label_input_ids"].shape[0]
+      kernel, bias = jax.jit(fit_logistic_regression, static_argnums=(2,))(
+          features, data["labels"], classes, config.head.l2)
+    else:
+      label_features = context.embed(params, context.prompts["label_input_ids"],
+                                     context.prompts["label_attention_mask"])
+      kernel, bias = scale * label_features.T, jnp.zeros((label_features.shape[0],))
+    return {"model": params, "head": {"kernel": np.asarray(kernel), "bias": np.asarray(bias)}}
+
+  labels = lambda tree: masks.label_matching(tree, r"^head/")
+  return make_method("head", prepare, labels, masks.partition(labels, optimizer), trains=solver != "lbfgs")
+
+
+def prefix(config, optimizer, model):
+  """Prefix tuning: `prefix.length` trained keys and values per layer, prepended in attention.
+
+  Initialised from real activations (as the MeZO paper's prefix variant): the keys and values
+  each layer computes for `length` random vocabulary tokens.
+  """
+  length = config.prefix.length
+
+  def prepare(params, rng, context):
+    ids = jax.random.randint(rng, (1, length), 1000, model.config.vocab_size)
+    _, captured = context.module.apply({"params": params}, ids, jnp.ones_like(ids), mutable=["intermediates"])
+    layers = captured["intermediates"]["layers"]
+    tree = jax.tree_util.tree_map(np.asarray, params)
+    tree["layers"] = {**tree["layers"], "prefix_key": np.asarray(layers["key_states"][0][:, 0]),
+                      "prefix_value": np.asarray(layers["value_states"][0][:, 0])}
+    return {"model": tree}
+
+  labels = lambda tree: masks.label_matching(tree, r"/prefix_(key|value)$")
+  return make_method("prefix", prepare, labels, masks.partition(labels, optimizer))

@@ -1,0 +1,187 @@
+"""Sparse fine-tuning: a fixed mask (`sparse`) or a dynamic one (`spiel`), stored as deltas.
+
+`sparse` chooses, once and per target weight, the entries at density d (deltas.py):
+  random     uniformly at random
+  magnitude  largest |w|
+  gradient   largest Fisher information (sum of squared gradients over a few batches, as FISH)
+  lottery    largest |w_ft - w0| after a short full fine-tuning phase (LT-SFT); then reset to w0
+  half       a random half of the target matrices of every layer, wholly (HFT)
+`sparse.structure=heads|channels` chooses whole attention heads (their query/key/value/output
+slices together) or FFN channels (mlp_in column with mlp_out row), scored by the selector
+summed over the unit (S2FT style).
+
+`spiel` (SpIEL, Ansell et al. 2024) keeps d of each target weight's entries trainable; every
+`spiel.every` steps it drops the entries with the smallest |delta| (their weights return to the
+pretrained values) and grows as many new ones where the gradient accumulated over
+`spiel.accumulate` batches is largest. The replaced fraction decays with a cosine to 0 at the
+end of training; the count per weight stays exactly the same.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from fttpu.methods import deltas, masks
+from fttpu.methods.base import make_method, scatter_deltas
+from fttpu.config import ConfigError
+
+SELECTORS = ("random", "magnitude", "gradient", "lottery", "half")
+STRUCTURES = {"none": None,  # per layer-stacked weight: which axis indexes heads / channels
+              "heads": {"query": 2, "key": 2, "value": 2, "attention_out": 1},
+              "channels": {"mlp_in": 2, "mlp_out": 1}}
+
+
+def dense_grad_fn(loss_fn):
+  """grad(model params, batch) of the loss with dropout off, jitted."""
+  return jax.jit(jax.grad(lambda model, batch: loss_fn({"model": model}, batch, None)[0]))
+
+
+def lottery_scores(params, context, steps: int, rng) -> dict:
+  """|w - w0| after `steps` steps of full fine-tuning with the configured optimizer (LT-SFT)."""
+  tx = context.full_optimizer
+
+  @jax.jit
+  def step(model, opt_state, batch, rng):
+    grads = jax.grad(lambda m: context.loss_fn({"model": m}, batch, rng)[0])(model)
+    updates, opt_state = tx.update(grads, opt_state, model)
+    return optax.apply_updates(model, updates), opt_state
+
+  model, opt_state = params, tx.init(params)
+  for i in range(steps):
+    model, opt_state = step(model, opt_state, context.train_batch(i), jax.random.fold_in(rng, i))
+  return jax.tree_util.tree_map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)), model, params)
+
+
+def entry_scores(selector: str, params, paths, rng, context, config) -> dict:
+  """A score per entry of each target weight; the largest scores are kept."""
+  if selector == "random":
+    return {p: _numpy_rng(rng, i).random(_get(params, p).shape) for i, p in enumerate(paths)}
+  if selector == "magnitude":
+    return {p: np.abs(np.asarray(_get(params, p))) for p in paths}
+  if selector == "gradient":
+    grad = dense_grad_fn(context.loss_fn)
+    fisher = {p: 0.0 for p in paths}
+    for i in range(config.calibration_batches):
+      grads = grad(params, context.train_batch(i))
+      fisher = {p: fisher[p] + np.square(np.asarray(_get(grads, p))) for p in paths}
+    return fisher
+  if selector == "lottery":
+    moved = lottery_scores(params, context, config.lottery_steps, rng)
+    return {p: _get(moved, p) for p in paths}
+  raise ConfigError(f"sparse.selector={selector!r} is unknown; valid: {list(SELECTORS)}")
+
+
+def _numpy_rng(rng, i: int) -> np.random.Generator:
+  """A numpy generator seeded from a JAX key and a number (fast sampling of large index sets)."""
+  return np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(rng, i))))
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def unit_ids(shape, axis: int) -> np.ndarray:
+  """For a layer-stacked weight, the id layer * units + unit of every entry (unit along `axis`)."""
+  layer = np.arange(shape[0]).reshape((-1,) + (1,) * (len(shape) - 1))
+  unit = np.arange(shape[axis]).reshape((-1,) + (1,) * (len(shape) - axis - 1))
+  return np.broadcast_to(layer * shape[axis] + unit, shape)
+
+
+def structured_indices(params, scores: dict, axes: dict, density: float) -> dict:
+  """Flat indices of every entry of the top units (heads or channels), scored by summed entry scores."""
+  ids = {p: unit_ids(_get(params, p).shape, axes[p[-2]]) for p in scores}
+  units = max(int(i.max()) + 1 for i in ids.values())
+  unit_scores = sum(np.bincount(ids[p].reshape(-1), scores[p].reshape(-1), minlength=units) for p in scores)
+  chosen = deltas.top(unit_scores, deltas.count(density, units))
+  return {p: np.flatnonzero(np.isin(ids[p], chosen)) for p in scores}
+
+
+def half_indices(params, paths, rng) -> dict:
+  """HFT: in every layer, all entries of a random half of the target (layer-stacked) weights."""
+  layers = _get(params, paths[0]).shape[0]
+  chosen = {p: [] for p in paths}
+  for layer in range(layers):
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(rng, layer), len(paths)))
+    for i in order[:len(paths) // 2]:
+      per_layer = _get(params, paths[i])[0].size
+      chosen[paths[i]].append(np.arange(layer * per_layer, (layer + 1) * per_layer))
+  return {p: np.concatenate(c) for p, c in chosen.items() if c}
+
+
+def target_weights(params, config, structure) -> list[tuple]:
+  if structure is None:
+    return deltas.target_paths(params, config.targets, "sparse.targets")
+  return [p for p in deltas.target_paths(params, r"layers/.*/kernel$", "sparse.targets") if p[-2] in structure]
+
+
+def make(config, optimizer, model):
+  c = config.sparse
+  structure = STRUCTURES[c.structure]
+
+  def prepare(params, rng, context):
+    paths = target_weights(params, c, structure)
+    if c.selector == "half":
+      return deltas.build(params, half_indices(params, paths, rng))
+    scores = entry_scores(c.selector, params, paths, rng, context, c)
+    if structure is not None:
+      return deltas.build(params, structured_indices(params, scores, structure, c.density))
+    return deltas.build(params, {p: deltas.top(s, deltas.count(c.density, s.size)) for p, s in scores.items()})
+
+  return make_method("sparse", prepare, deltas.labels, masks.partition(deltas.labels, optimizer))
+
+
+def replaced_fraction(initial: float, step: int, total_steps: int) -> float:
+  """Cosine decay of the fraction of entries replaced at a refresh, from `initial` to 0."""
+  return 0.5 * initial * (1.0 + np.cos(np.pi * min(step / max(total_steps, 1), 1.0)))
+
+
+def prune_and_regrow(index: np.ndarray, value: np.ndarray, accumulated: np.ndarray, replace: int):
+  """(new index, source) keeping len(index) entries: the `replace` smallest |value| go, the
+  `replace` largest |accumulated| entries outside `index` come in. source[i] is the old position
+  of new entry i, or -1 for a grown entry."""
+  if replace == 0:
+    return index, np.arange(len(index))
+  keep = np.sort(np.argpartition(np.abs(value), replace)[replace:]) if replace < len(index) else np.array([], int)
+  candidates = np.abs(accumulated.reshape(-1)).astype(np.float64)
+  candidates[index] = -np.inf  # only entries not trained so far can grow
+  grown = deltas.top(candidates, replace)
+  new_index = np.concatenate([index[keep], grown])
+  source = np.concatenate([keep, np.full(replace, -1)])
+  order = np.argsort(new_index, kind="stable")
+  return new_index[order].astype(np.int32), source[order]
+
+
+def make_spiel(config, optimizer, model):
+  c = config.spiel
+
+  def prepare(params, rng, context):
+    paths = deltas.target_paths(params, c.targets, "spiel.targets")
+    return deltas.build(params, {p: _numpy_rng(rng, i).choice(_get(params, p).size, deltas.count(
+        c.density, _get(params, p).size), replace=False) for i, p in enumerate(paths)})
+
+  def refresh(state, dense_grad, batch_at, total_steps):
+    """Prune the smallest deltas and grow where the accumulated gradient is largest (host side)."""
+    step = int(jax.device_get(state.step))
+    tree = jax.device_get(state.params)
+    viewed = scatter_deltas(tree)["model"]
+    accumulated = None
+    for j in range(c.accumulate):
+      grads = jax.device_get(dense_grad(viewed, batch_at(step + j)))
+      accumulated = grads if accumulated is None else jax.tree_util.tree_map(np.add, accumulated, grads)
+    fraction = replaced_fraction(c.replace_fraction, step, total_steps)
+    flat = deltas.flat_deltas(tree)
+    sources = {}
+    for path, delta in flat.items():
+      replace = int(round(fraction * len(delta["index"])))
+      new_index, source = prune_and_regrow(delta["index"], delta["value"], _get(accumulated, path), replace)
+      flat[path] = {"index": new_index,
+                    "value": np.where(source >= 0, delta["value"][np.maximum(source, 0)], 0).astype(np.float32)}
+      sources[path] = source
+    tree = {**tree, "delta": traverse_util.unflatten_dict(flat)}
+    return state.replace(params=tree, opt_state=deltas.remap_optimizer_state(jax.device_get(state.opt_state), sources))
+
+  return make_method("spiel", prepare, deltas.labels, masks.partition(deltas.labels, optimizer),
+                     refresh=refresh, refresh_every=c.every)
