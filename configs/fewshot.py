@@ -13,8 +13,8 @@ from fttpu.config import parse_arg
 
 
 # Learning rate per method (AdamW, 200 steps, batch 8), chosen on the few-shot dev split.
-LEARNING_RATES = {"full": 2e-5, "head": 1e-2, "bitfit": 1e-3, "layers": 2e-5, "sparse": 1e-3, "spiel": 1e-3,
-                  "lora": 1e-3, "prefix": 1e-2}
+LEARNING_RATES = {"full": 2e-5, "head": 1e-2, "bitfit": 5e-4, "layers": 2e-5, "sparse": 5e-4, "spiel": 5e-4,
+                  "lora": 5e-4, "prefix": 3e-2}
 
 
 def get_config(arg=None):

@@ -143,7 +143,7 @@ def run(config, workdir: str) -> dict:
     if done % config.train.checkpoint_every == 0 or done == total_steps:
       checkpoint.save(manager, state)
   manager.wait_until_finished()
-  if is_lead and method.trains:
+  if is_lead:
     saved = checkpoint.save_artifact(os.path.join(workdir, "artifact.safetensors"), method.artifact(state.params),
                                      method.name)
     if saved:

@@ -20,7 +20,7 @@ def test_bad_config_arguments(arg, message):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("method", "lora", r"config.method='lora' is invalid; valid: \['full', 'zero_shot'\]"),
+    ("method", "adapter", r"config.method='adapter' is invalid; valid: \['bitfit', 'full', 'head', 'layers', 'lora', 'prefix', 'sparse', 'spiel', 'zero_shot'\]"),
     ("model.family", "gpt", r"config.model.family='gpt' is invalid; valid: \['bert'\]"),
     ("model.checkpoint", "/nonexistent", r"model.checkpoint='/nonexistent' is invalid; valid: a Hugging Face"),
     ("data.task", "imdb", r"data.task='imdb' is invalid; valid: \['sst2', 'trec'\], a folder under data.dir"),
