@@ -94,8 +94,12 @@ def test_bad_input_fails_before_training_with_a_message(tmp_path):
   result = run_main("--config=configs/fewshot.py:task=sst2", "--config.train.stepz=3", workdir=tmp_path / "bad")
   assert result.returncode != 0
   assert "unknown config key config.train.stepz" in result.stderr and "'steps'" in result.stderr
-  result = run_main("--config=configs/fewshot.py:task=sst2,method=sparse", workdir=tmp_path / "bad")
-  assert result.returncode != 0 and "config.method='sparse' is invalid; valid: ['full', 'zero_shot']" in result.stderr
+  result = run_main("--config=configs/fewshot.py:task=sst2,method=adapter", workdir=tmp_path / "bad")
+  assert result.returncode != 0 and "config.method='adapter' is invalid; valid: ['bitfit', 'full', 'head'" in result.stderr
+  result = run_main("--config=configs/fewshot.py:task=sst2,method=lora", "--config.lora.targets=attention_in",
+                    workdir=tmp_path / "bad")  # found when the method is prepared, before anything compiles
+  assert result.returncode != 0 and "lora.targets='attention_in' matches no projection" in result.stderr
+  assert "compiled" not in result.stderr and "Traceback" not in result.stderr
   result = run_main("--config=configs/fewshot.py:task=trec,method=zero_shot", f"--config.data.dir={tmp_path}",
                     workdir=tmp_path / "bad")
   assert result.returncode != 0 and f"no directory {tmp_path}/trec" in result.stderr
