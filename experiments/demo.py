@@ -6,7 +6,6 @@ Each (task, method) is an ordinary fttpu run in WORKDIR/<task>_<method> (config.
 metrics.jsonl, TensorBoard, checkpoints); a finished run is resumed, not retrained.
 Writes WORKDIR/results.md and WORKDIR/results.png.
 """
-import json
 import os
 
 from absl import app, flags, logging
@@ -24,25 +23,17 @@ FLAGS = flags.FLAGS
 METHODS = ("zero_shot", "full")
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f]
-
-
 def run_one(task: str, method: str) -> list[dict]:
   """The run's metrics lines; a run that already finished in its workdir is read, not repeated."""
   config = fewshot.get_config(f"task={task},method={method},k={FLAGS.k},seed={FLAGS.seed},steps={FLAGS.steps}")
   config.data.dir = FLAGS.data_dir
   workdir = os.path.join(FLAGS.workdir, f"{task}_{method}")
-  lines = read_metrics(workdir)
+  lines = metrics.read_metrics(workdir)
   if lines and lines[-1].get("final") and lines[-1]["step"] == (FLAGS.steps if method != "zero_shot" else 0):
     logging.info("%s has finished already; reading its results", workdir)
     return lines
   train.run(config, workdir)
-  return read_metrics(workdir)
+  return metrics.read_metrics(workdir)
 
 
 def table(results: dict) -> str:

@@ -6,12 +6,13 @@ Each (method, learning rate) is an ordinary fttpu run in WORKDIR/<method>_lr<lr>
 read, not repeated). For every method the learning rate with the best final dev accuracy (32
 examples; ties go to the smaller rate) is kept. Writes WORKDIR/results.md and results.png.
 """
-import json
 import os
 import subprocess
 import sys
 
 from absl import app, flags, logging
+
+from fttpu import metrics
 
 flags.DEFINE_string("data_dir", "../shared/data", "Folder with <task>/train.tsv and test.tsv.")
 flags.DEFINE_string("workdir", "workdirs/methods_sst2", "Where the runs, the table and the plot go.")
@@ -35,17 +36,9 @@ GRID = {
 }
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f]
-
-
 def run(row: str, method: str, overrides: dict, lr: float) -> list[dict]:
   workdir = os.path.join(FLAGS.workdir, f"{row.split(' ')[0]}{'_lbfgs' if overrides else ''}_lr{lr:g}")
-  lines = read_metrics(workdir)
+  lines = metrics.read_metrics(workdir)
   if not (lines and lines[-1].get("final")):
     command = [sys.executable, "-m", "fttpu.main",
                f"--config=configs/fewshot.py:task={FLAGS.task},method={method},k=16,seed={FLAGS.seed}",
@@ -53,7 +46,7 @@ def run(row: str, method: str, overrides: dict, lr: float) -> list[dict]:
                f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
     logging.info("running %s", " ".join(command))
     subprocess.run(command, check=True)
-    lines = read_metrics(workdir)
+    lines = metrics.read_metrics(workdir)
   return lines
 
 

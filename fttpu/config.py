@@ -89,7 +89,7 @@ def validate_methods(config: ml_collections.ConfigDict) -> None:
   s = config.sparse
   _check(s.selector in sparse.SELECTORS, "sparse.selector", s.selector, str(list(sparse.SELECTORS)))
   _check(s.structure in sparse.STRUCTURES, "sparse.structure", s.structure, str(list(sparse.STRUCTURES)))
-  _check(not (s.structure != "none" and s.selector in ("half",)), "sparse.structure", s.structure,
+  _check(s.structure == "none" or s.selector != "half", "sparse.structure", s.structure,
          "'none' with selector 'half' (half picks whole matrices)")
   _check(s.calibration_batches >= 1, "sparse.calibration_batches", s.calibration_batches, "an integer >= 1")
   _check(s.lottery_steps >= 1, "sparse.lottery_steps", s.lottery_steps, "an integer >= 1")

@@ -14,7 +14,7 @@ import numpy as np
 
 from fttpu import checkpoint, classifier, config as config_lib, methods, metrics, models, optim, sharding, step as step_lib
 from fttpu.data import pipeline
-from fttpu.methods import masks
+from fttpu.methods import base as method_base, masks
 from fttpu.state import TrainState
 
 
@@ -107,7 +107,7 @@ def run(config, workdir: str) -> dict:
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
 
   if method.refresh:  # dynamic masks: dense gradients every `refresh_every` steps, outside the step
-    dense_grad = jax.jit(jax.grad(lambda model_params, batch: loss_fn({"model": model_params}, batch, None)[0]))
+    dense_grad = method_base.dense_grad_fn(loss_fn)
     refresh = lambda state, step: jax.device_put(
         method.refresh(state, dense_grad, lambda i: sharding.put_batch(mesh, batch_at(i)), total_steps), state_sharding)
 

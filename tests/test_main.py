@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+from fttpu.metrics import read_metrics
 from tests.conftest import REPO, data_dir
 
 
@@ -12,13 +13,9 @@ def run_main(*args, workdir):
   return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ.copy())
 
 
-def read_metrics(workdir):
-  with open(workdir / "metrics.jsonl") as f:
-    return [json.loads(line) for line in f]
-
-
 def test_short_sst2_run_writes_config_metrics_tensorboard_checkpoints_and_resumes(tmp_path, tfds_dir):
   workdir = tmp_path / "run"
+  assert read_metrics(str(workdir)) == []  # nothing written yet
   args = ["--config=configs/fewshot.py:task=sst2,method=full,k=16,seed=42,steps=4", f"--config.data.dir={data_dir()}",
           "--config.train.log_every=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2"]
   result = run_main(*args, workdir=workdir)

@@ -54,7 +54,7 @@ def build(model, config, batches=tiny_batch, weight_decay=None):
 def train(method, tree, loss_fn, steps, batches=tiny_batch, refresh=True):
   """`steps` train steps from `tree` (with the method's refreshes unless refresh=False)."""
   step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn))
-  dense_grad = jax.jit(jax.grad(lambda m, b: loss_fn({"model": m}, b, None)[0]))
+  dense_grad = base.dense_grad_fn(loss_fn)
   state = TrainState.create(tree, method.tx, 0)
   for i in range(steps):
     if refresh and method.refresh and i and i % method.refresh_every == 0:
@@ -181,7 +181,7 @@ def test_spiel_keeps_the_count_and_moves_entries_through_refreshes(tiny):
   method, tree, loss_fn = build(tiny, config)
   counts = {p: len(d["index"]) for p, d in deltas.flat_deltas(tree).items()}
   state = train(method, tree, loss_fn, 2)
-  dense_grad = jax.jit(jax.grad(lambda m, b: loss_fn({"model": m}, b, None)[0]))
+  dense_grad = base.dense_grad_fn(loss_fn)
   before = deltas.flat_deltas(jax.device_get(state.params))
   refreshed = method.refresh(state, dense_grad, tiny_batch, 10)
   after = deltas.flat_deltas(refreshed.params)

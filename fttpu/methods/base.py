@@ -68,6 +68,12 @@ def autodiff(loss_fn, tree, labels, batch, rng):
   return loss, aux, masks.fill(tree, labels, grads)
 
 
+def dense_grad_fn(loss_fn):
+  """grad(model params, batch) of the loss with dropout off, jitted: every weight's gradient
+  (sparse selection and SpIEL's regrowth rank entries that do not train yet)."""
+  return jax.jit(jax.grad(lambda model, batch: loss_fn({"model": model}, batch, None)[0]))
+
+
 def scatter_deltas(tree) -> dict:
   """The tree with each sparse delta added into its model weight (and "delta" removed)."""
   if "delta" not in tree:

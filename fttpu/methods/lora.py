@@ -3,7 +3,7 @@
 For each projection whose path matches `lora.targets` (default query and value), the model
 computes x W + scale * dropout(x) A B (see models/bert.py `Projection`); only A, B (and DoRA's
 magnitude) train. scale = alpha / r, or alpha / sqrt(r) with rsLoRA.
-  - init "gaussian": A ~ N(0, 1/r)-ish (Kaiming-uniform as PEFT), B = 0: the step-0 model is the base model.
+  - default init: A Kaiming-uniform (as PEFT), B = 0, so the step-0 model is the base model.
   - PiSSA: A, B from the top-r singular triplets of W, and W keeps the residual W - scale A B.
   - DoRA: magnitude m = ||W||_in per output unit; output rescaled by m / ||W + scale A B||.
 The artifact is the adapters only; for PiSSA it is rank 2r ([A; -A0], [B, B0]) so that it adds

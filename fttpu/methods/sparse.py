@@ -17,24 +17,18 @@ pretrained values) and grows as many new ones where the gradient accumulated ove
 end of training; the count per weight stays exactly the same.
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
 
 from fttpu.methods import deltas, masks
-from fttpu.methods.base import make_method, scatter_deltas
+from fttpu.methods.base import dense_grad_fn, make_method, scatter_deltas
 from fttpu.config import ConfigError
 
 SELECTORS = ("random", "magnitude", "gradient", "lottery", "half")
 STRUCTURES = {"none": None,  # per layer-stacked weight: which axis indexes heads / channels
               "heads": {"query": 2, "key": 2, "value": 2, "attention_out": 1},
               "channels": {"mlp_in": 2, "mlp_out": 1}}
-
-
-def dense_grad_fn(loss_fn):
-  """grad(model params, batch) of the loss with dropout off, jitted."""
-  return jax.jit(jax.grad(lambda model, batch: loss_fn({"model": model}, batch, None)[0]))
 
 
 def lottery_scores(params, context, steps: int, rng) -> dict:
@@ -167,16 +161,16 @@ def make_spiel(config, optimizer, model):
     step = int(jax.device_get(state.step))
     tree = jax.device_get(state.params)
     viewed = scatter_deltas(tree)["model"]
-    accumulated = None
-    for j in range(c.accumulate):
-      grads = jax.device_get(dense_grad(viewed, batch_at(step + j)))
-      accumulated = grads if accumulated is None else jax.tree_util.tree_map(np.add, accumulated, grads)
-    fraction = replaced_fraction(c.replace_fraction, step, total_steps)
     flat = deltas.flat_deltas(tree)
+    accumulated = {path: 0.0 for path in flat}  # of the target weights only
+    for j in range(c.accumulate):
+      grads = dense_grad(viewed, batch_at(step + j))
+      accumulated = {path: total + np.asarray(_get(grads, path)) for path, total in accumulated.items()}
+    fraction = replaced_fraction(c.replace_fraction, step, total_steps)
     sources = {}
     for path, delta in flat.items():
       replace = int(round(fraction * len(delta["index"])))
-      new_index, source = prune_and_regrow(delta["index"], delta["value"], _get(accumulated, path), replace)
+      new_index, source = prune_and_regrow(delta["index"], delta["value"], accumulated[path], replace)
       flat[path] = {"index": new_index,
                     "value": np.where(source >= 0, delta["value"][np.maximum(source, 0)], 0).astype(np.float32)}
       sources[path] = source
