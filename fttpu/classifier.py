@@ -20,11 +20,16 @@ def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def make_embed_fn(module) -> Callable:
-  """embed(model params, ids, mask, rng=None) -> unit-norm mean-pooled features (n, hidden)."""
+  """embed(model params, ids, mask, rng=None, noise=None) -> unit-norm mean-pooled features (n, hidden).
 
-  def embed(params, ids, mask, rng=None):
+  `noise` is a zeroth-order perturbation of the params (a `noise` collection, see
+  fttpu/models/perturbation.py), added where each parameter is read.
+  """
+
+  def embed(params, ids, mask, rng=None, noise=None):
     rngs = {} if rng is None else {"dropout": rng}
-    hidden = module.apply({"params": params}, ids, mask, deterministic=rng is None, rngs=rngs)
+    variables = {"params": params} if noise is None else {"params": params, "noise": noise}
+    hidden = module.apply(variables, ids, mask, deterministic=rng is None, rngs=rngs)
     pooled = mean_pool(hidden, mask)
     return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
@@ -32,16 +37,17 @@ def make_embed_fn(module) -> Callable:
 
 
 def make_logits_fn(module, scale: float) -> Callable:
-  """logits(tree, batch, rng) -> (batch, classes) for tree = {"model": params, "head"?: ...};
+  """logits(tree, batch, rng) -> (batch, classes) for tree = {"model": params, "head"?: ..., "noise"?: ...};
   rng=None means evaluation (no dropout)."""
   embed = make_embed_fn(module)
 
   def logits(tree, batch, rng: Optional[jax.Array] = None):
     sentence_rng, label_rng = (None, None) if rng is None else jax.random.split(rng)
-    sentences = embed(tree["model"], batch["input_ids"], batch["attention_mask"], sentence_rng)
+    noise = tree.get("noise")
+    sentences = embed(tree["model"], batch["input_ids"], batch["attention_mask"], sentence_rng, noise)
     if "head" in tree:
       return sentences @ tree["head"]["kernel"] + tree["head"]["bias"]
-    labels = embed(tree["model"], batch["label_input_ids"], batch["label_attention_mask"], label_rng)
+    labels = embed(tree["model"], batch["label_input_ids"], batch["label_attention_mask"], label_rng, noise)
     return scale * sentences @ labels.T
 
   return logits

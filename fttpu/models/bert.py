@@ -8,6 +8,8 @@ Attention projections keep heads as their own axis: query/key/value kernels are
 Parameter-efficient methods add leaves that the layers look for (see fttpu/methods/):
 `lora_a`/`lora_b`/`lora_scale` (and `lora_dropout`, `dora_magnitude`) beside a projection's
 kernel, and `prefix_key`/`prefix_value` in a layer. Without them the model is plain BERT.
+Every parameter is read through `perturbed`: zeroth-order methods pass their noise as a
+`noise` collection (see perturbation.py), so no perturbed copy of the model is ever built.
 """
 import dataclasses
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from fttpu.models.perturbation import Embed, LayerNorm, perturbed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +94,12 @@ class Projection(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(
         in_axis=tuple(range(self.in_dims)), out_axis=tuple(range(self.in_dims, self.in_dims + len(self.features)))),
         in_shape + tuple(self.features))
-    bias = self.param("bias", nn.initializers.zeros, tuple(self.features))
+    kernel = perturbed(self, "kernel", kernel)
+    bias = perturbed(self, "bias", self.param("bias", nn.initializers.zeros, tuple(self.features)))
     out = _contract(x, kernel, self.in_dims)
     if self.has_variable("params", "lora_a"):
-      a, b, scale = (self.get_variable("params", name) for name in ("lora_a", "lora_b", "lora_scale"))
+      a, b, scale = (perturbed(self, name, self.get_variable("params", name))
+                     for name in ("lora_a", "lora_b", "lora_scale"))
       if self.has_variable("params", "lora_dropout") and not self.deterministic:
         rate = self.get_variable("params", "lora_dropout")
         keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, x.shape)
@@ -102,7 +108,8 @@ class Projection(nn.Module):
       if self.has_variable("params", "dora_magnitude"):
         merged = kernel + lora_delta(a, b, scale)
         norm = jnp.sqrt(jnp.sum(jnp.square(merged), axis=tuple(range(self.in_dims))))
-        ratio = self.get_variable("params", "dora_magnitude") / jax.lax.stop_gradient(norm)
+        magnitude = perturbed(self, "dora_magnitude", self.get_variable("params", "dora_magnitude"))
+        ratio = magnitude / jax.lax.stop_gradient(norm)
         return ratio * (out + low_rank) + bias
       out = out + low_rank
     return out + bias
@@ -125,8 +132,10 @@ class BertLayer(nn.Module):
     self.sow("intermediates", "key_states", k)      # read by prefix tuning's initialisation
     self.sow("intermediates", "value_states", v)
     if self.has_variable("params", "prefix_key"):  # prefix tuning: P trained keys/values first
-      prefix = lambda name, x: jnp.broadcast_to(self.get_variable("params", name).astype(x.dtype),
-                                                (x.shape[0],) + self.get_variable("params", name).shape)
+      def prefix(name, x):
+        value = perturbed(self, name, self.get_variable("params", name)).astype(x.dtype)
+        return jnp.broadcast_to(value, (x.shape[0],) + value.shape)
+
       k = jnp.concatenate([prefix("prefix_key", k), k], axis=1)
       v = jnp.concatenate([prefix("prefix_value", v), v], axis=1)
       attention_bias = jnp.pad(attention_bias, ((0, 0), (k.shape[1] - attention_bias.shape[1], 0)))
@@ -135,10 +144,10 @@ class BertLayer(nn.Module):
     probs = drop(c.attention_dropout)(probs)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     attended = project((c.hidden_size,), "attention_out", 2)(context)
-    hidden = nn.LayerNorm(c.layer_norm_eps, name="attention_norm")(hidden + drop(c.hidden_dropout)(attended))
+    hidden = LayerNorm(c.layer_norm_eps, name="attention_norm")(hidden + drop(c.hidden_dropout)(attended))
     inner = _ACTIVATIONS[c.hidden_act](project((c.intermediate_size,), "mlp_in")(hidden))
     out = project((c.hidden_size,), "mlp_out")(inner)
-    hidden = nn.LayerNorm(c.layer_norm_eps, name="mlp_norm")(hidden + drop(c.hidden_dropout)(out))
+    hidden = LayerNorm(c.layer_norm_eps, name="mlp_norm")(hidden + drop(c.hidden_dropout)(out))
     return hidden, None
 
 
@@ -150,13 +159,14 @@ class BertEncoder(nn.Module):
   def __call__(self, input_ids, attention_mask, deterministic: bool = True):
     c = self.config
     positions = jnp.arange(input_ids.shape[-1])[None, :]
-    embedded = (nn.Embed(c.vocab_size, c.hidden_size, name="word")(input_ids)
-                + nn.Embed(c.max_positions, c.hidden_size, name="position")(positions)
-                + nn.Embed(c.type_vocab_size, c.hidden_size, name="token_type")(jnp.zeros_like(input_ids)))
-    hidden = nn.LayerNorm(c.layer_norm_eps, name="embedding_norm")(embedded)
+    embedded = (Embed(c.vocab_size, c.hidden_size, name="word")(input_ids)
+                + Embed(c.max_positions, c.hidden_size, name="position")(positions)
+                + Embed(c.type_vocab_size, c.hidden_size, name="token_type")(jnp.zeros_like(input_ids)))
+    hidden = LayerNorm(c.layer_norm_eps, name="embedding_norm")(embedded)
     hidden = nn.Dropout(c.hidden_dropout, deterministic=deterministic)(hidden)
     attention_bias = jnp.where(attention_mask > 0, 0.0, jnp.finfo(hidden.dtype).min).astype(hidden.dtype)
-    layers = nn.scan(BertLayer, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
+    layers = nn.scan(BertLayer, variable_axes={"params": 0, "intermediates": 0, "noise": 0},
+                     split_rngs={"params": True, "dropout": True},
                      in_axes=nn.broadcast, length=c.num_layers)
     hidden, _ = layers(c, deterministic, name="layers")(hidden, attention_bias)
     return hidden
