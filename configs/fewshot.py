@@ -15,10 +15,14 @@ from fttpu.config import parse_arg
 # Learning rate per method (AdamW, 200 steps, batch 8), chosen on the few-shot dev split.
 LEARNING_RATES = {"full": 2e-5, "head": 1e-2, "bitfit": 5e-4, "layers": 2e-5, "sparse": 5e-4, "spiel": 5e-4,
                   "lora": 5e-4, "prefix": 3e-2}
+# Zeroth-order (ZO-SGD, constant, batch 8), per zo.base; `mezo` is base full. full and lora from a probe of
+# the 16-shot SST-2 training loss over 100 steps (1e-6..3e-4, 1e-3..1e-2); the others are untuned guesses.
+ZO_LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "prefix": 1e-3, "sparse": 1e-3, "head": 1e-3, "bitfit": 1e-3,
+                     "layers": 1e-4}
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, task="sst2", method="full", k=16, seed=42, steps=200)
+  arg = parse_arg(arg, task="sst2", method="full", k=16, seed=42, steps=200, zo_base="lora")
   config = ml_collections.ConfigDict()
   config.method = arg.method          # see fttpu.methods.METHODS; each has a section below
   config.seed = arg.seed              # picks the k-shot sample and the training randomness
@@ -38,15 +42,17 @@ def get_config(arg=None):
   config.model.checkpoint = ""        # Hugging Face directory; "" = the installed all-MiniLM-L6-v2
   config.model.logit_scale = 20.0     # logits = scale * cosine(sentence, label description)
 
+  zeroth_order = arg.method in ("mezo", "zo")
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adamw"
+  config.optimizer.name = "sgd" if zeroth_order else "adamw"  # adamw | sgd | momentum | sign
   # Per method, chosen on dev (see LEARNING_RATES).
-  config.optimizer.learning_rate = LEARNING_RATES.get(arg.method, 2e-5)
-  config.optimizer.weight_decay = 0.01
+  config.optimizer.learning_rate = (ZO_LEARNING_RATES[arg.zo_base if arg.method == "zo" else "full"] if zeroth_order
+                                    else LEARNING_RATES.get(arg.method, 2e-5))
+  config.optimizer.weight_decay = 0.0 if zeroth_order else 0.01
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-8
-  config.optimizer.schedule = "linear"
+  config.optimizer.schedule = "constant" if zeroth_order else "linear"  # MeZO: constant
   config.optimizer.warmup_steps = 0
 
   config.train = ml_collections.ConfigDict()
@@ -89,6 +95,12 @@ def get_config(arg=None):
   config.lora.pissa = False           # PiSSA: initialise from the top singular vectors
   config.prefix = ml_collections.ConfigDict()
   config.prefix.length = 5            # prefix tokens per layer
+  config.zo = ml_collections.ConfigDict()  # zeroth-order (method=mezo, or method=zo over zo.base)
+  config.zo.base = arg.zo_base        # the trainable set: full | lora | prefix | sparse | head | bitfit | layers
+  config.zo.eps = 1e-3                # perturbation scale (MeZO's default)
+  config.zo.samples = 1               # n-SPSA: estimates averaged per step
+  config.zo.noise = "gaussian"        # gaussian | rademacher
+  config.zo.objective = "loss"        # loss | accuracy (non-differentiable: minus the batch accuracy)
 
   config.mesh = ml_collections.ConfigDict({"data": -1})  # axis name -> size; -1 takes the remaining devices
   return config

@@ -10,7 +10,7 @@ import re
 import ml_collections
 
 SCHEDULES = ("constant", "linear", "cosine")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "momentum", "sign")
 
 
 class ConfigError(ValueError):
@@ -76,7 +76,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def validate_methods(config: ml_collections.ConfigDict) -> None:
   """The update rules' sections (checked whichever method runs, so a sweep fails before it starts)."""
-  from fttpu.methods import sparse
+  from fttpu.methods import sparse, zo
+  from fttpu.models import perturbation
   _check(config.head.solver in ("adam", "lbfgs"), "head.solver", config.head.solver, "['adam', 'lbfgs']")
   _check(config.head.l2 > 0, "head.l2", config.head.l2, "a number > 0")
   _check(config.layers.sample >= 0, "layers.sample", config.layers.sample, "an integer >= 0 (0 = no LISA sampling)")
@@ -103,6 +104,12 @@ def validate_methods(config: ml_collections.ConfigDict) -> None:
   _check(0 <= l.dropout < 1, "lora.dropout", l.dropout, "a probability in [0, 1)")
   _check_regex(l.targets, "lora.targets")
   _check(config.prefix.length >= 1, "prefix.length", config.prefix.length, "an integer >= 1")
+  z = config.zo
+  _check(z.base in zo.BASES, "zo.base", z.base, str(list(zo.BASES)))
+  _check(z.eps > 0, "zo.eps", z.eps, "a number > 0")
+  _check(z.samples >= 1, "zo.samples", z.samples, "an integer >= 1 (n-SPSA)")
+  _check(z.noise in perturbation.KINDS, "zo.noise", z.noise, str(list(perturbation.KINDS)))
+  _check(z.objective in zo.OBJECTIVES, "zo.objective", z.objective, str(list(zo.OBJECTIVES)))
 
 
 def _check_regex(pattern: str, key: str) -> None:

@@ -1,6 +1,5 @@
 """The pure train and eval steps: (state, batch) -> (state, metrics). Every method uses these."""
 import jax
-import optax
 
 from fttpu import classifier
 from fttpu.methods import masks
@@ -13,11 +12,15 @@ def train_step(state: TrainState, batch: dict, *, method, loss_fn):
   labels = method.labels(state.params)
   view_loss = lambda tree, batch, rng: loss_fn(method.view(tree), batch, rng)
   loss, aux, grads = method.estimate(view_loss, state.params, labels, batch, rng)
-  updates, opt_state = method.tx.update(grads, state.opt_state, state.params)
+  metrics = {"train/loss": loss, **{f"train/{name}": value for name, value in aux.items()}}
+  return apply_gradients(state, grads, labels, method.tx), metrics
+
+
+def apply_gradients(state: TrainState, grads, labels, tx) -> TrainState:
+  """The optimizer's update of the trainable leaves; frozen leaves are returned as they are."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = masks.apply_updates(state.params, updates, labels)
-  metrics = {"train/loss": loss, "train/accuracy": aux["accuracy"],
-             "train/grad_norm": optax.global_norm(masks.split(grads, labels)[0])}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
 
 
 def eval_step(tree, batch: dict, *, logits_fn):

@@ -14,7 +14,7 @@ import numpy as np
 
 from fttpu import checkpoint, classifier, config as config_lib, methods, metrics, models, optim, sharding, step as step_lib
 from fttpu.data import pipeline
-from fttpu.methods import base as method_base, masks
+from fttpu.methods import base as method_base, masks, zo
 from fttpu.state import TrainState
 
 
@@ -85,6 +85,8 @@ def run(config, workdir: str) -> dict:
   started = time.perf_counter()
   params = method.prepare(model.params, jax.random.key(config.seed), context)
   labels = method.labels(params)
+  zeroth_order = config.method in ("mezo", "zo")  # the run is also its trajectory (zo.save_trajectory)
+  initial_artifact = method.artifact(params) if zeroth_order else None
   logging.info("method %s: %d of %d parameters train (prepared in %.1fs)", method.name,
                masks.count_trainable(params, labels), sum(p.size for p in jax.tree_util.tree_leaves(params)),
                time.perf_counter() - started)
@@ -102,9 +104,17 @@ def run(config, workdir: str) -> dict:
                                                config.train.eval_batch_size, mesh)
 
   # ---------------------------------------------------------------- restore
+  trajectory_path = os.path.join(workdir, "trajectory.safetensors")
+  projected = []  # zeroth-order: the projected gradients of every step so far
   if resume_step is not None:
     state = checkpoint.restore(manager, resume_step, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
+    if zeroth_order:
+      projected = list(zo.load_trajectory(trajectory_path, model.params)[2][:int(state.step)])
+
+  def save_trajectory():
+    if zeroth_order and is_lead and projected:
+      zo.save_trajectory(trajectory_path, initial_artifact, jax.device_get(state.rng), np.stack(projected), method.name)
 
   if method.refresh:  # dynamic masks: dense gradients every `refresh_every` steps, outside the step
     dense_grad = method_base.dense_grad_fn(loss_fn)
@@ -129,6 +139,9 @@ def run(config, workdir: str) -> dict:
     state, step_metrics = train_step(state, sharding.put_batch(mesh, batch))
     step_metrics = jax.device_get(step_metrics)  # waits for the step: the timing covers the compute
     step_times.append(time.perf_counter() - started)
+    if zeroth_order:
+      projected.append(step_metrics.pop("train/projected_grad"))
+      step_metrics["train/projected_grad_abs"] = np.abs(projected[-1]).mean()
     done = step + 1
     if not np.isfinite(step_metrics["train/loss"]):
       raise FloatingPointError(f"step {done}: training loss is {step_metrics['train/loss']}; "
@@ -142,6 +155,7 @@ def run(config, workdir: str) -> dict:
       logging.info("step %d dev accuracy %.4f", done, dev["accuracy"])
     if done % config.train.checkpoint_every == 0 or done == total_steps:
       checkpoint.save(manager, state)
+      save_trajectory()
   manager.wait_until_finished()
   if is_lead:
     saved = checkpoint.save_artifact(os.path.join(workdir, "artifact.safetensors"), method.artifact(state.params),

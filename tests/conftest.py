@@ -46,6 +46,10 @@ def sst2_16shot(sst2_config, minilm):
 
 @pytest.fixture(scope="session")
 def tiny():
+  return make_tiny()
+
+
+def make_tiny():
   """A 2-layer random BERT (hidden 32, 4 heads) for the mechanics of methods: fast to compile."""
   import jax
   import numpy as np

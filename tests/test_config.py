@@ -10,7 +10,7 @@ def test_defaults_validate():
 
 
 @pytest.mark.parametrize("arg, message", [
-    ("tsk=sst2", r"unknown config argument 'tsk'; valid keys: \['k', 'method', 'seed', 'steps', 'task'\]"),
+    ("tsk=sst2", r"unknown config argument 'tsk'; valid keys: \['k', 'method', 'seed', 'steps', 'task', 'zo_base'\]"),
     ("k=many", r"k='many' is not a valid int"),
     ("method", r"'method' is not key=value"),
 ])
@@ -20,7 +20,7 @@ def test_bad_config_arguments(arg, message):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("method", "adapter", r"config.method='adapter' is invalid; valid: \['bitfit', 'full', 'head', 'layers', 'lora', 'prefix', 'sparse', 'spiel', 'zero_shot'\]"),
+    ("method", "adapter", r"config.method='adapter' is invalid; valid: \['bitfit', 'full', 'head', 'layers', 'lora', 'mezo', 'prefix', 'sparse', 'spiel', 'zero_shot', 'zo'\]"),
     ("model.family", "gpt", r"config.model.family='gpt' is invalid; valid: \['bert'\]"),
     ("model.checkpoint", "/nonexistent", r"model.checkpoint='/nonexistent' is invalid; valid: a Hugging Face"),
     ("data.task", "imdb", r"data.task='imdb' is invalid; valid: \['sst2', 'trec'\], a folder under data.dir"),
@@ -29,7 +29,7 @@ def test_bad_config_arguments(arg, message):
     ("train.steps", -5, r"train.steps=-5 is invalid"),
     ("train.batch_size", 0, r"train.batch_size=0 is invalid"),
     ("train.eval_every", 0, r"train.eval_every=0 is invalid"),
-    ("optimizer.name", "lion", r"optimizer.name='lion' is invalid; valid: \['adamw', 'sgd'\]"),
+    ("optimizer.name", "lion", r"optimizer.name='lion' is invalid; valid: \['adamw', 'sgd', 'momentum', 'sign'\]"),
     ("optimizer.schedule", "step", r"optimizer.schedule='step' is invalid; valid: \['constant', 'linear', 'cosine'\]"),
     ("optimizer.learning_rate", 0.0, r"optimizer.learning_rate=0.0 is invalid; valid: a number > 0"),
     ("model.logit_scale", -1.0, r"model.logit_scale=-1.0 is invalid"),

@@ -1,5 +1,5 @@
 """Update rules by name. Each maker(config, optimizer, model) returns a `Method` (see base.py)."""
-from fttpu.methods import layers, lora, simple, sparse
+from fttpu.methods import layers, lora, simple, sparse, zo
 from fttpu.methods.base import Context, Method
 from fttpu.config import ConfigError
 
@@ -13,6 +13,9 @@ METHODS = {
     "layers": layers.make,
     "sparse": sparse.make,
     "spiel": sparse.make_spiel,
+    # Zeroth-order: MeZO over every parameter, or over the trainable set of zo.base.
+    "mezo": lambda config, optimizer, model: zo.make(config, optimizer, model, simple.full),
+    "zo": lambda config, optimizer, model: zo.make(config, optimizer, model, METHODS[config.zo.base]),
 }
 
 

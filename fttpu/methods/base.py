@@ -36,7 +36,7 @@ class Method(NamedTuple):
   prepare: Callable   # (model params, rng, Context) -> tree with any added leaves
   labels: Callable    # tree -> tree of "train"/"freeze": the optax parameter mask
   tx: optax.GradientTransformation
-  estimate: Callable  # (loss_fn, tree, labels, batch, rng) -> (loss, aux, grads)
+  estimate: Callable  # (loss_fn, tree, labels, batch, rng) -> (loss, aux: metrics, grads)
   trains: bool        # False for evaluation-only methods
   view: Callable = None      # tree -> what the loss applies in a train step
   merge: Callable = None     # tree -> {"model": plain weights, "head"?} for evaluation and export
@@ -65,7 +65,7 @@ def autodiff(loss_fn, tree, labels, batch, rng):
   """
   trainable, rebuild = masks.split(tree, labels)
   (loss, aux), grads = jax.value_and_grad(lambda t: loss_fn(rebuild(t), batch, rng), has_aux=True)(trainable)
-  return loss, aux, masks.fill(tree, labels, grads)
+  return loss, {**aux, "grad_norm": optax.global_norm(grads)}, masks.fill(tree, labels, grads)
 
 
 def dense_grad_fn(loss_fn):

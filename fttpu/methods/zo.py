@@ -1,0 +1,170 @@
+"""Zeroth-order fine-tuning: MeZO's SPSA estimate over any method's trainable set.
+
+"Fine-Tuning Language Models with Just Forward Passes" (Malladi et al., 2023). Per step and
+sample i, with z_i drawn from a seed over the trainable leaves (dropout off):
+
+    g_i = (L(theta + eps z_i) - L(theta - eps z_i)) / (2 eps)      the projected gradient
+    grad = sum_i g_i z_i / n                                         handed to the optimizer
+
+`method=mezo` trains every parameter; `method=zo` wraps the method `zo.base` names (lora,
+prefix, sparse, head, ...) and keeps its labels, so frozen leaves stay frozen. The optimizer
+is config.optimizer: sgd is ZO-SGD, momentum, adamw (ZO-Adam) and sign (ZO-sign) run on `grad`.
+ZO-SGD and ZO-sign keep no optimizer state; momentum keeps one buffer the size of the trainable
+set, Adam two (and n-SPSA, n > 1, one accumulator).
+
+Memory: z is never stored. The two losses read the noise where each weight is used (the model's
+`noise` collection, see fttpu/models/perturbation.py; an embedding table draws it for the rows it
+looks up only) and `grad` is regenerated from the same keys inside the optimizer's element-wise
+update, which runs in place on the donated params. So z is drawn once per loss and once for the
+update, and the parameters are written once per step; the published code draws it four times
+and rewrites the parameters four times (+eps, -2 eps, +eps, update). Data-parallel replicas draw
+the same z from the shared step key, so only scalar losses cross devices.
+
+A run is also its trajectory: the initial trainable tree plus g per step. `replay` rebuilds
+the final parameters from it.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from fttpu.config import ConfigError
+from fttpu.methods import masks
+from fttpu.models import perturbation
+
+BASES = ("full", "lora", "prefix", "sparse", "head", "bitfit", "layers")
+OBJECTIVES = ("loss", "accuracy")
+
+
+def probe_key(rng: jax.Array, sample) -> jax.Array:
+  """The noise key of sample `sample` of a step (a key of perturbation.IMPL)."""
+  impl = perturbation.IMPL
+  size = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape
+  return jax.random.wrap_key_data(jax.random.bits(jax.random.fold_in(rng, sample), size, jnp.uint32), impl=impl)
+
+
+def draw_noise(tree, labels, key: jax.Array, kind: str) -> list:
+  """[(path, unit-scale Noise)] for the trainable leaves in tree order. Gaussian: leaf i
+  draws from fold_in(key, i); rademacher: one draw packs the signs of all of them."""
+  paths, shapes, indices = [], [], []
+  for i, ((path, leaf), label) in enumerate(zip(jax.tree_util.tree_leaves_with_path(tree),
+                                                jax.tree_util.tree_leaves(labels))):
+    if label == masks.TRAIN:
+      paths.append(tuple(masks.path_name(path).split("/")))
+      shapes.append(leaf.shape)
+      indices.append(i)
+  if kind == "rademacher":
+    return list(zip(paths, perturbation.rademacher_noise(key, shapes)))
+  return [(path, perturbation.gaussian_noise(jax.random.fold_in(key, i), shape))
+          for path, shape, i in zip(paths, shapes, indices)]
+
+
+def perturb(tree: dict, noise: list, scale) -> dict:
+  """The tree at theta + scale * z. Model leaves get a `noise` collection that the model adds
+  as it reads them; the other leaves (head, sparse delta values: small) get z added here."""
+  flat = traverse_util.flatten_dict(tree)
+  model_noise = {}
+  for path, leaf_noise in noise:
+    scaled = leaf_noise.replace(scale=leaf_noise.scale * scale)
+    if path[0] == "model":
+      model_noise[path[1:]] = scaled
+    else:
+      flat[path] = flat[path] + scaled.value(flat[path].shape, flat[path].dtype)
+  out = traverse_util.unflatten_dict(flat)
+  if model_noise:
+    out["noise"] = traverse_util.unflatten_dict(model_noise)
+  return out
+
+
+def gradient(tree, labels, rng: jax.Array, projected: jax.Array, kind: str):
+  """sum_i projected[i] z_i / n on the trainable leaves (zeros elsewhere), z_i regenerated.
+
+  Element-wise in z, so the optimizer's update fuses with the draw and nothing of the
+  parameters' size is stored.
+  """
+  samples = projected.shape[0]
+  trainable, _ = masks.split(tree, labels)
+
+  def sample_grad(i):
+    draw = draw_noise(tree, labels, probe_key(rng, i), kind)
+    return [noise.replace(scale=noise.scale * projected[i] / samples).value(leaf.shape, leaf.dtype)
+            for (_, noise), leaf in zip(draw, trainable)]
+
+  if samples == 1:
+    values = sample_grad(0)
+  else:  # n-SPSA: one accumulator of the trainable leaves' size
+    values = jax.lax.fori_loop(0, samples, lambda i, total: [t + g for t, g in zip(total, sample_grad(i))],
+                               [jnp.zeros_like(leaf) for leaf in trainable])
+  return masks.fill(tree, labels, values)
+
+
+def spsa(eps: float, samples: int, kind: str, objective: str):
+  """The estimate of a zeroth-order method: (loss, aux, grad) as autodiff returns them."""
+
+  def estimate(loss_fn, tree, labels, batch, rng):
+    def evaluate(probe):
+      """The loss at theta + eps z (even probes) or theta - eps z (odd) of sample probe // 2."""
+      noise = draw_noise(tree, labels, probe_key(rng, probe // 2), kind)
+      scale = jnp.where(probe % 2 == 0, eps, -eps)
+      loss, aux = loss_fn(perturb(tree, noise, scale), batch, None)  # rng None: dropout off
+      return loss, aux["accuracy"], loss if objective == "loss" else -aux["accuracy"]
+
+    # One loop over the 2n evaluations: the model is compiled once and each pass is unbatched.
+    losses, accuracies, values = jax.lax.map(evaluate, jnp.arange(2 * samples))
+    projected = (values[0::2] - values[1::2]) / (2 * eps)
+    grads = gradient(tree, labels, rng, projected, kind)
+    return losses.mean(), {"accuracy": accuracies.mean(), "projected_grad": projected}, grads
+
+  return estimate
+
+
+def make(config, optimizer, model, base_maker):
+  """`method=mezo` (base full) or `method=zo` over config.zo.base, with the SPSA estimate."""
+  base = base_maker(config, optimizer, model)
+  if not base.trains:
+    raise ConfigError(f"zo.base={config.zo.base!r} with these settings trains nothing "
+                      "(head.solver=lbfgs is fitted in closed form); use head.solver=adam")
+  z = config.zo
+  name = "mezo" if config.method == "mezo" else f"zo_{base.name}"
+  return base._replace(name=name, estimate=spsa(z.eps, z.samples, z.noise, z.objective))
+
+
+# ------------------------------------------------------------------ trajectory
+
+
+def save_trajectory(path: str, initial_artifact: dict, rng, projected: np.ndarray, method: str) -> None:
+  """The run as its initial trainable tree plus the projected gradients per step (steps, samples)."""
+  import safetensors.numpy
+  flat = {"initial/" + "/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(initial_artifact).items()}
+  safetensors.numpy.save_file({**flat, "rng": np.asarray(rng), "projected_grad": np.asarray(projected, np.float32)},
+                              path, metadata={"method": method})
+
+
+def load_trajectory(path: str, pretrained: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+  """(initial tree on the pretrained weights, rng key data, projected gradients (steps, samples))."""
+  import safetensors.numpy
+  from fttpu import checkpoint
+  saved = safetensors.numpy.load_file(path)
+  initial = traverse_util.unflatten_dict({tuple(k.split("/")[1:]): v for k, v in saved.items()
+                                          if k.startswith("initial/")})
+  model = traverse_util.flatten_dict(pretrained)
+  model.update(traverse_util.flatten_dict(initial.pop("model", {})))
+  return {"model": traverse_util.unflatten_dict(model), **initial}, saved["rng"], saved["projected_grad"]
+
+
+def replay(tree: dict, labels, tx, rng, projected: np.ndarray, kind: str) -> dict:
+  """The parameters after len(projected) steps, rebuilt from the trajectory without any loss."""
+  from fttpu import step as step_lib
+  from fttpu.state import TrainState
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def replay_step(state, projected_grad):
+    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    return step_lib.apply_gradients(state, gradient(state.params, labels, step_rng, projected_grad, kind), labels, tx)
+
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=tree, opt_state=tx.init(tree), rng=jnp.asarray(rng))
+  for projected_grad in projected:
+    state = replay_step(state, jnp.asarray(projected_grad))
+  return state.params

@@ -1,0 +1,50 @@
+"""Rebuild a zeroth-order run's parameters from its trajectory and check them against its checkpoint.
+
+  python -m fttpu.replay --workdir=DIR
+
+DIR is a workdir of `method=mezo` or `method=zo` (config.json, trajectory.safetensors,
+checkpoints/). The trajectory holds the initial trainable tree and the projected gradient of
+every step; replaying it applies the same updates without evaluating a single loss.
+"""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "Workdir of a zeroth-order run.")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+
+def replay_workdir(workdir: str) -> dict:
+  """{"steps", "max_abs_diff", "identical"}: the replayed parameters against the last checkpoint."""
+  from fttpu import checkpoint, methods, models, optim
+  from fttpu.methods import zo
+  from fttpu.state import TrainState
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  model = models.load(config.model.family, config.model.checkpoint)
+  method = methods.get_method(config, optim.make_optimizer(config.optimizer, config.train.steps), model)
+  tree, rng, projected = zo.load_trajectory(os.path.join(workdir, "trajectory.safetensors"), model.params)
+  labels = method.labels(tree)
+  replayed = zo.replay(tree, labels, method.tx, rng, projected, config.zo.noise)
+  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
+  step = manager.latest_step()
+  if step != len(projected):
+    raise SystemExit(f"{workdir}: the last checkpoint is step {step} but the trajectory has {len(projected)} steps")
+  trained = checkpoint.restore(manager, step, TrainState.create(tree, method.tx, config.seed)).params
+  diffs = [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0))
+           for a, b in zip(jax.tree_util.tree_leaves(replayed), jax.tree_util.tree_leaves(trained))]
+  return {"steps": len(projected), "max_abs_diff": max(diffs), "identical": max(diffs) == 0.0}
+
+
+def main(argv):
+  del argv
+  print(json.dumps(replay_workdir(FLAGS.workdir)))
+
+
+if __name__ == "__main__":
+  app.run(main)

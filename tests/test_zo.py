@@ -1,0 +1,168 @@
+"""Zeroth-order fine-tuning (MeZO and the zo family): the estimate against the true gradient,
+convergence, masks, the trajectory replay and data parallelism. Mechanics on the tiny BERT."""
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import fewshot
+from fttpu import config as config_lib, step as step_lib
+from fttpu.methods import base, masks, zo
+from fttpu.state import TrainState
+from tests.conftest import REPO, tiny_batch
+from tests.test_methods import build, state_entries, train
+
+
+def zo_config(base_name: str = "full", optimizer: str = "sgd", **settings):
+  config = fewshot.get_config("method=mezo" if base_name == "full" else f"method=zo,zo_base={base_name}")
+  config.optimizer.name = optimizer
+  for key, value in settings.items():
+    config.zo[key] = value
+  config_lib.validate_methods(config)
+  return config
+
+
+def flat(tree) -> np.ndarray:
+  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(tree)])
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_estimate_averaged_over_samples_aligns_with_the_true_gradient(tiny, noise):
+  """n-SPSA with n samples: E[g_hat] = grad, and for d parameters E|g_hat|^2 = |grad|^2 (1 + (d + c) / n)
+  (c = 1 gaussian, -1 rademacher), so cos(g_hat, grad) ~ 1 / sqrt(1 + (d + c) / n); g_hat . grad / |grad|^2
+  is a mean of n squared projections with standard deviation <= sqrt(2 / n)."""
+  samples = 1024
+  method, tree, loss_fn = build(tiny, zo_config(samples=samples, noise=noise))
+  labels, batch = method.labels(tree), tiny_batch(0)
+  _, aux, estimate = jax.jit(lambda t, key: method.estimate(loss_fn, t, labels, batch, key))(tree, jax.random.key(3))
+  true = jax.grad(lambda t: loss_fn(t, batch, None)[0])(tree)
+  g_hat, g = flat(estimate), flat(true)
+  d = g.size
+  ratio = g_hat @ g / (g @ g)
+  assert abs(ratio - 1) < 5 * np.sqrt(2 / samples), ratio
+  cosine = g_hat @ g / (np.linalg.norm(g_hat) * np.linalg.norm(g))
+  expected = 1 / np.sqrt(1 + (d + (1 if noise == "gaussian" else -1)) / samples)
+  assert 0.7 * expected < cosine < 1.3 * expected, (cosine, expected, d)
+  assert aux["projected_grad"].shape == (samples,)
+
+
+def test_zo_sgd_converges_on_a_convex_problem():
+  """Least squares in 10 dimensions (optimum loss 0): ZO-SGD through the one train step."""
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(64, 10)).astype(np.float32)
+  batch = {"x": features, "y": features @ rng.normal(size=10).astype(np.float32)}
+
+  def loss_fn(tree, batch, rng=None):
+    residual = batch["x"] @ tree["head"]["kernel"] - batch["y"]
+    return 0.5 * jnp.mean(jnp.square(residual)), {"accuracy": jnp.zeros(())}
+
+  labels = functools.partial(masks.label_all, label=masks.TRAIN)
+  method = base.make_method("toy", base.wrap, labels, masks.partition(labels, optax.sgd(0.02)),
+                            estimate=zo.spsa(1e-3, 1, "gaussian", "loss"))
+  tree = {"model": {}, "head": {"kernel": np.zeros(10, np.float32)}}
+  state = train(method, tree, loss_fn, 1500, batches=lambda step: batch)
+  assert loss_fn(state.params, batch)[0] < 1e-4 * loss_fn(tree, batch)[0]
+
+
+@pytest.mark.parametrize("base_name", zo.BASES)
+def test_every_base_moves_its_trainable_leaves_only(tiny, base_name):
+  config = zo_config(base_name)
+  method, tree, loss_fn = build(tiny, config, weight_decay=0.0)
+  labels = method.labels(tree)
+  state = train(method, tree, loss_fn, 2)
+  moved, frozen_moved = 0, []
+  for (path, before), after, label in zip(jax.tree_util.tree_leaves_with_path(tree),
+                                          jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(labels)):
+    same = np.array_equal(np.asarray(before), np.asarray(after))
+    if label == masks.FREEZE and not same:
+      frozen_moved.append(masks.path_name(path))
+    moved += label == masks.TRAIN and not same
+  assert not frozen_moved, f"zo over {base_name} changed frozen leaves {frozen_moved}"
+  assert moved == sum(label == masks.TRAIN for label in jax.tree_util.tree_leaves(labels)), "a trainable leaf stayed"
+  assert state_entries(state.opt_state) == 0, "ZO-SGD keeps no optimizer state"
+
+
+def test_accuracy_objective_estimates_from_differences_of_correct_counts(tiny):
+  config = zo_config(objective="accuracy", samples=8)
+  method, tree, loss_fn = build(tiny, config)
+  batch = tiny_batch(0)
+  _, aux, _ = jax.jit(lambda t: method.estimate(loss_fn, t, method.labels(t), batch, jax.random.key(0)))(tree)
+  counts = np.asarray(aux["projected_grad"]) * 2 * config.zo.eps * len(batch["labels"])  # minus the change of correct
+  np.testing.assert_allclose(counts, np.round(counts), atol=1e-3)
+
+
+@pytest.mark.parametrize("base_name,optimizer,settings", [
+    ("full", "sgd", {"noise": "rademacher"}),
+    ("lora", "momentum", {"samples": 2}),
+    ("sparse", "adamw", {}),
+])
+def test_replaying_the_trajectory_reproduces_the_trained_parameters(tiny, base_name, optimizer, settings):
+  """Bit for bit with ZO-SGD and momentum; with Adam up to float32 rounding (XLA fuses its
+  division differently in the replay program than in the train step)."""
+  method, tree, loss_fn = build(tiny, zo_config(base_name, optimizer, **settings))
+  step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn))
+  state = TrainState.create(tree, method.tx, 7)
+  projected = []
+  for i in range(6):
+    state, metrics = step(state, tiny_batch(i))
+    projected.append(np.asarray(metrics["train/projected_grad"]))
+  replayed = zo.replay(tree, method.labels(tree), method.tx, TrainState.create(tree, method.tx, 7).rng,
+                       np.stack(projected), settings.get("noise", "gaussian"))
+  for a, b in zip(jax.tree_util.tree_leaves(replayed), jax.tree_util.tree_leaves(state.params)):
+    if optimizer == "adamw":
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-9)
+    else:
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not np.array_equal(flat(replayed), flat(tree))
+
+
+DATA_PARALLEL = """
+import functools, json
+import jax, numpy as np
+from fttpu import sharding, step as step_lib
+from fttpu.state import TrainState
+from tests.conftest import make_tiny, tiny_batch
+from tests.test_methods import build
+from tests.test_zo import zo_config
+model = make_tiny()
+method, tree, loss_fn = build(model, zo_config(samples=2))
+batches = [tiny_batch(i, size=16) for i in range(4)]
+step = functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn)
+mesh = sharding.make_mesh({"data": -1})
+state = jax.device_put(TrainState.create(tree, method.tx, 0), sharding.replicated(mesh))
+state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
+sharded = jax.jit(step, in_shardings=(state_sharding, sharding.batch_shardings(mesh, batches[0])),
+                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+hlo = sharded.lower(state, batches[0]).compile().as_text()
+reduced = [int(np.prod([int(d) for d in line.split("=", 1)[1].split("[", 1)[1].split("]", 1)[0].split(",") if d]))
+           for line in hlo.splitlines() if " all-reduce(" in line or " all-reduce-start(" in line]
+single = TrainState.create(tree, method.tx, 0)
+single_step = jax.jit(step)
+for batch in batches:
+  state, _ = sharded(state, sharding.put_batch(mesh, batch))
+  single, _ = single_step(single, batch)
+diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+           zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(single.params)))
+print(json.dumps({"devices": jax.device_count(), "all_reduce_elements": reduced, "max_abs_diff": diff}))
+"""
+
+
+def test_data_parallel_zo_exchanges_scalars_and_matches_one_device():
+  """8 fake CPU devices, batch split over them: every replica regenerates z from the shared key, so the
+  compiled step all-reduces only loss sums (no parameter-sized array), and the parameters after 4 steps
+  equal one device's up to float reassociation of the loss sums (|diff| <= 1e-6)."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  result = subprocess.run([sys.executable, "-c", DATA_PARALLEL], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 8
+  assert out["all_reduce_elements"] and max(out["all_reduce_elements"]) <= 16, out["all_reduce_elements"]
+  assert out["max_abs_diff"] <= 1e-6, out
