@@ -43,7 +43,7 @@ test-all: install-test
 # Step time, compile time, compiled memory and peak RSS per method (JSON). Beside it, for the
 # PyTorch peers: THREADS=2 BATCH=16 SEQ=64 $(PY) ../shared/bench/peer_torch.py (after make install-test).
 bench: install
-	$(PY) -m fttpu.bench --methods=forward,full,head,bitfit,lora,sparse,spiel,prefix,layers --batch=16 --seq=64 --steps=5
+	$(PY) -m fttpu.bench --methods=forward,full,head,bitfit,lora,sparse,spiel,prefix,layers,mezo,mezo:zo.noise=rademacher,zo:zo.base=lora,zo:zo.base=prefix --batch=16 --seq=64 --steps=5
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info

@@ -1,6 +1,9 @@
 """Benchmark CLI: per method, median step time, compile time, compiled memory and peak RSS, as JSON.
 
   python -m fttpu.bench --methods=forward,full --batch=16 --seq=64 --steps=5
+  python -m fttpu.bench --methods=forward,mezo,mezo:zo.noise=rademacher,zo:zo.base=lora
+
+A method may carry config overrides after a colon, joined by '+': `zo:zo.base=prefix+zo.samples=4`.
 
 Each method runs in its own process (so peak RSS is its own) on the real checkpoint with a
 random batch, the way ../shared/bench/peer_torch.py measures the PyTorch peers:
@@ -8,6 +11,8 @@ random batch, the way ../shared/bench/peer_torch.py measures the PyTorch peers:
   <method>: one train step of that method (fttpu.step.train_step, jitted, state donated), with
             the method's defaults of configs/fewshot.py (lora: r=8 on query/value; sparse and
             spiel: density 0.01). spiel's prune/regrow, every 20 steps outside the step, is not timed.
+Each method also reports its parameter bytes and largest parameter, the bounds the zeroth-order
+memory goal is stated in (compiled temp <= forward temp + largest parameter).
 """
 import functools
 import json
@@ -18,7 +23,8 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_list("methods", ["forward", "full"], "forward, or any method name of fttpu.methods.")
+flags.DEFINE_list("methods", ["forward", "full"], "forward, or any method name of fttpu.methods, "
+                  "optionally with config overrides: name:key=value+key=value.")
 flags.DEFINE_integer("batch", 16, "Sentences per batch.")
 flags.DEFINE_integer("seq", 64, "Tokens per sentence.")
 flags.DEFINE_integer("steps", 5, "Timed steps after two warm-up steps.")
@@ -36,10 +42,28 @@ def _memory(compiled) -> dict:
           for name in ("argument", "output", "temp", "alias", "generated_code")}
 
 
+def method_config(spec: str):
+  """The fewshot config of 'name:key=value+key=value' (values parsed as the field's type)."""
+  import ast
+  from configs import fewshot
+  name, _, overrides = spec.partition(":")
+  config = fewshot.get_config(f"method={name}")
+  for item in filter(None, overrides.split("+")):
+    key, _, value = item.partition("=")
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    old = node[leaf]
+    node[leaf] = value if isinstance(old, str) else type(old)(ast.literal_eval(value))
+  if name == "zo":  # the learning rate of the base, as get_config(zo_base=...) sets it
+    config.optimizer.learning_rate = fewshot.ZO_LEARNING_RATES[config.zo.base]
+  return config
+
+
 def run_one(method_name: str) -> dict:
   import jax
   import numpy as np
-  from configs import fewshot
   from fttpu import classifier, methods, models, optim, step as step_lib
   from fttpu.methods import masks
   from fttpu.state import TrainState
@@ -61,7 +85,7 @@ def run_one(method_name: str) -> dict:
     compile_s = time.perf_counter() - started
     step = lambda: compiled(params, batch).block_until_ready()
   else:
-    config = fewshot.get_config(f"method={method_name}")
+    config = method_config(method_name)
     optimizer = optim.make_optimizer(config.optimizer, 1000)
     method = methods.get_method(config, optimizer, model)
     loss_fn = classifier.make_loss_fn(logits_fn)
@@ -91,6 +115,8 @@ def run_one(method_name: str) -> dict:
     extra = {"trainable": masks.count_trainable(holder[0].params, labels),
              "optimizer_state_entries": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(holder[0].opt_state)
                                                 if np.ndim(x) > 0))}
+  sizes = [x.nbytes for x in jax.tree_util.tree_leaves(model.params)]
+  extra.update(model_params_mb=sum(sizes) / 2**20, largest_param_mb=max(sizes) / 2**20)
   return {"step_s": float(np.median(times)), "compile_s": compile_s, "max_rss_mb": rss_after / 1024, **extra,
           "rss_growth_mb": (rss_after - rss_before) / 1024, **_memory(compiled)}
 
@@ -110,8 +136,9 @@ def main(argv):
       raise SystemExit(f"benchmark of {method} failed:\n{result.stderr[-3000:]}")
     out[method] = json.loads(result.stdout.strip().splitlines()[-1])
   if "forward" in out:
-    out["ratios_to_forward"] = {m: round(out[m]["step_s"] / out["forward"]["step_s"], 2)
-                                for m in FLAGS.methods if m != "forward"}
+    others = [m for m in FLAGS.methods if m != "forward"]
+    out["ratios_to_forward"] = {m: round(out[m]["step_s"] / out["forward"]["step_s"], 2) for m in others}
+    out["rss_ratios_to_forward"] = {m: round(out[m]["max_rss_mb"] / out["forward"]["max_rss_mb"], 3) for m in others}
   print(json.dumps(out, indent=1))
 
 
