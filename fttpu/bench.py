@@ -83,6 +83,7 @@ def run_one(method_name: str) -> dict:
     started = time.perf_counter()
     compiled = jax.jit(logits_fn).lower(params, batch).compile()
     compile_s = time.perf_counter() - started
+    rss_compiled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step = lambda: compiled(params, batch).block_until_ready()
   else:
     config = method_config(method_name)
@@ -97,6 +98,7 @@ def run_one(method_name: str) -> dict:
     compiled = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
                        donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - started
+    rss_compiled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     holder = [state]
 
     def step():
@@ -118,7 +120,8 @@ def run_one(method_name: str) -> dict:
   sizes = [x.nbytes for x in jax.tree_util.tree_leaves(model.params)]
   extra.update(model_params_mb=sum(sizes) / 2**20, largest_param_mb=max(sizes) / 2**20)
   return {"step_s": float(np.median(times)), "compile_s": compile_s, "max_rss_mb": rss_after / 1024, **extra,
-          "rss_growth_mb": (rss_after - rss_before) / 1024, **_memory(compiled)}
+          "rss_growth_mb": (rss_after - rss_before) / 1024, "max_rss_after_compile_mb": rss_compiled / 1024,
+          "max_rss_before_compile_mb": rss_before / 1024, **_memory(compiled)}
 
 
 def main(argv):

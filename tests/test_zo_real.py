@@ -16,8 +16,9 @@ from tests.test_main import run_main
 
 
 def test_mezo_steps_lower_the_training_loss_on_sst2(minilm, sst2_16shot):
-  """150 ZO-SGD steps (the default gaussian noise and learning rate, batch 8) over all 22.7M parameters."""
+  """150 ZO-SGD steps (gaussian noise, learning rate 1e-4, batch 8) over all 22.7M parameters."""
   config = fewshot.get_config("method=mezo")
+  config.optimizer.learning_rate = 1e-4
   method = methods.get_method(config, optim.make_optimizer(config.optimizer, 150), minilm)
   loss_fn = classifier.make_loss_fn(classifier.make_logits_fn(minilm.module, config.model.logit_scale))
   whole = {**pipeline.whole(sst2_16shot.train), **sst2_16shot.prompts}
