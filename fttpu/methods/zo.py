@@ -145,7 +145,6 @@ def save_trajectory(path: str, initial_artifact: dict, rng, projected: np.ndarra
 def load_trajectory(path: str, pretrained: dict) -> tuple[dict, np.ndarray, np.ndarray]:
   """(initial tree on the pretrained weights, rng key data, projected gradients (steps, samples))."""
   import safetensors.numpy
-  from fttpu import checkpoint
   saved = safetensors.numpy.load_file(path)
   initial = traverse_util.unflatten_dict({tuple(k.split("/")[1:]): v for k, v in saved.items()
                                           if k.startswith("initial/")})
