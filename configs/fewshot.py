@@ -10,6 +10,7 @@ import os
 import ml_collections
 
 from fttpu.config import parse_arg
+from fttpu.methods import zo
 
 
 # Learning rate per method (AdamW, 200 steps, batch 8), chosen on the few-shot dev split.
@@ -43,7 +44,7 @@ def get_config(arg=None):
   config.model.checkpoint = ""        # Hugging Face directory; "" = the installed all-MiniLM-L6-v2
   config.model.logit_scale = 20.0     # logits = scale * cosine(sentence, label description)
 
-  zeroth_order = arg.method in ("mezo", "zo")
+  zeroth_order = arg.method in zo.METHOD_NAMES
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd" if zeroth_order else "adamw"  # adamw | sgd | momentum | sign
   # Per method, chosen on dev (see LEARNING_RATES).

@@ -47,17 +47,16 @@ def method_config(spec: str):
   import ast
   from configs import fewshot
   name, _, overrides = spec.partition(":")
-  config = fewshot.get_config(f"method={name}")
-  for item in filter(None, overrides.split("+")):
-    key, _, value = item.partition("=")
+  settings = dict(item.split("=", 1) for item in filter(None, overrides.split("+")))
+  # zo.base also picks the default learning rate, as get_config's zo_base argument does.
+  config = fewshot.get_config(f"method={name}" + (f",zo_base={settings['zo.base']}" if "zo.base" in settings else ""))
+  for key, value in settings.items():
     *parents, leaf = key.split(".")
     node = config
     for parent in parents:
       node = node[parent]
     old = node[leaf]
     node[leaf] = value if isinstance(old, str) else type(old)(ast.literal_eval(value))
-  if name == "zo":  # the learning rate of the base, as get_config(zo_base=...) sets it
-    config.optimizer.learning_rate = fewshot.ZO_LEARNING_RATES[config.zo.base]
   return config
 
 

@@ -36,9 +36,14 @@ def save_artifact(path: str, tree: dict, method: str):
 
 def load_artifact(path: str, model_params: dict) -> dict:
   """The method tree rebuilt from a saved artifact on top of the pretrained `model_params`."""
-  from flax import traverse_util
   import safetensors.numpy
-  artifact = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in safetensors.numpy.load_file(path).items()})
+  return onto_pretrained(safetensors.numpy.load_file(path), model_params)
+
+
+def onto_pretrained(flat_artifact: dict, model_params: dict) -> dict:
+  """The method tree of an artifact given as {'a/b/c': array}, on top of the pretrained `model_params`."""
+  from flax import traverse_util
+  artifact = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat_artifact.items()})
   model = traverse_util.flatten_dict(model_params)
   model.update(traverse_util.flatten_dict(artifact.pop("model", {})))
   return {"model": traverse_util.unflatten_dict(model), **artifact}

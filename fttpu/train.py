@@ -85,7 +85,7 @@ def run(config, workdir: str) -> dict:
   started = time.perf_counter()
   params = method.prepare(model.params, jax.random.key(config.seed), context)
   labels = method.labels(params)
-  zeroth_order = config.method in ("mezo", "zo")  # the run is also its trajectory (zo.save_trajectory)
+  zeroth_order = config.method in zo.METHOD_NAMES  # the run is also its trajectory (zo.save_trajectory)
   initial_artifact = method.artifact(params) if zeroth_order else None
   logging.info("method %s: %d of %d parameters train (prepared in %.1fs)", method.name,
                masks.count_trainable(params, labels), sum(p.size for p in jax.tree_util.tree_leaves(params)),

@@ -15,6 +15,7 @@ import pytest
 from configs import fewshot
 from fttpu import config as config_lib, step as step_lib
 from fttpu.methods import base, masks, zo
+from fttpu.models import perturbation
 from fttpu.state import TrainState
 from tests.conftest import REPO, tiny_batch
 from tests.test_methods import build, state_entries, train
@@ -31,6 +32,22 @@ def zo_config(base_name: str = "full", optimizer: str = "sgd", **settings):
 
 def flat(tree) -> np.ndarray:
   return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(tree)])
+
+
+@pytest.mark.parametrize("kind", perturbation.KINDS)
+def test_noise_of_looked_up_rows_is_the_rows_of_the_whole_leaf(kind):
+  """An embedding draws noise for the rows it reads; the update draws the whole table (in blocks for
+  gaussian): both must be the same z, and z must be standard (mean 0, variance 1)."""
+  shape = (3000, 384)  # over perturbation.DRAW_BLOCK entries: the blocked draw, with a partial last block
+  key = jax.random.key(5, impl=perturbation.IMPL)
+  [noise] = (perturbation.rademacher_noise(key, [shape]) if kind == "rademacher"
+             else [perturbation.gaussian_noise(key, shape)])
+  whole = np.asarray(noise.value(shape))
+  rows = np.array([0, 1364, 1365, 2999, 7])
+  np.testing.assert_array_equal(np.asarray(noise.take(rows).value((len(rows), 384))), whole[rows])
+  assert abs(whole.mean()) < 0.01 and abs(whole.var() - 1) < 0.01
+  if kind == "rademacher":
+    assert set(np.unique(whole)) == {-1.0, 1.0}
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])

@@ -34,6 +34,7 @@ from fttpu.config import ConfigError
 from fttpu.methods import masks
 from fttpu.models import perturbation
 
+METHOD_NAMES = ("mezo", "zo")  # the config.method values that train by this estimate
 BASES = ("full", "lora", "prefix", "sparse", "head", "bitfit", "layers")
 OBJECTIVES = ("loss", "accuracy")
 
@@ -145,12 +146,10 @@ def save_trajectory(path: str, initial_artifact: dict, rng, projected: np.ndarra
 def load_trajectory(path: str, pretrained: dict) -> tuple[dict, np.ndarray, np.ndarray]:
   """(initial tree on the pretrained weights, rng key data, projected gradients (steps, samples))."""
   import safetensors.numpy
+  from fttpu import checkpoint
   saved = safetensors.numpy.load_file(path)
-  initial = traverse_util.unflatten_dict({tuple(k.split("/")[1:]): v for k, v in saved.items()
-                                          if k.startswith("initial/")})
-  model = traverse_util.flatten_dict(pretrained)
-  model.update(traverse_util.flatten_dict(initial.pop("model", {})))
-  return {"model": traverse_util.unflatten_dict(model), **initial}, saved["rng"], saved["projected_grad"]
+  initial = {k[len("initial/"):]: v for k, v in saved.items() if k.startswith("initial/")}
+  return checkpoint.onto_pretrained(initial, pretrained), saved["rng"], saved["projected_grad"]
 
 
 def replay(tree: dict, labels, tx, rng, projected: np.ndarray, kind: str) -> dict:
