@@ -53,13 +53,13 @@ def make_tiny():
   """A 2-layer random BERT (hidden 32, 4 heads) for the mechanics of methods: fast to compile."""
   import jax
   import numpy as np
-  from fttpu.models import LoadedModel, bert
-  config = bert.BertConfig(vocab_size=1200, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                           max_positions=32, type_vocab_size=2, hidden_dropout=0.0, attention_dropout=0.0)
+  from fttpu import models
+  from fttpu.models import bert
+  config = models.transformer.ModelConfig(family="bert", vocab_size=1200, hidden_size=32, num_layers=2, num_heads=4,
+                                          intermediate_size=64, max_positions=32, type_vocab_size=2)
   module = bert.BertEncoder(config)
-  ids = np.ones((1, 4), np.int32)
-  params = jax.tree_util.tree_map(np.asarray, module.init(jax.random.key(0), ids, ids)["params"])
-  return LoadedModel(module, params, None, config, "")
+  params = jax.tree_util.tree_map(np.asarray, models.init_params(module, jax.random.key(0)))
+  return models.LoadedModel(module, params, None, config, "")
 
 
 def tiny_batch(seed: int, size: int = 8, length: int = 12) -> dict:

@@ -66,7 +66,7 @@ def test_sharded_safetensors_with_index_load_the_same_params(checkpoint_copy, mi
     (lambda t: t.update({"encoder.layer.2.output.dense.bias": np.zeros(7, np.float32)}),
      "encoder.layer.2.output.dense.bias"),
     (lambda t: t.update({"embeddings.word_embeddings.weight": np.zeros((100, 384), np.float32)}),
-     "['word']['embedding']: checkpoint gives (100, 384)"),
+     "embeddings.word_embeddings.weight: the checkpoint has (100, 384)"),
 ])
 def test_bad_checkpoints_name_the_offending_tensor(checkpoint_copy, edit, message):
   path, tensors = checkpoint_copy

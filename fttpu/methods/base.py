@@ -23,10 +23,9 @@ from fttpu.methods import deltas, masks
 class Context(NamedTuple):
   """What `prepare` may use besides the weights: the frozen model and the training data."""
   loss_fn: Callable      # (tree, batch, rng) -> (loss, aux), tree = {"model": ..., "head"?: ...}
-  embed: Callable        # (model params, ids, mask) -> unit-norm pooled features (n, hidden)
+  classifier: Any        # fttpu.classifier.Classifier: features and zero-shot head for linear probes
   train_batch: Callable  # step -> a training batch (prompts included)
   train_set: dict        # every training example in one batch (prompts included)
-  prompts: dict          # label_input_ids / label_attention_mask of the label descriptions
   module: Any            # the Flax model (prefix initialisation runs it)
   full_optimizer: optax.GradientTransformation  # the configured optimizer (LT-SFT's dense phase)
 
@@ -90,7 +89,7 @@ LORA_LEAVES = ("lora_a", "lora_b", "lora_scale", "lora_dropout", "dora_magnitude
 
 def fold_adapter(kernel, a, b, scale, magnitude=None):
   """One projection's kernel with its LoRA (and DoRA magnitude) folded in."""
-  from fttpu.models.bert import lora_delta
+  from fttpu.models.transformer import lora_delta
   merged = kernel + lora_delta(a, b, scale)
   if magnitude is not None:
     merged = merged * (magnitude / jnp.sqrt(jnp.sum(jnp.square(merged), axis=tuple(range(a.ndim - 1)))))

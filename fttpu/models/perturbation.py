@@ -103,37 +103,84 @@ def rademacher_noise(key: jax.Array, shapes: list) -> list:
 
 
 def perturbed(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
-  """The parameter `name` as the module should use it: plus its noise when one is given."""
+  """The parameter `name` as the module should use it: plus its noise when one is given.
+
+  The sum is formed in float32 (and then cast once to the compute dtype by the caller), so a
+  perturbation smaller than a low-precision weight's spacing is not rounded away in the add.
+  """
   if not module.has_variable("noise", name):
     return value
-  return value + module.get_variable("noise", name).value(value.shape, value.dtype)
+  return value.astype(jnp.float32) + module.get_variable("noise", name).value(value.shape, jnp.float32)
+
+
+def axes(init, names: tuple):
+  """`init` annotated with logical axis names (flax partitioning metadata; the value stays plain)."""
+  return nn.with_logical_partitioning(init, names)
 
 
 class Embed(nn.Module):
-  """A lookup table (flax nn.Embed's parameter); noise is drawn for the looked-up rows only."""
+  """A lookup table (flax nn.Embed's parameter, axes (rows, embed)); noise is drawn for the
+  looked-up rows only. `attend` is the tied output layer: x @ table[ids].T, in float32."""
   num_embeddings: int
   features: int
+  row_axis: str | None = "vocab"
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    table = self.param("embedding", nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0),
-                       (self.num_embeddings, self.features))
-    rows = jnp.take(table, ids, axis=0)
+  def setup(self):
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+    self.embedding = self.param("embedding", axes(init, (self.row_axis, "embed")),
+                                (self.num_embeddings, self.features), self.param_dtype)
+
+  def rows(self, ids: jax.Array) -> jax.Array:
+    """table[ids] (plus its noise), of shape ids.shape + (features,), in float32 or the table's dtype."""
+    rows = jnp.take(self.embedding, ids, axis=0)
     if self.has_variable("noise", "embedding"):
       noise = self.get_variable("noise", "embedding").take(ids.reshape(-1))
-      rows = rows + noise.value((ids.size, self.features), rows.dtype).reshape(rows.shape)
+      rows = rows.astype(jnp.float32) + noise.value((ids.size, self.features), jnp.float32).reshape(rows.shape)
     return rows
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return self.rows(ids).astype(self.dtype)
+
+  def attend(self, x: jax.Array, ids: jax.Array | None = None) -> jax.Array:
+    """Logits x @ table.T over every row, or over rows `ids` only (a verbalizer's words), float32."""
+    table = perturbed(self, "embedding", self.embedding) if ids is None else self.rows(ids)
+    return jnp.einsum("...h,vh->...v", x.astype(self.dtype), table.astype(self.dtype),
+                      preferred_element_type=jnp.float32)
 
 
 class LayerNorm(nn.Module):
-  """LayerNorm over the last axis (flax nn.LayerNorm's parameters; variance as PyTorch computes it)."""
+  """LayerNorm over the last axis (flax nn.LayerNorm's parameters; variance as PyTorch computes it),
+  computed in float32 and returned in `dtype`."""
   epsilon: float
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     features = (x.shape[-1],)
-    scale = perturbed(self, "scale", self.param("scale", nn.initializers.ones, features))
-    bias = perturbed(self, "bias", self.param("bias", nn.initializers.zeros, features))
+    scale = perturbed(self, "scale", self.param("scale", axes(nn.initializers.ones, ("embed",)), features,
+                                                self.param_dtype))
+    bias = perturbed(self, "bias", self.param("bias", axes(nn.initializers.zeros, ("embed",)), features,
+                                              self.param_dtype))
+    x = x.astype(jnp.float32)
     mean = x.mean(-1, keepdims=True)
     variance = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(variance + self.epsilon) * scale + bias
+    out = (x - mean) * jax.lax.rsqrt(variance + self.epsilon) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return out.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square norm (Llama): x / rms(x) in float32, cast to `dtype`, times the scale."""
+  epsilon: float
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = perturbed(self, "scale", self.param("scale", axes(nn.initializers.ones, ("embed",)), (x.shape[-1],),
+                                                self.param_dtype))
+    x = x.astype(jnp.float32)
+    normed = (x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.epsilon)).astype(self.dtype)
+    return scale.astype(self.dtype) * normed

@@ -1,0 +1,233 @@
+"""The transformer block every family shares, its projections and attention.
+
+One `Layer` covers BERT/RoBERTa (post-LayerNorm, GELU, biases), OPT (pre-LayerNorm, ReLU,
+biases) and Llama (pre-RMSNorm, SwiGLU, rotary positions, grouped-query attention, no biases).
+Families stack L of them and scan over the stack (`stack_layers`), so parameters live in one
+tree with a leading layer axis, one layer body is compiled, and a zeroth-order step holds only
+one layer's perturbed weights at a time.
+
+Parameter names are the same in every family (query, key, value, attention_out, mlp_in,
+mlp_gate, mlp_out, attention_norm, mlp_norm), so method regexes (`lora.targets=query|value`,
+`layers/.*/kernel$`) mean the same thing everywhere. Every parameter carries logical axis
+names (embed, heads, kv, mlp, vocab, layers) for the sharding rules.
+
+Methods add leaves the layers look for: `lora_a`/`lora_b`/`lora_scale` (and `lora_dropout`,
+`dora_magnitude`) beside a projection's kernel, `prefix_key`/`prefix_value` in a layer.
+"""
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fttpu.models.perturbation import LayerNorm, RMSNorm, axes, perturbed
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The architecture (read from a Hugging Face config.json) and the precision policy."""
+  family: str
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  intermediate_size: int
+  max_positions: int
+  num_kv_heads: int = 0          # 0: as many as num_heads (no grouped-query attention)
+  head_dim: int = 0              # 0: hidden_size // num_heads
+  norm_eps: float = 1e-12
+  hidden_act: str = "gelu"
+  pre_norm: bool = False         # norm before attention/MLP (OPT, Llama) or after the residual (BERT)
+  rms_norm: bool = False
+  gated_mlp: bool = False        # SwiGLU: act(x W_gate) * (x W_in)
+  use_bias: bool = True
+  causal: bool = False
+  rotary_theta: float = 0.0      # > 0: rotary position embeddings with this base
+  hidden_dropout: float = 0.0
+  attention_dropout: float = 0.0
+  pad_token_id: int = 0
+  type_vocab_size: int = 0       # BERT token types
+  position_offset: int = 0       # learned positions start here (RoBERTa: pad + 1, OPT: 2)
+  positions_from_ids: bool = False  # RoBERTa: positions count non-pad tokens
+  final_norm: bool = False       # a norm after the last layer (pre-norm decoders)
+  lm_head: bool = False          # build the language-model head (MLM transform or decoder output)
+  tied_embeddings: bool = True
+  dtype: str = "float32"         # compute dtype of activations and matmuls
+  param_dtype: str = "float32"   # storage dtype of parameters
+
+  def __post_init__(self):
+    if not self.num_kv_heads:
+      object.__setattr__(self, "num_kv_heads", self.num_heads)
+    if not self.head_dim:
+      object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def storage_dtype(self):
+    return DTYPES[self.param_dtype]
+
+
+def contract(x, y, dims: int):
+  """Contracts the last `dims` axes of x with the first `dims` axes of y."""
+  return jax.lax.dot_general(x, y, ((tuple(range(x.ndim - dims, x.ndim)), tuple(range(dims))), ((), ())))
+
+
+def lora_delta(a, b, scale):
+  """The weight change scale * (A @ B) of a LoRA adapter, shaped like the kernel."""
+  return scale * contract(a, b, 1)
+
+
+class Projection(nn.Module):
+  """x @ kernel + bias over x's last `in_dims` axes (flax DenseGeneral's parameters and shapes).
+
+  `kernel_axes` names the kernel's logical axes (in..., out...). With `lora_a` (in..., r),
+  `lora_b` (r, out...) and `lora_scale` () among its params it adds scale * dropout(x) @ A @ B
+  without merging (LoRA; rank r). With `dora_magnitude` (out...) too, the output is rescaled to
+  magnitude / ||W + scale A B|| per output unit (DoRA; the norm is not differentiated, as in the paper).
+  """
+  features: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  in_dims: int = 1
+  use_bias: bool = True
+  deterministic: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    in_shape = x.shape[x.ndim - self.in_dims:]
+    init = nn.initializers.lecun_normal(in_axis=tuple(range(self.in_dims)),
+                                        out_axis=tuple(range(self.in_dims, self.in_dims + len(self.features))))
+    kernel = self.param("kernel", axes(init, self.kernel_axes), in_shape + tuple(self.features), self.param_dtype)
+    kernel = perturbed(self, "kernel", kernel).astype(self.dtype)
+    x = x.astype(self.dtype)
+    out = contract(x, kernel, self.in_dims)
+    if self.has_variable("params", "lora_a"):
+      a, b, scale = (perturbed(self, name, self.get_variable("params", name)).astype(self.dtype)
+                     for name in ("lora_a", "lora_b", "lora_scale"))
+      if self.has_variable("params", "lora_dropout") and not self.deterministic:
+        rate = self.get_variable("params", "lora_dropout")
+        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, x.shape)
+        x = jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+      low_rank = scale * contract(contract(x, a, self.in_dims), b, 1)
+      if self.has_variable("params", "dora_magnitude"):
+        merged = kernel + lora_delta(a, b, scale)
+        norm = jnp.sqrt(jnp.sum(jnp.square(merged.astype(jnp.float32)), axis=tuple(range(self.in_dims))))
+        magnitude = perturbed(self, "dora_magnitude", self.get_variable("params", "dora_magnitude"))
+        ratio = (magnitude / jax.lax.stop_gradient(norm)).astype(self.dtype)
+        out = ratio * (out + low_rank)
+      else:
+        out = out + low_rank
+    if self.use_bias:
+      bias_axes = self.kernel_axes[self.in_dims:]
+      bias = self.param("bias", axes(nn.initializers.zeros, bias_axes), tuple(self.features), self.param_dtype)
+      out = out + perturbed(self, "bias", bias).astype(self.dtype)
+    return out
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding of x (batch, length, heads, head_dim), Hugging Face's rotate-half layout."""
+  half = x.shape[-1] // 2
+  inverse_frequency = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2 / x.shape[-1]))
+  angles = positions[..., None].astype(jnp.float32) * inverse_frequency  # (batch, length, half)
+  cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[:, :, None, :]
+  sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[:, :, None, :]
+  x32 = x.astype(jnp.float32)
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], -1)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def attention_bias(attention_mask: jax.Array, causal: bool, dtype) -> jax.Array:
+  """Additive bias (batch, 1, query, key): -inf-like on padded keys and, if causal, on future keys."""
+  visible = attention_mask[:, None, None, :] > 0
+  if causal:
+    length = attention_mask.shape[-1]
+    visible = visible & jnp.tril(jnp.ones((length, length), bool))[None, None]
+  return jnp.where(visible, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
+class Layer(nn.Module):
+  """One transformer block; (hidden, (bias, positions)) -> (hidden, None), to be scanned."""
+  config: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, hidden, inputs):
+    bias, positions = inputs
+    c = self.config
+    dtype, param_dtype = c.compute_dtype, c.storage_dtype
+    drop = lambda rate: nn.Dropout(rate, deterministic=self.deterministic)
+    project = lambda features, kernel_axes, name, in_dims=1: Projection(
+        features, kernel_axes, in_dims, c.use_bias, self.deterministic, dtype, param_dtype, name=name)
+    norm = lambda name: (RMSNorm(c.norm_eps, dtype, param_dtype, name=name) if c.rms_norm
+                         else LayerNorm(c.norm_eps, dtype, param_dtype, name=name))
+
+    x = norm("attention_norm")(hidden) if c.pre_norm else hidden
+    q = project((c.num_heads, c.head_dim), ("embed", "heads", "kv"), "query")(x)
+    k = project((c.num_kv_heads, c.head_dim), ("embed", "heads", "kv"), "key")(x)
+    v = project((c.num_kv_heads, c.head_dim), ("embed", "heads", "kv"), "value")(x)
+    if c.rotary_theta:
+      q, k = rotary(q, positions, c.rotary_theta), rotary(k, positions, c.rotary_theta)
+    self.sow("intermediates", "key_states", k)      # read by prefix tuning's initialisation
+    self.sow("intermediates", "value_states", v)
+    if self.has_variable("params", "prefix_key"):  # prefix tuning: P trained keys/values first, seen by all
+      def prefix(name, x):
+        value = perturbed(self, name, self.get_variable("params", name)).astype(x.dtype)
+        return jnp.broadcast_to(value, (x.shape[0],) + value.shape)
+
+      k = jnp.concatenate([prefix("prefix_key", k), k], axis=1)
+      v = jnp.concatenate([prefix("prefix_value", v), v], axis=1)
+      bias = jnp.pad(bias, ((0, 0), (0, 0), (0, 0), (k.shape[1] - bias.shape[-1], 0)))
+    groups = c.num_heads // c.num_kv_heads
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+      k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(c.head_dim)
+    probs = jax.nn.softmax(scores + bias, axis=-1).astype(dtype)
+    probs = drop(c.attention_dropout)(probs)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    attended = project((c.hidden_size,), ("heads", "kv", "embed"), "attention_out", 2)(context)
+    hidden = hidden + drop(c.hidden_dropout)(attended)
+    if not c.pre_norm:
+      hidden = norm("attention_norm")(hidden)
+
+    x = norm("mlp_norm")(hidden) if c.pre_norm else hidden
+    inner = project((c.intermediate_size,), ("embed", "mlp"), "mlp_in")(x)
+    if c.gated_mlp:
+      inner = ACTIVATIONS[c.hidden_act](project((c.intermediate_size,), ("embed", "mlp"), "mlp_gate")(x)) * inner
+    else:
+      inner = ACTIVATIONS[c.hidden_act](inner)
+    out = project((c.hidden_size,), ("mlp", "embed"), "mlp_out")(inner)
+    hidden = hidden + drop(c.hidden_dropout)(out)
+    if not c.pre_norm:
+      hidden = norm("mlp_norm")(hidden)
+    return hidden.astype(dtype), None
+
+
+def stack_layers(config: ModelConfig, deterministic: bool, hidden, bias, positions):
+  """The L layers as one scanned module named "layers" (parameters stacked on a leading "layers" axis)."""
+  layers = nn.scan(Layer, variable_axes={"params": 0, "intermediates": 0, "noise": 0},
+                   split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                   length=config.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+  hidden, _ = layers(config, deterministic, name="layers")(hidden, (bias, positions))
+  return hidden
+
+
+def gather_positions(hidden: jax.Array, positions: Optional[jax.Array]) -> jax.Array:
+  """hidden[b, positions[b]] (batch, hidden) when positions are given, else hidden as it is."""
+  if positions is None:
+    return hidden
+  return jnp.take_along_axis(hidden, positions[:, None, None].astype(jnp.int32), axis=1)[:, 0]
