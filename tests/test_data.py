@@ -53,7 +53,7 @@ def test_any_directory_in_the_format_is_a_task(tmp_path, tfds_dir):
   write(tmp_path / "three/test.tsv", "sentence\tlabel\n" + "".join(rows[:9]))
   task = tasks.get_task("three", str(tmp_path), label_descriptions=("a", "b", "c"))
   splits = tfds_local.load_splits(task, str(tmp_path), tfds_dir)
-  assert len(splits["train"][0]) == 30 and splits["train"][0][4] == "sentence 4"
+  assert len(splits["train"][0]) == 30 and splits["train"][0][4] == ("sentence 4",)
   assert len(splits["test"][0]) == 9
   with pytest.raises(ValueError, match="label_descriptions"):
     tasks.get_task("three", str(tmp_path))
@@ -62,7 +62,7 @@ def test_any_directory_in_the_format_is_a_task(tmp_path, tfds_dir):
 
 
 def test_unknown_task_and_missing_data_say_where_to_point(tmp_path, tfds_dir, monkeypatch):
-  with pytest.raises(ValueError, match=r"unknown task 'nope'.*registered: \['sst2', 'trec'\]"):
+  with pytest.raises(ValueError, match=r"unknown task 'nope'.*registered: \['mnli', 'rte', 'snli', 'sst2', 'sst5', 'trec'\]"):
     tasks.get_task("nope", str(tmp_path))
   # No local copy and no network: the TFDS catalog fallback fails at once and says what to do.
   import socket

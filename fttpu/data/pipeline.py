@@ -2,27 +2,41 @@
 
 Batches are pure functions of (step, seed): resuming at step s replays exactly the batches
 an uninterrupted run would have seen, with no iterator state to checkpoint.
+
+Each style (tasks.STYLES) encodes differently:
+  similarity  input_ids (n, L) of task.template; prompts = the label descriptions, tokenized:
+              {"label_input_ids", "label_attention_mask"} (C, L').
+  mlm         input_ids (n, L) of task.mlm_template with exactly one mask token per row;
+              prompts = {"verbalizer_ids": (C,)}, the token of each class's label word.
+  causal      input_ids (n, C, L): task.causal_template followed by each class's label word, and
+              target_mask (n, C, L), 1 at the label word's tokens; prompts = {}.
 """
 import dataclasses
-from typing import Iterator
+import string
+from typing import Iterator, Optional
 
 import numpy as np
 import tokenizers
 
+from fttpu.config import ConfigError
 from fttpu.data import fewshot, tasks, tfds_local
+
+STYLES = tasks.STYLES
 
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
-  input_ids: np.ndarray       # (n, length) int32
-  attention_mask: np.ndarray  # (n, length) int32
+  input_ids: np.ndarray       # (n, length) int32; causal: (n, classes, length)
+  attention_mask: np.ndarray  # like input_ids, int32
   labels: np.ndarray          # (n,) int32
+  target_mask: Optional[np.ndarray] = None  # causal only: like input_ids, 1 at the label word's tokens
 
   def __len__(self):
     return len(self.labels)
 
   def take(self, indices) -> "Encoded":
-    return Encoded(self.input_ids[indices], self.attention_mask[indices], self.labels[indices])
+    return Encoded(self.input_ids[indices], self.attention_mask[indices], self.labels[indices],
+                   None if self.target_mask is None else self.target_mask[indices])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +45,8 @@ class FewShotData:
   train: Encoded
   dev: Encoded
   test: Encoded
-  prompts: dict  # label descriptions, tokenized: {"label_input_ids", "label_attention_mask"}
+  prompts: dict  # shared by every batch; per style, see the module docstring
+  style: str = "similarity"
 
 
 def _unpadded_copy(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
@@ -42,38 +57,181 @@ def _unpadded_copy(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
   return copy
 
 
-def encode(tokenizer: tokenizers.Tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-  """Token ids and attention mask, truncated and padded to `max_length`."""
-  pad = tokenizer.padding or {"pad_id": tokenizer.token_to_id("[PAD]") or 0, "pad_token": "[PAD]"}
+def pad_token(tokenizer: tokenizers.Tokenizer) -> tuple[int, str]:
+  """(id, token) to pad with: the file's padding setting, else the first of [PAD], <pad>, <unk> it has.
+
+  (Llama's tokenizer has no pad token: its rows are padded with <unk>, hidden by the attention mask.)
+  """
+  if tokenizer.padding:
+    return tokenizer.padding["pad_id"], tokenizer.padding["pad_token"]
+  for token in ("[PAD]", "<pad>", "<unk>"):
+    if (token_id := tokenizer.token_to_id(token)) is not None:
+      return token_id, token
+  return 0, tokenizer.id_to_token(0) or "[PAD]"
+
+
+def _encoder(tokenizer: tokenizers.Tokenizer, max_length: int, direction: str = "right") -> tokenizers.Tokenizer:
+  """A copy that truncates from `direction` (special tokens are added after) and pads right to max_length."""
+  pad_id, pad = pad_token(tokenizer)
   tokenizer = _unpadded_copy(tokenizer)
-  tokenizer.enable_truncation(max_length)
-  tokenizer.enable_padding(length=max_length, pad_id=pad["pad_id"], pad_token=pad["pad_token"])
-  encodings = tokenizer.encode_batch(texts)
+  tokenizer.enable_truncation(max_length, direction=direction)
+  tokenizer.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad)
+  return tokenizer
+
+
+def encode(tokenizer: tokenizers.Tokenizer, texts: list[str], max_length: int,
+           direction: str = "right") -> tuple[np.ndarray, np.ndarray]:
+  """Token ids and attention mask, truncated (from `direction`) and padded to `max_length`."""
+  encodings = _encoder(tokenizer, max_length, direction).encode_batch(texts)
   return (np.asarray([e.ids for e in encodings], np.int32),
           np.asarray([e.attention_mask for e in encodings], np.int32))
 
 
-def encode_split(tokenizer, task: tasks.Task, sentences, labels, max_length: int) -> Encoded:
-  ids, mask = encode(tokenizer, [task.template.format(sentence=s) for s in sentences], max_length)
+def mask_token(tokenizer: tokenizers.Tokenizer) -> tuple[str, int]:
+  """The tokenizer's mask token and id: <mask> (RoBERTa) or [MASK] (BERT)."""
+  for token in ("<mask>", "[MASK]"):
+    if (token_id := tokenizer.token_to_id(token)) is not None:
+      return token, token_id
+  raise ConfigError("the tokenizer has no mask token (<mask> or [MASK]): the mlm style needs a masked LM's tokenizer")
+
+
+def verbalizer_ids(tokenizer: tokenizers.Tokenizer, words) -> np.ndarray:
+  """(classes,) int32: the single token of each label word, as it follows a space (" great"), else bare."""
+  tokenizer = _unpadded_copy(tokenizer)
+  unknown = {tokenizer.token_to_id(t) for t in ("[UNK]", "<unk>")} - {None}
+  ids = []
+  for word in words:
+    tried = [tokenizer.encode(text, add_special_tokens=False) for text in (" " + word, word)]
+    single = [e.ids[0] for e in tried if len(e.ids) == 1 and e.ids[0] not in unknown]
+    if not single:
+      raise ConfigError(f"label word {word!r} is not one token: {' ' + word!r} -> {tried[0].tokens}, {word!r} -> "
+                        f"{tried[1].tokens}; MLM prompts need one token per class (change data.label_words)")
+    ids.append(single[0])
+  return np.asarray(ids, np.int32)
+
+
+def _mask_side(template: str) -> str:
+  """Where {mask} sits relative to the texts: 'after' all, 'before' all, or 'between'."""
+  names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+  texts = [i for i, name in enumerate(names) if name != "mask"]
+  mask = names.index("mask")
+  return "after" if all(i < mask for i in texts) else "before" if all(i > mask for i in texts) else "between"
+
+
+def _fitted(tokenizer: tokenizers.Tokenizer, task: tasks.Task, template: str, row, max_length: int, **extra) -> tuple:
+  """`row` with its longest text cut by whole tokens from its end until the filled template fits max_length."""
+  row = [text.strip() for text in ((row,) if isinstance(row, str) else row)]
+  while (length := len(tokenizer.encode(tasks.fill(template, task.text_fields, row, **extra)).ids)) > max_length:
+    pieces = [tokenizer.encode(text, add_special_tokens=False) for text in row]
+    longest = max(range(len(row)), key=lambda i: len(pieces[i].ids))
+    if not row[longest]:
+      raise ConfigError(f"data.max_length={max_length} is too short for the template {template!r} alone")
+    keep = len(pieces[longest].ids) - (length - max_length)
+    cut = min(pieces[longest].offsets[keep][0], len(row[longest]) - 1) if keep > 0 else 0  # always shorter
+    row[longest] = row[longest][:cut].strip()
+  return tuple(row)
+
+
+def encode_mlm(tokenizer: tokenizers.Tokenizer, task: tasks.Task, rows, labels, max_length: int) -> Encoded:
+  """task.mlm_template per row, its mask token kept whatever the truncation.
+
+  The mask after every text: truncate from the left (the start of the text goes; special tokens are
+  added after truncation, so <s>/[CLS] stay); before every text: from the right; between texts (pair
+  templates): the longest text is shortened until the row fits.
+  """
+  token, token_id = mask_token(tokenizer)
+  side = _mask_side(task.mlm_template)
+  if side == "between":
+    unpadded = _unpadded_copy(tokenizer)
+    texts = [tasks.fill(task.mlm_template, task.text_fields, row, mask=token) for row in rows]
+    lengths = [len(e.ids) for e in unpadded.encode_batch(texts)]
+    rows = [_fitted(unpadded, task, task.mlm_template, row, max_length, mask=token) if n > max_length else row
+            for row, n in zip(rows, lengths)]
+  texts = [tasks.fill(task.mlm_template, task.text_fields, row, mask=token) for row in rows]
+  ids, attention = encode(tokenizer, texts, max_length, "left" if side == "after" else "right")
+  counts = (ids == token_id).sum(1)
+  if (bad := np.flatnonzero(counts != 1)).size:
+    i = bad[0]
+    raise ConfigError(f"{len(bad)} MLM examples do not encode to exactly one mask token {token!r} (id {token_id}); "
+                      f"example {i} has {counts[i]}: {texts[i][:200]!r}")
+  return Encoded(ids, attention, np.asarray(labels, np.int32))
+
+
+def _candidate(prompt: str, word: str) -> str:
+  """The label word as it follows the prompt: after a space, or directly after a newline (MeZO's RTE)."""
+  return word if prompt[-1:].isspace() else " " + word
+
+
+def encode_causal(tokenizer: tokenizers.Tokenizer, task: tasks.Task, rows, labels, max_length: int) -> Encoded:
+  """Prompt + each label word per row, truncated from the left; target_mask marks the word's tokens.
+
+  A token is a target when it is a real, non-special token that starts at or after the end of the
+  prompt (character offsets into the text).
+  """
+  prompts = [tasks.fill(task.causal_template, task.text_fields, row) for row in rows]
+  texts = [prompt + _candidate(prompt, word) for prompt in prompts for word in task.label_words]
+  encodings = _encoder(tokenizer, max_length, "left").encode_batch(texts)
+  starts = np.asarray([[start for start, _ in e.offsets] for e in encodings], np.int64)
+  real = np.asarray([[a and not s for a, s in zip(e.attention_mask, e.special_tokens_mask)] for e in encodings], bool)
+  prompt_ends = np.repeat([len(p) for p in prompts], len(task.label_words))
+  target = (real & (starts >= prompt_ends[:, None])).astype(np.int32)
+  if (bad := np.flatnonzero(target.sum(1) == 0)).size:
+    raise ConfigError(f"{len(bad)} causal candidates have no label-word token after truncation to "
+                      f"data.max_length={max_length}; e.g. {texts[bad[0]][-200:]!r}")
+  shape = (len(prompts), len(task.label_words), max_length)
+  ids = np.asarray([e.ids for e in encodings], np.int32).reshape(shape)
+  attention = np.asarray([e.attention_mask for e in encodings], np.int32).reshape(shape)
+  return Encoded(ids, attention, np.asarray(labels, np.int32), target.reshape(shape))
+
+
+def encode_split(tokenizer, task: tasks.Task, rows, labels, max_length: int, style: str = "similarity") -> Encoded:
+  """Rows (tuples of texts, or strings for one-text tasks) encoded for `style`."""
+  if style == "mlm":
+    return encode_mlm(tokenizer, task, rows, labels, max_length)
+  if style == "causal":
+    return encode_causal(tokenizer, task, rows, labels, max_length)
+  ids, mask = encode(tokenizer, [tasks.fill(task.template, task.text_fields, row) for row in rows], max_length)
   return Encoded(ids, mask, np.asarray(labels, np.int32))
 
 
-def load_few_shot(data_config, tokenizer, seed: int) -> FewShotData:
-  """The task of `data_config`, k-shot sampled with `seed` and tokenized."""
-  task = tasks.get_task(data_config.task, data_config.dir, data_config.template,
-                        tuple(data_config.label_descriptions), tuple(data_config.label_names))
-  splits = tfds_local.load_splits(task, data_config.dir, data_config.cache_dir)
-  train_sentences, train_labels = splits["train"]
-  train_idx, dev_idx = fewshot.sample_k_shot(train_labels, data_config.k, seed, task.num_classes)
-  train_all = [train_sentences[i] for i in np.concatenate([train_idx, dev_idx])]
-  encoded = encode_split(tokenizer, task, train_all, train_labels[np.concatenate([train_idx, dev_idx])],
-                         data_config.max_length)
-  test = encode_split(tokenizer, task, *splits["test"], data_config.max_length)
+def prompts(tokenizer, task: tasks.Task, style: str = "similarity") -> dict:
+  """What every batch of `style` shares (see the module docstring)."""
+  if style == "mlm":
+    return {"verbalizer_ids": verbalizer_ids(tokenizer, task.label_words),
+            "mask_token_id": np.asarray(mask_token(tokenizer)[1], np.int32)}
+  if style == "causal":
+    return {}
   label_length = max(len(e.ids) for e in _unpadded_copy(tokenizer).encode_batch(list(task.label_descriptions)))
   label_ids, label_mask = encode(tokenizer, list(task.label_descriptions), label_length)
+  return {"label_input_ids": label_ids, "label_attention_mask": label_mask}
+
+
+def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") -> FewShotData:
+  """The task of `data_config`, k-shot sampled with `seed` and tokenized for `style`."""
+  optional = lambda key, default: getattr(data_config, key, default)  # keys a config may not have
+  task = tasks.get_task(data_config.task, data_config.dir, data_config.template,
+                        tuple(data_config.label_descriptions), tuple(data_config.label_names),
+                        mlm_template=optional("mlm_template", ""), causal_template=optional("causal_template", ""),
+                        label_words=tuple(optional("label_words", ())), style=style)
+  splits = tfds_local.load_splits(task, data_config.dir, data_config.cache_dir)
+  train_rows, train_labels = splits["train"]
+  train_idx, dev_idx = fewshot.sample_k_shot(train_labels, data_config.k, seed, task.num_classes)
+  chosen = np.concatenate([train_idx, dev_idx])
+  encoded = encode_split(tokenizer, task, [train_rows[i] for i in chosen], train_labels[chosen],
+                         data_config.max_length, style)
+  test = encode_split(tokenizer, task, *splits["test"], data_config.max_length, style)
   n = len(train_idx)
   return FewShotData(task, encoded.take(np.arange(n)), encoded.take(np.arange(n, len(encoded))), test,
-                     {"label_input_ids": label_ids, "label_attention_mask": label_mask})
+                     prompts(tokenizer, task, style), style)
+
+
+def _batch(data: Encoded, weights: np.ndarray) -> dict:
+  """The batch dict of `data`: target_mask only when the style has one."""
+  batch = {"input_ids": data.input_ids, "attention_mask": data.attention_mask, "labels": data.labels,
+           "weights": weights}
+  if data.target_mask is not None:
+    batch["target_mask"] = data.target_mask
+  return batch
 
 
 def train_batch(data: Encoded, step: int, batch_size: int, seed: int) -> dict:
@@ -84,15 +242,12 @@ def train_batch(data: Encoded, step: int, batch_size: int, seed: int) -> dict:
   for epoch in np.unique(epochs):
     permutation = np.random.default_rng([seed, int(epoch)]).permutation(len(data))
     indices[epochs == epoch] = permutation[offsets[epochs == epoch]]
-  batch = data.take(indices)
-  return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": batch.labels,
-          "weights": np.ones(batch_size, np.float32)}
+  return _batch(data.take(indices), np.ones(batch_size, np.float32))
 
 
 def whole(data: Encoded) -> dict:
   """Every example as one batch (linear probes fit on all training features at once)."""
-  return {"input_ids": data.input_ids, "attention_mask": data.attention_mask, "labels": data.labels,
-          "weights": np.ones(len(data), np.float32)}
+  return _batch(data, np.ones(len(data), np.float32))
 
 
 def eval_batches(data: Encoded, batch_size: int) -> Iterator[dict]:
@@ -100,6 +255,4 @@ def eval_batches(data: Encoded, batch_size: int) -> Iterator[dict]:
   for start in range(0, len(data), batch_size):
     indices = np.arange(start, start + batch_size)
     weights = (indices < len(data)).astype(np.float32)
-    batch = data.take(np.minimum(indices, len(data) - 1))
-    yield {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": batch.labels,
-           "weights": weights}
+    yield _batch(data.take(np.minimum(indices, len(data) - 1)), weights)

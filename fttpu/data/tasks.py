@@ -1,41 +1,88 @@
-"""Task definitions: label names, prompt template and label descriptions, where the data lives.
+"""Task definitions: label names, prompts for each classification style, where the data lives.
 
-A task is a directory of `train.tsv` and `test.tsv` (header `sentence<TAB>label`, integer
-labels). Registered tasks carry their prompts; any other directory works when the config
-gives `data.label_descriptions` (and optionally `data.label_names`).
+A task is a directory of `train.tsv` and `test.tsv` (header `sentence<TAB>label`, or
+`sentence1<TAB>sentence2<TAB>label` for sentence pairs; integer labels). Registered tasks carry
+their prompts; any other directory works when the config gives the prompts its style uses.
+
+Styles (how a class is scored):
+  similarity  the sentence (`template`) against an embedding of each label description.
+  mlm         a masked LM fills {mask} in `mlm_template`; the class is its label word (LM-BFF).
+  causal      a causal LM scores each label word after `causal_template` (MeZO's OPT runs).
+
+Templates are Python format strings over the task's text fields ({sentence}, or {sentence1} and
+{sentence2}) and their derived forms {<field>_trimmed} (the last character dropped when it is
+punctuation: LM-BFF's `sent-_`) and {<field>_lowerfirst} (first letter lowercased: LM-BFF's
+`sentl_`); texts are stripped of surrounding whitespace first.
 """
 import dataclasses
 import os
+import string
 from typing import Optional
 
 from fttpu.config import ConfigError
+from fttpu.data import tsv
+
+STYLES = ("similarity", "mlm", "causal")
+PAIR = ("sentence1", "sentence2")
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
   name: str
   label_names: tuple[str, ...]
-  label_descriptions: tuple[str, ...]
-  template: str = "{sentence}"
+  label_descriptions: tuple[str, ...] = ()  # similarity style: one per class
+  template: str = "{sentence}"              # similarity style
+  mlm_template: str = ""                    # mlm style: contains {mask} once
+  causal_template: str = ""                 # causal style: the prompt before each label word
+  label_words: tuple[str, ...] = ()         # mlm and causal styles: one per class
+  text_fields: tuple[str, ...] = ("sentence",)
   # TFDS catalog entry used when no local copy exists, and its split names for train/test.
   tfds_name: Optional[str] = None
   tfds_module: Optional[str] = None  # the module that registers tfds_name (TFDS imports catalog modules lazily)
   tfds_splits: tuple[tuple[str, str], ...] = ()
+  tfds_fields: tuple[str, ...] = ()  # the catalog's feature names for text_fields; () = the same names
 
   @property
   def num_classes(self) -> int:
     return len(self.label_names)
 
 
+_GLUE = "tensorflow_datasets.text.glue"
+_NLI_LABELS = ("entailment", "neutral", "contradiction")  # TFDS glue/mnli and snli order
+_NLI_DESCRIPTIONS = ("The hypothesis follows from the premise.", "The hypothesis might be true given the premise.",
+                     "The hypothesis contradicts the premise.")
+_PAIR_TEMPLATE = "Premise: {sentence1} Hypothesis: {sentence2}"
+# LM-BFF (Gao et al. 2021, Table 1 and their run scripts; MeZO's RoBERTa runs use the same). RoBERTa's
+# "<mask>" is an added token with lstrip=True: it takes the space before it, so "was <mask>." gives
+# the tokens of LM-BFF's `_was*mask*.` (and "? <mask>," those of `?*mask*,`).
+_SST_MLM = "{sentence} It was {mask}."                                 # *cls**sent_0*_It_was*mask*.*sep+*
+_NLI_MLM = "{sentence1_trimmed}? {mask}, {sentence2_lowerfirst}"       # *cls**sent-_0*?*mask*,*+sentl_1**sep+*
+# Causal prompts; the label word follows after a space, or directly when the prompt ends in whitespace.
+_SST_CAUSAL = "{sentence} It was"  # MeZO large_models/templates.py SST2Template: f"{text} It was" + " great"
+# MeZO's CBTemplate ("From PromptSource"): f'Suppose {premise} Can we infer that "{hypothesis}"? Yes, No,
+# or Maybe?\n' then the word; used here for the 3-way NLI tasks.
+_NLI_CAUSAL = 'Suppose {sentence1} Can we infer that "{sentence2}"? Yes, No, or Maybe?\n'
+
 TASKS = {
     "sst2": Task(
         name="sst2",
         label_names=("negative", "positive"),
         label_descriptions=("It was terrible.", "It was great."),
+        mlm_template=_SST_MLM,
+        causal_template=_SST_CAUSAL,
+        label_words=("terrible", "great"),
         tfds_name="glue/sst2",
-        tfds_module="tensorflow_datasets.text.glue",
+        tfds_module=_GLUE,
         # GLUE's test labels are hidden: the few-shot literature tests on the validation split.
         tfds_splits=(("train", "train"), ("test", "validation")),
+    ),
+    "sst5": Task(  # no TFDS catalog entry: a local directory only (LM-BFF's data/original/sst-5)
+        name="sst5",
+        label_names=("very negative", "negative", "neutral", "positive", "very positive"),
+        label_descriptions=("It was terrible.", "It was bad.", "It was okay.", "It was good.", "It was great."),
+        mlm_template=_SST_MLM,
+        causal_template=_SST_CAUSAL,
+        label_words=("terrible", "bad", "okay", "good", "great"),
     ),
     "trec": Task(
         name="trec",
@@ -48,6 +95,55 @@ TASKS = {
             "A question asking about a place or location.",
             "A question asking for a number, a date or an amount.",
         ),
+        mlm_template="{mask}: {sentence}",  # *cls**mask*:*+sent_0**sep+*
+        # Ours (MeZO has no TREC prompt): the answer type after the question.
+        causal_template="Question: {sentence}\nAnswer type:",
+        # LM-BFF's mapping; ABBR is "Expression".
+        label_words=("Description", "Entity", "Expression", "Human", "Location", "Number"),
+    ),
+    "mnli": Task(
+        name="mnli",
+        label_names=_NLI_LABELS,
+        label_descriptions=_NLI_DESCRIPTIONS,
+        template=_PAIR_TEMPLATE,
+        mlm_template=_NLI_MLM,
+        causal_template=_NLI_CAUSAL,
+        label_words=("Yes", "Maybe", "No"),
+        text_fields=PAIR,
+        tfds_name="glue/mnli",
+        tfds_module=_GLUE,
+        tfds_splits=(("train", "train"), ("test", "validation_matched")),  # LM-BFF tests on dev-matched
+        tfds_fields=("premise", "hypothesis"),
+    ),
+    "snli": Task(
+        name="snli",
+        label_names=_NLI_LABELS,
+        label_descriptions=_NLI_DESCRIPTIONS,
+        template=_PAIR_TEMPLATE,
+        mlm_template=_NLI_MLM,
+        causal_template=_NLI_CAUSAL,
+        label_words=("Yes", "Maybe", "No"),
+        text_fields=PAIR,
+        tfds_name="snli",
+        tfds_module="tensorflow_datasets.datasets.snli.snli_dataset_builder",
+        tfds_splits=(("train", "train"), ("test", "test")),  # rows without a gold label (-1) are dropped
+        tfds_fields=("premise", "hypothesis"),
+    ),
+    "rte": Task(
+        name="rte",
+        label_names=("entailment", "not_entailment"),  # glue/rte order
+        label_descriptions=("The hypothesis follows from the premise.",
+                            "The hypothesis does not follow from the premise."),
+        template=_PAIR_TEMPLATE,
+        mlm_template=_NLI_MLM,
+        # MeZO large_models/templates.py RTETemplate ("From PromptSource"):
+        # f'{premise}\nDoes this mean that "{hypothesis}" is true? Yes or No?\n' followed by "Yes"/"No".
+        causal_template='{sentence1}\nDoes this mean that "{sentence2}" is true? Yes or No?\n',
+        label_words=("Yes", "No"),
+        text_fields=PAIR,
+        tfds_name="glue/rte",
+        tfds_module=_GLUE,
+        tfds_splits=(("train", "train"), ("test", "validation")),
     ),
 }
 
@@ -60,39 +156,92 @@ def task_dir(name: str, data_dir: str) -> Optional[str]:
   return None
 
 
-def _checked_template(template: str) -> str:
-  """`template` if it formats with exactly the field {sentence}."""
+def template_fields(text_fields: tuple[str, ...], row) -> dict:
+  """The format fields of one example: each text, stripped, and its _trimmed and _lowerfirst forms."""
+  row = (row,) if isinstance(row, str) else row
+  fields = {}
+  for name, text in zip(text_fields, row, strict=True):
+    text = text.strip()
+    trimmed = text[:-1].rstrip() if text and text[-1] in string.punctuation else text
+    fields.update({name: text, f"{name}_trimmed": trimmed, f"{name}_lowerfirst": text[:1].lower() + text[1:]})
+  return fields
+
+
+def fill(template: str, text_fields: tuple[str, ...], row, **extra) -> str:
+  """`template` filled with the texts of `row` (a tuple, or a string for one field) and `extra` fields."""
+  return template.format(**template_fields(text_fields, row), **extra)
+
+
+def _checked_template(template: str, key: str, text_fields: tuple[str, ...], mask: bool = False) -> str:
+  """`template` if it uses every text field (or a derived form), {mask} exactly once when `mask`, and nothing else."""
+  allowed = set(template_fields(text_fields, ("",) * len(text_fields))) | ({"mask"} if mask else set())
+  wanted = ", ".join(f"{{{f}}}" for f in text_fields) + (" and {mask} exactly once" if mask else "")
   try:
-    template.format(sentence="")
-  except (KeyError, IndexError, ValueError):
-    raise ConfigError(f"data.template={template!r} must contain {{sentence}} and no other {{...}} field") from None
-  if "{sentence}" not in template:
-    raise ConfigError(f"data.template={template!r} must contain {{sentence}}")
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    template.format(**dict.fromkeys(allowed, ""))
+  except (KeyError, IndexError, ValueError, AttributeError):
+    names = None
+  if names is None or not set(names) <= allowed:
+    derived = ", ".join(sorted(f"{{{f}}}" for f in allowed - set(text_fields) - {"mask"}))
+    raise ConfigError(f"{key}={template!r} must contain {wanted} and no other {{...}} field "
+                      f"(derived fields: {derived})")
+  used = {name.rsplit("_", 1)[0] if name not in text_fields else name for name in names}
+  if not set(text_fields) <= used or (mask and names.count("mask") != 1):
+    raise ConfigError(f"{key}={template!r} must contain {wanted}")
   return template
 
 
-def get_task(name: str, data_dir: str, template: str = "", label_descriptions=(), label_names=()) -> Task:
-  """The registered task `name`, or a task for the directory DATA_DIR/name, with config overrides."""
+def _default_template(text_fields: tuple[str, ...]) -> str:
+  return _PAIR_TEMPLATE if tuple(text_fields) == PAIR else "{sentence}"
+
+
+def get_task(name: str, data_dir: str, template: str = "", label_descriptions=(), label_names=(), *,
+             mlm_template: str = "", causal_template: str = "", label_words=(), style: str = "similarity") -> Task:
+  """The registered task `name`, or a task for the directory DATA_DIR/name, with config overrides.
+
+  Fails unless the task has the prompts `style` uses (similarity: label descriptions; mlm: an MLM
+  template and label words; causal: a causal template and label words).
+  """
+  if style not in STYLES:
+    raise ConfigError(f"style {style!r} is not one of {list(STYLES)}")
   if name in TASKS:
     task = TASKS[name]
-  elif task_dir(name, data_dir):
-    if not label_descriptions:
+  elif directory := task_dir(name, data_dir):
+    per_class = tuple(label_descriptions) if style == "similarity" else tuple(label_words)
+    if not per_class:
+      flag = ("--config.data.label_descriptions='(\"desc of 0\", \"desc of 1\", ...)'" if style == "similarity" else
+              f"--config.data.{style}_template=... --config.data.label_words='(\"word0\", \"word1\", ...)'")
       raise ConfigError(f"task {name!r} is not registered (registered: {sorted(TASKS)}); for a task directory "
-                       "give its prompts with --config.data.label_descriptions='(\"desc of 0\", \"desc of 1\", ...)'")
-    task = Task(name=name, label_names=tuple(label_names) or tuple(str(i) for i in range(len(label_descriptions))),
-                label_descriptions=tuple(label_descriptions))
+                        f"give its prompts with {flag}")
+    text_fields = tsv.header_fields(os.path.join(directory, "train.tsv")) or ("sentence",)
+    task = Task(name=name, label_names=tuple(label_names) or tuple(str(i) for i in range(len(per_class))),
+                template=_default_template(text_fields), text_fields=text_fields)
   else:
     raise ConfigError(f"unknown task {name!r}: not registered (registered: {sorted(TASKS)}) and no directory "
-                     f"{os.path.join(data_dir, name)!r}")
+                      f"{os.path.join(data_dir, name)!r}")
+  fields = task.text_fields
   overrides = {}
   if template:
-    overrides["template"] = _checked_template(template)
+    overrides["template"] = _checked_template(template, "data.template", fields)
+  if mlm_template:
+    overrides["mlm_template"] = _checked_template(mlm_template, "data.mlm_template", fields, mask=True)
+  if causal_template:
+    overrides["causal_template"] = _checked_template(causal_template, "data.causal_template", fields)
   if label_descriptions:
     overrides["label_descriptions"] = tuple(label_descriptions)
+  if label_words:
+    overrides["label_words"] = tuple(label_words)
   if label_names:
     overrides["label_names"] = tuple(label_names)
   task = dataclasses.replace(task, **overrides)
-  if len(task.label_descriptions) != task.num_classes:
-    raise ConfigError(f"task {name!r} has {task.num_classes} classes {list(task.label_names)} but "
-                     f"{len(task.label_descriptions)} label descriptions")
+  for what, values in (("label descriptions", task.label_descriptions), ("label words", task.label_words)):
+    if values and len(values) != task.num_classes:
+      raise ConfigError(f"task {name!r} has {task.num_classes} classes {list(task.label_names)} but "
+                        f"{len(values)} {what}")
+  needs = {"similarity": (("label_descriptions", task.label_descriptions),),
+           "mlm": (("mlm_template", task.mlm_template), ("label_words", task.label_words)),
+           "causal": (("causal_template", task.causal_template), ("label_words", task.label_words))}[style]
+  for key, value in needs:
+    if not value:
+      raise ConfigError(f"task {name!r} has no {key} for style {style!r}: give --config.data.{key}=...")
   return task

@@ -1,5 +1,7 @@
 """Task splits through tensorflow-datasets: a builder for local TSV directories, else the catalog.
 
+Splits are (rows, labels), a row being the tuple of an example's texts (task.text_fields).
+
 The local builder prepares ArrayRecord files once per content fingerprint of the TSVs (so an
 edited file is re-prepared) and is read back with `as_data_source`, which needs no TensorFlow.
 """
@@ -8,6 +10,7 @@ import importlib
 import os
 import re
 import socket
+import sys
 import urllib.parse
 
 import numpy as np
@@ -20,12 +23,13 @@ SPLITS = ("train", "test")
 
 
 class LocalTsv(tfds.core.GeneratorBasedBuilder):
-  """A `sentence<TAB>label` task directory as a TFDS dataset (one BuilderConfig per task + content)."""
+  """A task directory as a TFDS dataset (one BuilderConfig per task + content); a feature per text field."""
   VERSION = tfds.core.Version("1.0.0")
 
-  def __init__(self, *, source_dir: str, label_names, **kwargs):
+  def __init__(self, *, source_dir: str, label_names, text_fields=("sentence",), **kwargs):
     self._source_dir = source_dir
     self._label_names = list(label_names)
+    self._text_fields = tuple(text_fields)
     super().__init__(**kwargs)
 
   def _info(self):
@@ -34,7 +38,7 @@ class LocalTsv(tfds.core.GeneratorBasedBuilder):
         description=f"Sentence classification from {self._source_dir}",
         features=tfds.features.FeaturesDict({
             "index": tfds.features.Scalar(np.int64, doc="row number in the TSV (0 = first data row)"),
-            "sentence": tfds.features.Text(),
+            **{field: tfds.features.Text() for field in self._text_fields},
             "label": tfds.features.ClassLabel(names=self._label_names),
         }),
     )
@@ -43,9 +47,9 @@ class LocalTsv(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(os.path.join(self._source_dir, f"{split}.tsv")) for split in SPLITS}
 
   def _generate_examples(self, path):
-    sentences, labels = tsv.read_tsv(path, len(self._label_names))
-    for index, (sentence, label) in enumerate(zip(sentences, labels)):
-      yield index, {"index": index, "sentence": sentence, "label": int(label)}
+    rows, labels = tsv.read_tsv(path, len(self._label_names), self._text_fields)
+    for index, (row, label) in enumerate(zip(rows, labels)):
+      yield index, {"index": index, **dict(zip(self._text_fields, row)), "label": int(label)}
 
 
 def _fingerprint(source_dir: str, label_names) -> str:
@@ -60,34 +64,43 @@ def _fingerprint(source_dir: str, label_names) -> str:
   return digest.hexdigest()[:12]
 
 
-def _read_all(source) -> tuple[list[str], np.ndarray]:
-  """All rows of a split in file order (TFDS shuffles on prepare; ours carry `index`, GLUE's `idx`)."""
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _read_all(source, fields) -> tuple[list[tuple[str, ...]], np.ndarray]:
+  """All labelled rows of a split in file order (TFDS shuffles on prepare; ours carry `index`, GLUE's `idx`).
+
+  `fields` are the feature names of the texts; rows with label -1 (SNLI's no gold label) are dropped.
+  """
   rows = source.__getitems__(range(len(source)))
   order_key = next((k for k in ("index", "idx") if rows and k in rows[0]), None)
   if order_key:
     rows = sorted(rows, key=lambda r: int(r[order_key]))
-  sentences = [r["sentence"].decode("utf-8") if isinstance(r["sentence"], bytes) else str(r["sentence"]) for r in rows]
-  return sentences, np.asarray([r["label"] for r in rows], np.int32)
+  rows = [r for r in rows if int(r["label"]) >= 0]
+  return [tuple(_text(r[f]) for f in fields) for r in rows], np.asarray([r["label"] for r in rows], np.int32)
 
 
 def _check_reachable(builder) -> None:
   """Fails in a second, not after minutes of download retries, when the source host is unknown."""
-  host = urllib.parse.urlparse(getattr(builder.builder_config, "data_url", "") or "").hostname
+  url = (getattr(builder.builder_config, "data_url", "")
+         or getattr(sys.modules.get(type(builder).__module__), "_DATA_URL", ""))  # SNLI has no builder config
+  host = urllib.parse.urlparse(url or "").hostname
   if host and not builder.is_prepared():
     socket.getaddrinfo(host, 443)  # socket.gaierror offline
 
 
-def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[list[str], np.ndarray]]:
-  """{'train': (sentences, labels), 'test': ...} from DATA_DIR/<task> or, failing that, the TFDS catalog."""
+def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[list[tuple[str, ...]], np.ndarray]]:
+  """{'train': (rows, labels), 'test': ...} from DATA_DIR/<task> or, failing that, the TFDS catalog."""
   cache_dir = os.path.expanduser(cache_dir)
   directory = task_dir(task.name, data_dir)
   if directory:
     name = re.sub(r"[^a-z0-9_]", "_", os.path.basename(os.path.normpath(task.name)).lower())
-    builder = LocalTsv(source_dir=directory, label_names=task.label_names, data_dir=cache_dir,
-                       config=tfds.core.BuilderConfig(name=f"{name}_{_fingerprint(directory, task.label_names)}"),
-                       file_format="array_record")
+    config = tfds.core.BuilderConfig(name=f"{name}_{_fingerprint(directory, task.label_names)}")
+    builder = LocalTsv(source_dir=directory, label_names=task.label_names, text_fields=task.text_fields,
+                       data_dir=cache_dir, config=config, file_format="array_record")
     builder.download_and_prepare()
-    return {split: _read_all(builder.as_data_source(split=split)) for split in SPLITS}
+    return {split: _read_all(builder.as_data_source(split=split), task.text_fields) for split in SPLITS}
   if task.tfds_name:
     try:
       if task.tfds_module:
@@ -102,6 +115,7 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
           f"task {task.name!r}: no local copy at {os.path.join(data_dir, task.name)}, and the TFDS dataset {task.tfds_name!r} could not be "
           f"loaded ({type(e).__name__}: {reason}). Point fttpu at the data: --config.data.dir=DIR "
           f"(or `make demo DATA_DIR=DIR`) where DIR/{task.name}/train.tsv and test.tsv exist.") from e
-    return {split: _read_all(source) for split, source in sources.items()}
-  raise FileNotFoundError(f"task {task.name!r}: no directory {os.path.join(data_dir, task.name)} with train.tsv and test.tsv; "
+    return {split: _read_all(source, task.tfds_fields or task.text_fields) for split, source in sources.items()}
+  raise FileNotFoundError(f"task {task.name!r} has no TFDS catalog entry and no directory "
+                          f"{os.path.join(data_dir, task.name)} with train.tsv and test.tsv; "
                           f"set --config.data.dir=DIR (or `make demo DATA_DIR=DIR`) to the folder that holds {task.name}/")
