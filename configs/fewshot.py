@@ -4,6 +4,8 @@
       --config.data.dir=../shared/data --workdir=DIR
 
 The argument sets the common knobs; any other field is set with --config.a.b=value.
+`family=roberta` (or opt, llama) with `checkpoint=DIR` classifies with the model's own LM head:
+the LM-BFF prompt and verbalizer for masked LMs, candidate log-likelihoods for causal LMs.
 """
 import os
 
@@ -23,8 +25,12 @@ ZO_LEARNING_RATES = {"full": 1e-5, "lora": 1e-3, "prefix": 1e-3, "sparse": 1e-3,
                      "layers": 1e-4}
 
 
+DEFAULT_CLASSIFIER = {"bert": "similarity", "roberta": "mlm", "opt": "causal", "llama": "causal"}
+
+
 def get_config(arg=None):
-  arg = parse_arg(arg, task="sst2", method="full", k=16, seed=42, steps=200, zo_base="lora")
+  arg = parse_arg(arg, task="sst2", method="full", k=16, seed=42, steps=200, zo_base="lora", family="bert",
+                  checkpoint="", classifier="")
   config = ml_collections.ConfigDict()
   config.method = arg.method          # see fttpu.methods.METHODS; each has a section below
   config.seed = arg.seed              # picks the k-shot sample and the training randomness
@@ -38,11 +44,18 @@ def get_config(arg=None):
   config.data.template = ""           # e.g. "Review: {sentence}"; "" keeps the task's
   config.data.label_descriptions = () # one per class; () keeps the task's
   config.data.label_names = ()
+  config.data.mlm_template = ""       # e.g. "{sentence} It was {mask}."; "" keeps the task's (LM-BFF's)
+  config.data.causal_template = ""    # e.g. "{sentence} It was"; "" keeps the task's (MeZO's)
+  config.data.label_words = ()        # verbalizer / candidate word per class; () keeps the task's
 
   config.model = ml_collections.ConfigDict()
-  config.model.family = "bert"
-  config.model.checkpoint = ""        # Hugging Face directory; "" = the installed all-MiniLM-L6-v2
-  config.model.logit_scale = 20.0     # logits = scale * cosine(sentence, label description)
+  config.model.family = arg.family    # bert | roberta | opt | llama
+  config.model.checkpoint = arg.checkpoint  # Hugging Face directory; "" = the installed all-MiniLM-L6-v2
+  # similarity (label descriptions, for sentence encoders) | mlm (prompt + verbalizer) | causal (candidates)
+  config.model.classifier = arg.classifier or DEFAULT_CLASSIFIER[arg.family]
+  config.model.logit_scale = 20.0     # similarity: logits = scale * cosine(sentence, label description)
+  config.model.param_dtype = "float32"    # float32 | bfloat16 | float16: how parameters are stored
+  config.model.compute_dtype = "float32"  # the matmuls' dtype; logits and losses are float32 always
 
   zeroth_order = arg.method in zo.METHOD_NAMES
   config.optimizer = ml_collections.ConfigDict()

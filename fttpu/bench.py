@@ -89,9 +89,8 @@ def run_one(method_name: str) -> dict:
     optimizer = optim.make_optimizer(config.optimizer, 1000)
     method = methods.get_method(config, optimizer, model)
     loss_fn = classifier.make_loss_fn(logits_fn)
-    prompts = {k: batch[k] for k in ("label_input_ids", "label_attention_mask")}
-    context = methods.Context(loss_fn, jax.jit(classifier.make_embed_fn(model.module)), lambda step: batch, batch,
-                              prompts, model.module, optimizer)
+    context = methods.Context(loss_fn, classifier.make_classifier(model.module, "similarity"), lambda step: batch,
+                              batch, model.module, optimizer)
     state = jax.device_put(TrainState.create(method.prepare(model.params, jax.random.key(0), context), method.tx, 0))
     started = time.perf_counter()
     compiled = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),

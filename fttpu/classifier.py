@@ -1,22 +1,46 @@
-"""Prompt-style classification with no new parameters.
+"""Classification with the pretrained model's own outputs: no new parameters.
 
-Each class has a label description ("It was great."). The encoder embeds the sentence and
-every description (mean pooling over real tokens); logits are scaled cosine similarities.
-Fine-tuning moves sentence and description embeddings through the same weights.
-With a trained linear head (tree["head"], linear probing) the logits are
-normalized sentence features @ kernel + bias instead.
+Three styles (`model.classifier`):
+
+- similarity: each class has a label description ("It was great."); the encoder embeds the
+  sentence and every description (mean pooling over real tokens); logits are scaled cosines
+  (sentence-transformers checkpoints such as MiniLM, which have no LM head).
+- mlm: prompt-based masked-LM classification as in LM-BFF and MeZO. The template puts a mask
+  token in the input; logits are the MLM logits at the mask over each class's verbalizer word.
+- causal: each class's label word is scored by its mean log-likelihood after the prompt under
+  a causal LM, as MeZO's OPT experiments score candidates (batch arrays are (batch, classes, length)).
+
+With a trained linear head (tree["head"], the `head` method) the logits are features @ kernel +
+bias instead, where the features are what the style's zero-shot logits are linear in: the
+normalized pooled sentence, the MLM head's transformed state at the mask, or the causal LM's
+last state before the label word. `zero_shot_head` gives the head that reproduces the zero-shot
+logits (exactly for similarity and mlm, and for causal when every label word is one token).
 """
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+STYLES = ("similarity", "mlm", "causal")
+
+
+class Classifier(NamedTuple):
+  logits: Callable          # (tree, batch, rng=None) -> (batch, classes) float32; rng=None: no dropout
+  features: Callable        # (model params, batch) -> (batch, features): what a linear head reads
+  zero_shot_head: Callable  # (model params, batch) -> (kernel, bias) that gives the zero-shot logits
+
 
 def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   """Average of the hidden states of real (mask = 1) tokens, as sentence-transformers pools."""
-  mask = mask[..., None].astype(hidden.dtype)
-  return (hidden * mask).sum(-2) / jnp.maximum(mask.sum(-2), 1.0)
+  mask = mask[..., None].astype(jnp.float32)
+  return (hidden.astype(jnp.float32) * mask).sum(-2) / jnp.maximum(mask.sum(-2), 1.0)
+
+
+def _apply(module, params, noise, ids, mask, rng, **kwargs):
+  rngs = {} if rng is None else {"dropout": rng}
+  variables = {"params": params} if noise is None else {"params": params, "noise": noise}
+  return module.apply(variables, ids, mask, deterministic=rng is None, rngs=rngs, **kwargs)
 
 
 def make_embed_fn(module) -> Callable:
@@ -27,30 +51,101 @@ def make_embed_fn(module) -> Callable:
   """
 
   def embed(params, ids, mask, rng=None, noise=None):
-    rngs = {} if rng is None else {"dropout": rng}
-    variables = {"params": params} if noise is None else {"params": params, "noise": noise}
-    hidden = module.apply(variables, ids, mask, deterministic=rng is None, rngs=rngs)
-    pooled = mean_pool(hidden, mask)
+    pooled = mean_pool(_apply(module, params, noise, ids, mask, rng), mask)
     return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
   return embed
 
 
-def make_logits_fn(module, scale: float) -> Callable:
-  """logits(tree, batch, rng) -> (batch, classes) for tree = {"model": params, "head"?: ..., "noise"?: ...};
-  rng=None means evaluation (no dropout)."""
+def mask_positions(batch: dict) -> jax.Array:
+  """The position of the mask token in each row (the pipeline guarantees exactly one)."""
+  return jnp.argmax(batch["input_ids"] == batch["mask_token_id"], axis=-1)
+
+
+def target_log_likelihoods(logits: jax.Array, ids: jax.Array, target_mask: jax.Array) -> jax.Array:
+  """Mean over target tokens t of log p(ids[t] | ids[<t]); logits (n, length, vocab) predict the next token."""
+  log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  token = jnp.take_along_axis(log_probs, ids[:, 1:, None], axis=-1)[..., 0]
+  weights = target_mask[:, 1:].astype(jnp.float32)
+  return (token * weights).sum(-1) / jnp.maximum(weights.sum(-1), 1.0)
+
+
+def _first_target(batch: dict) -> jax.Array:
+  """(batch, classes) position of each candidate's first label-word token."""
+  return jnp.argmax(batch["target_mask"] > 0, axis=-1)
+
+
+def make_classifier(module, style: str, scale: float = 20.0) -> Classifier:
+  """The classifier of `style` over the Flax model `module` (see the module docstring)."""
+  if style not in STYLES:
+    raise ValueError(f"unknown classifier style {style!r}; valid: {list(STYLES)}")
   embed = make_embed_fn(module)
 
-  def logits(tree, batch, rng: Optional[jax.Array] = None):
-    sentence_rng, label_rng = (None, None) if rng is None else jax.random.split(rng)
-    noise = tree.get("noise")
-    sentences = embed(tree["model"], batch["input_ids"], batch["attention_mask"], sentence_rng, noise)
-    if "head" in tree:
-      return sentences @ tree["head"]["kernel"] + tree["head"]["bias"]
-    labels = embed(tree["model"], batch["label_input_ids"], batch["label_attention_mask"], label_rng, noise)
-    return scale * sentences @ labels.T
+  def head_logits(tree, features):
+    return features @ tree["head"]["kernel"] + tree["head"]["bias"]
 
-  return logits
+  if style == "similarity":
+    def logits(tree, batch, rng=None):
+      sentence_rng, label_rng = (None, None) if rng is None else jax.random.split(rng)
+      noise = tree.get("noise")
+      sentences = embed(tree["model"], batch["input_ids"], batch["attention_mask"], sentence_rng, noise)
+      if "head" in tree:
+        return head_logits(tree, sentences)
+      labels = embed(tree["model"], batch["label_input_ids"], batch["label_attention_mask"], label_rng, noise)
+      return scale * sentences @ labels.T
+
+    features = lambda params, batch: embed(params, batch["input_ids"], batch["attention_mask"])
+
+    def zero_shot_head(params, batch):
+      labels = embed(params, batch["label_input_ids"], batch["label_attention_mask"])
+      return scale * labels.T, jnp.zeros((labels.shape[0],))
+
+  elif style == "mlm":
+    def logits(tree, batch, rng=None):
+      run = lambda **kw: _apply(module, tree["model"], tree.get("noise"), batch["input_ids"], batch["attention_mask"],
+                                rng, positions=mask_positions(batch), **kw)
+      if "head" in tree:
+        return head_logits(tree, run(output="features").astype(jnp.float32))
+      return run(output="logits", vocab_ids=batch["verbalizer_ids"])
+
+    def features(params, batch):
+      return _apply(module, params, None, batch["input_ids"], batch["attention_mask"], None, output="features",
+                    positions=mask_positions(batch)).astype(jnp.float32)
+
+    def zero_shot_head(params, batch):
+      words = batch["verbalizer_ids"]
+      return params["word"]["embedding"][words].T.astype(jnp.float32), params["lm_bias"][words].astype(jnp.float32)
+
+  else:
+    def logits(tree, batch, rng=None):
+      n, classes, length = batch["input_ids"].shape
+      flat = lambda x: x.reshape(n * classes, length)
+      if "head" in tree:
+        return head_logits(tree, features_at(tree["model"], tree.get("noise"), batch, rng))
+      out = _apply(module, tree["model"], tree.get("noise"), flat(batch["input_ids"]), flat(batch["attention_mask"]),
+                   rng, output="logits")
+      return target_log_likelihoods(out, flat(batch["input_ids"]), flat(batch["target_mask"])).reshape(n, classes)
+
+    def features_at(params, noise, batch, rng=None):
+      """The last state before the label word (of the first candidate: the prompt is the same for all)."""
+      position = _first_target(batch)[:, 0] - 1
+      return _apply(module, params, noise, batch["input_ids"][:, 0], batch["attention_mask"][:, 0], rng,
+                    output="features", positions=position).astype(jnp.float32)
+
+    features = lambda params, batch: features_at(params, None, batch)
+
+    def zero_shot_head(params, batch):
+      first = _first_target(batch)[0]
+      words = batch["input_ids"][0, jnp.arange(first.shape[0]), first]
+      table = params["word" if "lm_head" not in params else "lm_head"]["embedding"]
+      return table[words].T.astype(jnp.float32), jnp.zeros((first.shape[0],))
+
+  return Classifier(logits, features, zero_shot_head)
+
+
+def make_logits_fn(module, scale: float) -> Callable:
+  """The similarity style's logits (kept for callers that know no other style)."""
+  return make_classifier(module, "similarity", scale).logits
 
 
 def weighted_sums(logits: jax.Array, batch: dict) -> dict:

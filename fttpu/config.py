@@ -42,10 +42,19 @@ def _check(condition: bool, key: str, value, valid: str):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fails with the key, the value and the valid range for anything fttpu cannot run."""
-  from fttpu import methods, models
+  from fttpu import classifier, methods, models
   from fttpu.data import tasks
   _check(config.method in methods.METHODS, "method", config.method, str(sorted(methods.METHODS)))
-  _check(config.model.family in models.FAMILIES, "model.family", config.model.family, str(sorted(models.FAMILIES)))
+  m = config.model
+  _check(m.family in models.FAMILIES, "model.family", m.family, str(sorted(models.FAMILIES)))
+  _check(m.classifier in classifier.STYLES, "model.classifier", m.classifier, str(list(classifier.STYLES)))
+  masked = models.FAMILIES[m.family].masked_lm
+  _check(m.classifier != "mlm" or masked, "model.classifier", m.classifier,
+         f"'causal' or 'similarity' for the decoder family {m.family!r} (mlm needs bert or roberta)")
+  _check(m.classifier != "causal" or not masked, "model.classifier", m.classifier,
+         f"'mlm' or 'similarity' for the encoder family {m.family!r} (causal needs opt or llama)")
+  for key in ("param_dtype", "compute_dtype"):
+    _check(m[key] in models.DTYPES, f"model.{key}", m[key], str(sorted(models.DTYPES)))
   if config.model.checkpoint:
     _check(os.path.isfile(os.path.join(config.model.checkpoint, "config.json")), "model.checkpoint",
            config.model.checkpoint, "a Hugging Face checkpoint directory with config.json (or '' for the default)")
@@ -54,7 +63,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(d.task in tasks.TASKS or tasks.task_dir(d.task, d.dir) is not None, "data.task", d.task,
          f"{sorted(tasks.TASKS)}, a folder under data.dir={d.dir!r}, or an absolute path, with train.tsv and test.tsv")
   if d.task in tasks.TASKS or tasks.task_dir(d.task, d.dir) is not None:
-    tasks.get_task(d.task, d.dir, d.template, tuple(d.label_descriptions), tuple(d.label_names))  # prompts fit the task
+    tasks.get_task(d.task, d.dir, d.template, tuple(d.label_descriptions), tuple(d.label_names),  # prompts fit
+                   mlm_template=d.mlm_template, causal_template=d.causal_template, label_words=tuple(d.label_words),
+                   style=m.classifier)
   _check(d.k >= 1, "data.k", d.k, "an integer >= 1 (examples per class)")
   _check(8 <= d.max_length <= 512, "data.max_length", d.max_length, "8..512 tokens")
   t = config.train

@@ -26,7 +26,7 @@ def replay_workdir(workdir: str) -> dict:
   from fttpu.state import TrainState
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  model = models.load(config.model.family, config.model.checkpoint)
+  model = models.load_for(config.model)
   method = methods.get_method(config, optim.make_optimizer(config.optimizer, config.train.steps), model)
   tree, rng, projected = zo.load_trajectory(os.path.join(workdir, "trajectory.safetensors"), model.params)
   labels = method.labels(tree)

@@ -34,14 +34,17 @@ def check_batch_sizes(mesh: Mesh, *batch_sizes: int) -> None:
                         f"use a multiple of {size} (train.batch_size, train.eval_batch_size)")
 
 
+SHARED_KEYS = ("label_input_ids", "label_attention_mask", "verbalizer_ids", "mask_token_id")
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
 def batch_shardings(mesh: Mesh, batch: dict) -> dict:
-  """Examples split over `data`; the label-description prompts (keys label_*) replicated."""
+  """Examples split over `data`; what every example shares (label descriptions, verbalizer ids) replicated."""
   split = NamedSharding(mesh, P("data")) if "data" in mesh.axis_names else replicated(mesh)
-  return {k: replicated(mesh) if k.startswith("label_") else split for k in batch}
+  return {k: replicated(mesh) if k in SHARED_KEYS else split for k in batch}
 
 
 def put_batch(mesh: Mesh, batch: dict) -> dict:

@@ -16,10 +16,15 @@ def train_step(state: TrainState, batch: dict, *, method, loss_fn):
   return apply_gradients(state, grads, labels, method.tx), metrics
 
 
+ROUNDING_STREAM = 0x5eed  # folded into the step key for stochastic rounding of low-precision weights
+
+
 def apply_gradients(state: TrainState, grads, labels, tx) -> TrainState:
-  """The optimizer's update of the trainable leaves; frozen leaves are returned as they are."""
+  """The optimizer's update of the trainable leaves; frozen leaves are returned as they are.
+  Weights stored in bfloat16/float16 are rounded stochastically (masks.apply_updates)."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = masks.apply_updates(state.params, updates, labels)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step), ROUNDING_STREAM)
+  params = masks.apply_updates(state.params, updates, labels, key)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
 
 

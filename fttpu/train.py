@@ -66,11 +66,12 @@ def run(config, workdir: str) -> dict:
   writer = metrics.MetricWriter(workdir, enabled=is_lead, resume_step=resume_step)
 
   # ---------------------------------------------------------------- model and data
-  model = models.load(config.model.family, config.model.checkpoint)
-  data = pipeline.load_few_shot(config.data, model.tokenizer, config.seed)
+  model = models.load_for(config.model)
+  data = pipeline.load_few_shot(config.data, model.tokenizer, config.seed, config.model.classifier)
   logging.info("task %s: %d train, %d dev, %d test examples; checkpoint %s", data.task.name, len(data.train),
                len(data.dev), len(data.test), model.checkpoint_dir)
-  logits_fn = classifier.make_logits_fn(model.module, config.model.logit_scale)
+  classify = classifier.make_classifier(model.module, config.model.classifier, config.model.logit_scale)
+  logits_fn = classify.logits
   loss_fn = classifier.make_loss_fn(logits_fn)
 
   # ---------------------------------------------------------------- method
@@ -79,9 +80,9 @@ def run(config, workdir: str) -> dict:
   total_steps = config.train.steps if method.trains else 0
   batch_at = lambda step: {**pipeline.train_batch(data.train, step, config.train.batch_size, config.seed),
                            **data.prompts}
-  context = methods.Context(loss_fn=loss_fn, embed=jax.jit(classifier.make_embed_fn(model.module)),
-                            train_batch=batch_at, train_set={**pipeline.whole(data.train), **data.prompts},
-                            prompts=data.prompts, module=model.module, full_optimizer=optimizer)
+  context = methods.Context(loss_fn=loss_fn, classifier=classify, train_batch=batch_at,
+                            train_set={**pipeline.whole(data.train), **data.prompts}, module=model.module,
+                            full_optimizer=optimizer)
   started = time.perf_counter()
   params = method.prepare(model.params, jax.random.key(config.seed), context)
   labels = method.labels(params)

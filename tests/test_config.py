@@ -10,7 +10,7 @@ def test_defaults_validate():
 
 
 @pytest.mark.parametrize("arg, message", [
-    ("tsk=sst2", r"unknown config argument 'tsk'; valid keys: \['k', 'method', 'seed', 'steps', 'task', 'zo_base'\]"),
+    ("tsk=sst2", r"unknown config argument 'tsk'; valid keys: \['checkpoint', 'classifier', 'family', 'k', 'method', 'seed', 'steps', 'task', 'zo_base'\]"),
     ("k=many", r"k='many' is not a valid int"),
     ("method", r"'method' is not key=value"),
 ])
@@ -21,9 +21,9 @@ def test_bad_config_arguments(arg, message):
 
 @pytest.mark.parametrize("key, value, message", [
     ("method", "adapter", r"config.method='adapter' is invalid; valid: \['bitfit', 'full', 'head', 'layers', 'lora', 'mezo', 'prefix', 'sparse', 'spiel', 'zero_shot', 'zo'\]"),
-    ("model.family", "gpt", r"config.model.family='gpt' is invalid; valid: \['bert'\]"),
+    ("model.family", "gpt", r"config.model.family='gpt' is invalid; valid: \['bert', 'llama', 'opt', 'roberta'\]"),
     ("model.checkpoint", "/nonexistent", r"model.checkpoint='/nonexistent' is invalid; valid: a Hugging Face"),
-    ("data.task", "imdb", r"data.task='imdb' is invalid; valid: \['sst2', 'trec'\], a folder under data.dir"),
+    ("data.task", "imdb", r"data.task='imdb' is invalid; valid: \['mnli', 'rte', 'snli', 'sst2', 'sst5', 'trec'\], a folder under data.dir"),
     ("data.k", 0, r"data.k=0 is invalid; valid: an integer >= 1"),
     ("data.max_length", 4096, r"data.max_length=4096 is invalid; valid: 8..512"),
     ("train.steps", -5, r"train.steps=-5 is invalid"),

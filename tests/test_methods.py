@@ -37,17 +37,16 @@ def make_config(variant: str, **extra):
   return config
 
 
-def build(model, config, batches=tiny_batch, weight_decay=None):
-  """(method, prepared tree, loss_fn) for `config` on `model` with batches(step)."""
+def build(model, config, batches=tiny_batch, weight_decay=None, style="similarity"):
+  """(method, prepared tree, loss_fn) for `config` on `model` with batches(step), classified by `style`."""
   optimizer_config = config.optimizer.copy_and_resolve_references()
   if weight_decay is not None:
     optimizer_config.weight_decay = weight_decay
   optimizer = optim.make_optimizer(optimizer_config, 100)
   method = methods.get_method(config, optimizer, model)
-  loss_fn = classifier.make_loss_fn(classifier.make_logits_fn(model.module, 20.0))
-  first = batches(0)
-  context = methods.Context(loss_fn, jax.jit(classifier.make_embed_fn(model.module)), batches, first,
-                            {k: first[k] for k in ("label_input_ids", "label_attention_mask")}, model.module, optimizer)
+  classify = classifier.make_classifier(model.module, style)
+  loss_fn = classifier.make_loss_fn(classify.logits)
+  context = methods.Context(loss_fn, classify, batches, batches(0), model.module, optimizer)
   return method, method.prepare(model.params, jax.random.key(0), context), loss_fn
 
 

@@ -66,10 +66,34 @@ def fill(tree, labels, trainable_values):
                             for x, label in zip(leaves, treedef.flatten_up_to(labels))])
 
 
-def apply_updates(params, updates, labels):
+def apply_updates(params, updates, labels, key=None):
   """params + updates on TRAIN leaves; FREEZE leaves are returned as they are, bit for bit.
 
   (optax.apply_updates would add the zero updates, which turns -0.0 into +0.0.)
+  Leaves stored below float32 (bfloat16, float16) are updated in float32 and rounded back
+  stochastically with `key` (see `stochastic_round`), so updates smaller than half the spacing
+  between representable weights move them in expectation instead of vanishing.
   """
-  return jax.tree_util.tree_map(lambda label, p, u: (p + u).astype(p.dtype) if label == TRAIN else p,
-                                labels, params, updates)
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = list(jax.random.split(key, len(leaves))) if key is not None else [None] * len(leaves)
+  new = []
+  for label, p, u, k in zip(jax.tree_util.tree_leaves(labels), leaves, treedef.flatten_up_to(updates), keys):
+    if label != TRAIN:
+      new.append(p)
+    elif jnp.dtype(p.dtype).itemsize < 4 and k is not None:
+      new.append(stochastic_round(p.astype(jnp.float32) + u.astype(jnp.float32), p.dtype, k))
+    else:
+      new.append((p + u).astype(p.dtype))
+  return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
+  """x (float32) in `dtype`, rounded to one of its two neighbours with probability by proximity
+  (unbiased: E[result] = x)."""
+  nearest = x.astype(dtype)
+  gap_to_nearest = x - nearest.astype(jnp.float32)
+  toward = jnp.where(gap_to_nearest > 0, jnp.inf, -jnp.inf).astype(dtype)
+  other = jnp.nextafter(nearest, toward)
+  spacing = jnp.abs(other.astype(jnp.float32) - nearest.astype(jnp.float32))
+  take_other = jax.random.uniform(key, x.shape) * spacing < jnp.abs(gap_to_nearest)
+  return jnp.where(take_other, other, nearest)

@@ -24,7 +24,7 @@ def zero_shot(config, optimizer, model):
 
 def bitfit(config, optimizer, model):
   """BitFit (Ben Zaken et al.): only the bias terms train."""
-  labels = lambda tree: masks.label_matching(tree, r"^model/.*/bias$")
+  labels = lambda tree: masks.label_matching(tree, r"^model/.*/bias$", "bitfit's bias pattern")
   return make_method("bitfit", wrap, labels, masks.partition(labels, optimizer))
 
 
@@ -56,26 +56,25 @@ def fit_logistic_regression(features, labels, classes: int, l2: float, iteration
 
 
 def head(config, optimizer, model):
-  """Linear probing: a linear head on the frozen encoder's pooled features.
+  """Linear probing: a linear head on the frozen model's features (see fttpu/classifier.py).
 
   head.solver=adam trains the head with the configured optimizer, starting from the zero-shot
-  classifier (kernel = logit_scale * label-description features), so step 0 equals zero-shot.
+  classifier (label-description features, or the verbalizer words' output embeddings), so step 0
+  equals zero-shot.
   head.solver=lbfgs fits it in closed form (logistic regression by L-BFGS on the training
   features, as the MeZO paper's LP baseline) and runs no steps.
   """
-  scale, solver = config.model.logit_scale, config.head.solver
+  solver = config.head.solver
 
   def prepare(params, rng, context):
+    data, classifier = context.train_set, context.classifier
     if solver == "lbfgs":
-      data = context.train_set
-      features = context.embed(params, data["input_ids"], data["attention_mask"])
-      classes = context.prompts["label_input_ids"].shape[0]
+      features = jax.jit(classifier.features)(params, data)
+      classes = jax.eval_shape(classifier.zero_shot_head, params, data)[1].shape[0]
       kernel, bias = jax.jit(fit_logistic_regression, static_argnums=(2,))(
           features, data["labels"], classes, config.head.l2)
     else:
-      label_features = context.embed(params, context.prompts["label_input_ids"],
-                                     context.prompts["label_attention_mask"])
-      kernel, bias = scale * label_features.T, jnp.zeros((label_features.shape[0],))
+      kernel, bias = jax.jit(classifier.zero_shot_head)(params, data)
     return {"model": params, "head": {"kernel": np.asarray(kernel), "bias": np.asarray(bias)}}
 
   labels = lambda tree: masks.label_matching(tree, r"^head/")
@@ -91,7 +90,8 @@ def prefix(config, optimizer, model):
   length = config.prefix.length
 
   def prepare(params, rng, context):
-    ids = jax.random.randint(rng, (1, length), 1000, model.config.vocab_size)
+    vocab = model.config.vocab_size
+    ids = jax.random.randint(rng, (1, length), min(1000, vocab // 2), vocab)  # past special tokens
     _, captured = context.module.apply({"params": params}, ids, jnp.ones_like(ids), mutable=["intermediates"])
     layers = captured["intermediates"]["layers"]
     tree = jax.tree_util.tree_map(np.asarray, params)

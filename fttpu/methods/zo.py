@@ -129,7 +129,39 @@ def make(config, optimizer, model, base_maker):
                       "(head.solver=lbfgs is fitted in closed form); use head.solver=adam")
   z = config.zo
   name = "mezo" if config.method == "mezo" else f"zo_{base.name}"
-  return base._replace(name=name, estimate=spsa(z.eps, z.samples, z.noise, z.objective))
+  compute_dtype = jnp.dtype(getattr(model.config, "compute_dtype", jnp.float32))
+
+  def prepare(params, rng, context):
+    tree = base.prepare(params, rng, context)
+    check_resolution(tree, base.labels(tree), z.eps, compute_dtype)
+    return tree
+
+  return base._replace(name=name, prepare=prepare, estimate=spsa(z.eps, z.samples, z.noise, z.objective))
+
+
+def rounded_away_fraction(tree, labels, eps: float, dtype) -> float:
+  """Fraction of trainable entries w where w + eps and w - eps round to w itself in `dtype`
+  (the perturbation is formed in float32, then cast once to the compute dtype)."""
+  hidden, total = 0, 0
+  for leaf, label in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(labels)):
+    if label != masks.TRAIN:
+      continue
+    w = np.asarray(leaf, np.float32).reshape(-1)
+    cast = lambda x: np.asarray(jnp.asarray(x).astype(dtype).astype(jnp.float32))
+    hidden += int(np.sum((cast(w + eps) == cast(w)) & (cast(w - eps) == cast(w))))
+    total += w.size
+  return hidden / max(total, 1)
+
+
+def check_resolution(tree, labels, eps: float, dtype, limit: float = 0.5) -> None:
+  """Fails when zo.eps is below the compute dtype's resolution for most trainable weights, where
+  the perturbation (and so the projected gradient) would silently round away."""
+  if jnp.dtype(dtype).itemsize >= 4:
+    return
+  fraction = rounded_away_fraction(tree, labels, eps, dtype)
+  if fraction > limit:
+    raise ConfigError(f"zo.eps={eps} rounds away in {jnp.dtype(dtype).name} for {fraction:.0%} of the trainable "
+                      f"weights (w +- eps == w): raise zo.eps or use model.compute_dtype=float32")
 
 
 # ------------------------------------------------------------------ trajectory

@@ -1,36 +1,49 @@
-"""Model families by name: a Flax module, its config, checkpoint import and tokenizer."""
+"""Model families by name: a Flax module, its config from config.json, checkpoint import/export.
+
+  family   architecture                              Hugging Face classes it reads and writes
+  bert     BERT encoder, optional MLM head           BertModel, BertForMaskedLM
+  roberta  RoBERTa encoder, optional MLM head        RobertaModel, RobertaForMaskedLM
+  opt      OPT decoder with its LM head              OPTForCausalLM
+  llama    Llama decoder with its LM head            LlamaForCausalLM
+"""
 import dataclasses
-from typing import Any, Callable
+import functools
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import tokenizers
 
-from fttpu.models import bert, hf
+from fttpu.models import bert, decoder, hf
+from fttpu.models.transformer import DTYPES, ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  config_from_hf: Callable[[dict], Any]
-  module: Callable[[Any], nn.Module]
-  converter: Callable[[Any], Callable]
-  ignored: tuple[str, ...]
+  config_from_hf: Callable[..., ModelConfig]  # (config.json dict, **ModelConfig overrides) -> ModelConfig
+  module: Callable[[ModelConfig], nn.Module]
+  masked_lm: bool                             # an MLM head is optional (encoders); decoders always have theirs
 
 
 FAMILIES = {
-    "bert": Family(bert.BertConfig.from_hf, bert.BertEncoder, hf.bert_converter, hf.BERT_IGNORED),
+    "bert": Family(functools.partial(bert.config_from_hf, family="bert"), bert.BertEncoder, True),
+    "roberta": Family(functools.partial(bert.config_from_hf, family="roberta"), bert.BertEncoder, True),
+    "opt": Family(decoder.opt_config_from_hf, decoder.Decoder, False),
+    "llama": Family(decoder.llama_config_from_hf, decoder.Decoder, False),
 }
+NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-  """A pretrained encoder: module, params (numpy, host memory) and tokenizer."""
+  """A pretrained model: module, params (numpy in host memory, or sharded jax.Arrays) and tokenizer."""
   module: nn.Module
   params: dict
-  tokenizer: tokenizers.Tokenizer
-  config: Any
+  tokenizer: Optional[tokenizers.Tokenizer]
+  config: ModelConfig
   checkpoint_dir: str
 
 
@@ -40,19 +53,70 @@ def get_family(name: str) -> Family:
   return FAMILIES[name]
 
 
-def load(family_name: str, checkpoint_dir: str) -> LoadedModel:
-  """Loads config.json, safetensors and tokenizer.json of a Hugging Face directory."""
+def make_config(family_name: str, hf_config: dict, *, lm_head: bool = False, dtype: str = "float32",
+                param_dtype: str = "float32") -> ModelConfig:
+  """The ModelConfig of a family from a config.json dict and the precision policy."""
   family = get_family(family_name)
+  for key, value in (("model.compute_dtype", dtype), ("model.param_dtype", param_dtype)):
+    if value not in DTYPES:
+      raise ValueError(f"{key}={value!r} is invalid; valid: {sorted(DTYPES)}")
+  overrides = {"dtype": dtype, "param_dtype": param_dtype}
+  if family.masked_lm:
+    overrides["lm_head"] = lm_head
+  return family.config_from_hf(hf_config, **overrides)
+
+
+def _init(module: nn.Module):
+  dummy = jnp.ones((1, 4), jnp.int32)
+  return module.init(jax.random.key(0), dummy, dummy)["params"]
+
+
+def param_shapes(module: nn.Module) -> dict:
+  """ShapeDtypeStructs of the module's parameters (nothing is computed or allocated)."""
+  return nn.unbox(jax.eval_shape(lambda: _init(module)))
+
+
+def logical_axes(module: nn.Module) -> dict:
+  """PartitionSpecs of logical axis names (embed, heads, kv, mlp, vocab, layers) per parameter."""
+  return nn.get_partition_spec(jax.eval_shape(lambda: _init(module)))
+
+
+def init_params(module: nn.Module, rng: jax.Array) -> dict:
+  """Random parameters (tests and tiny checkpoints)."""
+  return nn.unbox(module.init(rng, jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"])
+
+
+def load(family_name: str, checkpoint_dir: str, *, lm_head: bool = False, dtype: str = "float32",
+         param_dtype: str = "float32", shardings=None) -> LoadedModel:
+  """Loads config.json, safetensors and tokenizer.json of a Hugging Face directory.
+
+  `lm_head`: build (and read) an encoder's masked-LM head. `shardings`: a tree of target
+  shardings (or a function of the param shapes giving one); each process then reads only its slices.
+  """
   path = hf.resolve_checkpoint_dir(checkpoint_dir)
-  config = family.config_from_hf(hf.read_config(path))
-  module = family.module(config)
-  dummy = jnp.zeros((1, 4), jnp.int32)
-  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), dummy, dummy)["params"])
-  params = hf.load_params(path, family.converter(config), family.ignored, shapes)
+  config = make_config(family_name, hf.read_config(path), lm_head=lm_head, dtype=dtype, param_dtype=param_dtype)
+  module = get_family(family_name).module(config)
+  shapes = param_shapes(module)
+  if callable(shardings):
+    shardings = shardings(shapes)
+  params, _ = hf.load_params(path, family_name, shapes, NUMPY_DTYPES[param_dtype], shardings, head=config.lm_head)
   tokenizer_path = f"{path}/tokenizer.json"
   try:
     tokenizer = tokenizers.Tokenizer.from_file(tokenizer_path)
   except Exception as e:  # tokenizers raises a bare Exception for missing or malformed files
     raise hf.CheckpointError(f"cannot read {tokenizer_path}: {e}") from e
-  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
   return LoadedModel(module, params, tokenizer, config, path)
+
+
+def load_for(model_config) -> LoadedModel:
+  """`load` as a run's config.model says (family, checkpoint, classifier style, precision)."""
+  return load(model_config.family, model_config.checkpoint, lm_head=model_config.classifier == "mlm",
+              dtype=model_config.compute_dtype, param_dtype=model_config.param_dtype)
+
+
+def export(model: LoadedModel, params: dict, out_dir: str) -> str:
+  """Writes plain model `params` (a method's merged tree["model"]) as a Hugging Face directory that
+  `transformers` loads, with the source checkpoint's config.json and tokenizer files."""
+  dtype = model.config.param_dtype
+  return hf.export(jax.tree_util.tree_map(np.asarray, jax.device_get(params)), model.config.family,
+                   model.config.lm_head, model.checkpoint_dir, out_dir, {"torch_dtype": dtype, "dtype": dtype})
