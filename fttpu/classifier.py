@@ -16,7 +16,7 @@ normalized pooled sentence, the MLM head's transformed state at the mask, or the
 last state before the label word. `zero_shot_head` gives the head that reproduces the zero-shot
 logits (exactly for similarity and mlm, and for causal when every label word is one token).
 """
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -55,6 +55,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"'mlm' or 'similarity' for the encoder family {m.family!r} (causal needs opt or llama)")
   for key in ("param_dtype", "compute_dtype"):
     _check(m[key] in models.DTYPES, f"model.{key}", m[key], str(sorted(models.DTYPES)))
+  _check(config.model.checkpoint or m.family == "bert", "model.checkpoint", config.model.checkpoint,
+         f"a Hugging Face {m.family} checkpoint directory (the installed default is a BERT checkpoint)")
   if config.model.checkpoint:
     _check(os.path.isfile(os.path.join(config.model.checkpoint, "config.json")), "model.checkpoint",
            config.model.checkpoint, "a Hugging Face checkpoint directory with config.json (or '' for the default)")

@@ -34,6 +34,12 @@ def test_bad_config_arguments(arg, message):
     ("optimizer.learning_rate", 0.0, r"optimizer.learning_rate=0.0 is invalid; valid: a number > 0"),
     ("model.logit_scale", -1.0, r"model.logit_scale=-1.0 is invalid"),
     ("mesh.data", 0, r"mesh=.* is invalid; valid: axis sizes >= 1, or -1"),
+    ("model.classifier", "pooled", r"model.classifier='pooled' is invalid; valid: \['similarity', 'mlm', 'causal'\]"),
+    ("model.classifier", "causal", r"model.classifier='causal' is invalid; valid: 'mlm' or 'similarity' for the "
+                                   r"encoder family 'bert' \(causal needs opt or llama\)"),
+    ("model.param_dtype", "int8", r"model.param_dtype='int8' is invalid; valid: \['bfloat16', 'float16', 'float32'\]"),
+    ("model.compute_dtype", "fp8", r"model.compute_dtype='fp8' is invalid"),
+    ("model.family", "opt", r"model.checkpoint='' is invalid; valid: a Hugging Face opt checkpoint directory"),
 ])
 def test_invalid_values_name_key_and_valid_range(key, value, message):
   config = fewshot.get_config()
@@ -56,9 +62,11 @@ def test_unknown_override_keys_list_the_valid_ones():
     ("data.template", "Review: {text}", r"data.template='Review: \{text\}' must contain \{sentence\} and no other"),
     ("data.template", "Review:", r"data.template='Review:' must contain \{sentence\}"),
     ("data.label_descriptions", ("bad", "good", "neutral"), r"task 'sst2' has 2 classes .* but 3 label descriptions"),
+    ("data.mlm_template", "{sentence} It was.", r"data.mlm_template=.* \{mask\}"),
+    ("data.label_words", ("bad",), r"label.words"),
 ])
 def test_prompts_that_do_not_fit_the_task_fail_at_validation(key, value, message):
-  config = fewshot.get_config()
+  config = fewshot.get_config("family=roberta" if key in ("data.mlm_template", "data.label_words") else None)
   section, _, field = key.rpartition(".")
   config[section][field] = value
   with pytest.raises(ConfigError, match=message):

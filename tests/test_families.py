@@ -4,7 +4,6 @@ A tiny random model is built by transformers, saved as safetensors and loaded by
 right-padded batches must agree to 1e-4, and for the decoders the per-token log-likelihoods too.
 Export writes fine-tuned weights back and transformers must reproduce fttpu's logits.
 """
-import json
 import os
 
 import jax

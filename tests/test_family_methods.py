@@ -35,10 +35,12 @@ def family_setup(request, sst2_texts, tmp_path_factory):
   path = tiny.build(family, str(tmp_path_factory.mktemp(f"tiny-{family}")), sst2_texts)
 
   def config_for(method):
-    config = fewshot.get_config(f"family={family},checkpoint={path},method={method},k=4,steps=3")
+    style = "mlm" if family == "bert" else ""  # bert's default is the sentence-similarity style (MiniLM)
+    config = fewshot.get_config(f"family={family},checkpoint={path},method={method},k=4,steps=3,classifier={style}")
     config.data.dir = data_dir()
     config.data.max_length = 24
     config.train.batch_size = 4
+    config.zo.noise = "rademacher"  # compiles in a third of gaussian's time; tests/test_zo.py covers both
     return config
 
   config = config_for("full")
@@ -100,3 +102,73 @@ def test_head_starts_at_the_zero_shot_logits(family_setup):
   if config.model.classifier == "causal":
     zero_shot, with_head = (jax.nn.log_softmax(x, -1) for x in (zero_shot, with_head))
   np.testing.assert_allclose(with_head, zero_shot, atol=2e-4)
+
+
+def test_fine_tune_then_export_gives_transformers_the_same_logits(family_setup, tmp_path):
+  """Import -> LoRA steps -> merge (adapters folded) -> export -> transformers -> the same logits."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  family, config_for, model, data = family_setup
+  method, _, state, _ = run_steps(config_for("lora"), model, data, steps=3)
+  merged = method.merge(state.params)["model"]
+  models.export(model, merged, str(tmp_path))
+  auto = transformers.AutoModelForMaskedLM if family in ("bert", "roberta") else transformers.AutoModelForCausalLM
+  reference = auto.from_pretrained(tmp_path).eval()
+  ids, mask = (x.reshape(-1, x.shape[-1])[:6] for x in (data.dev.input_ids, data.dev.attention_mask))
+  with torch.no_grad():
+    theirs = reference(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits.numpy()
+  ours = np.asarray(model.module.apply({"params": state.params["model"]}, ids, mask, output="logits"))
+  real = mask.astype(bool)
+  assert np.abs(ours[real] - theirs[real]).max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def low_precision(family_setup):
+  """The family's tiny checkpoint with bfloat16 weights and compute (float16 for OPT, as MeZO loads it)."""
+  family, config_for, model, data = family_setup
+  dtype = "float16" if family == "opt" else "bfloat16"
+  config = config_for("mezo")
+  config.model.param_dtype = config.model.compute_dtype = dtype
+  return config, models.load_for(config.model)
+
+
+def test_low_precision_weights_give_float32_logits_close_to_float32(family_setup, low_precision):
+  family, config_for, model, data = family_setup
+  config, low = low_precision
+  assert {x.dtype for x in jax.tree_util.tree_leaves(low.params)} == {np.dtype(config.model.param_dtype)}
+  classify = lambda m: classifier.make_classifier(m.module, config.model.classifier).logits
+  batch = {**pipeline.whole(data.dev), **data.prompts}
+  reference = np.asarray(classify(model)({"model": model.params}, batch))
+  logits = classify(low)({"model": low.params}, batch)
+  assert logits.dtype == np.float32
+  assert np.abs(np.asarray(logits) - reference).max() <= 0.05 * max(1.0, np.abs(reference).max())
+
+
+def test_zeroth_order_steps_in_low_precision_move_the_weights(family_setup, low_precision):
+  """MeZO on bfloat16/float16 weights: the +-eps losses differ (the perturbation is formed in float32
+  and rounded once), and updates far below the weights' spacing still move them (stochastic rounding)."""
+  family, _, _, data = family_setup
+  config, low = low_precision
+  method, initial, state, losses = run_steps(config, low, data, steps=3)
+  assert np.all(np.isfinite(losses))
+  changed = [np.mean(np.asarray(a, np.float32) != np.asarray(b, np.float32))
+             for a, b in zip(jax.tree_util.tree_leaves(initial), jax.tree_util.tree_leaves(state.params))]
+  assert max(changed) > 0.01, changed  # lr 1e-5 x |g| is far below bf16 spacing: nearest rounding moves nothing
+  config = config.copy_and_resolve_references()
+  config.zo.eps = 1e-6
+  with pytest.raises(ConfigError, match=r"zo.eps=1e-06 rounds away"):
+    run_steps(config, low, data, steps=1)
+
+
+def test_stochastic_rounding_is_unbiased_where_nearest_rounding_loses_the_update():
+  import jax.numpy as jnp
+  weights = jnp.full((200_000,), 1.0, jnp.bfloat16)  # spacing above 1.0 is 2^-7
+  update = 1e-4
+  nearest = (weights.astype(jnp.float32) + update).astype(jnp.bfloat16)
+  assert np.all(np.asarray(nearest) == 1.0)
+  rounded = masks.stochastic_round(weights.astype(jnp.float32) + update, jnp.bfloat16, jax.random.key(0))
+  values = np.asarray(rounded, np.float32)
+  assert set(np.unique(values)) == {1.0, 1.0 + 2 ** -7}
+  p = update / 2 ** -7
+  standard_error = 2 ** -7 * np.sqrt(p * (1 - p) / values.size)
+  assert abs(values.mean() - (1.0 + update)) < 5 * standard_error

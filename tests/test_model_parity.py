@@ -76,6 +76,11 @@ def test_bad_checkpoints_name_the_offending_tensor(checkpoint_copy, edit, messag
     models.load("bert", str(path))
 
 
+def test_a_checkpoint_of_another_family_is_rejected(minilm):
+  with pytest.raises(hf.CheckpointError, match=r"model_type='bert' but model.family='roberta'"):
+    models.load("roberta", minilm.checkpoint_dir)
+
+
 def test_directory_without_config_is_rejected(tmp_path):
   with pytest.raises(hf.CheckpointError, match="no config.json"):
     models.load("bert", str(tmp_path))

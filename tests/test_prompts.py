@@ -1,5 +1,4 @@
 """Prompt styles: LM-BFF masked-LM templates, MeZO-style causal candidates, sentence-pair tasks."""
-import itertools
 import os
 import socket
 
@@ -290,3 +289,32 @@ def test_causal_batches_carry_the_target_mask_through_every_batching(opt):
   last = list(pipeline.eval_batches(data, 4))[-1]
   np.testing.assert_array_equal(last["target_mask"][:2], data.target_mask[8:])
   assert last["weights"].tolist() == [1, 1, 0, 0]
+
+
+def test_multiple_choice_rows_score_their_own_choices(tmp_path, opt):
+  """A `sentence<TAB>choice1<TAB>choice2<TAB>label` task: each row's candidates are its own choices,
+  the target tokens decode to them, and a non-causal style is refused."""
+  folder = tmp_path / "copa_like"
+  folder.mkdir()
+  rows = [("The man broke his toe because", "he dropped a hammer on his foot", "he got a hole in his sock", 0),
+          ("I tipped the bottle so", "the liquid poured out", "the liquid froze", 0),
+          ("The sun was rising so", "I went to sleep", "I woke up", 1),
+          ("She was thirsty so", "she drank water", "she sang a song", 0)]
+  for split in ("train", "test"):
+    with open(folder / f"{split}.tsv", "w") as f:
+      f.write(tsv.choice_header(2) + "\n")
+      f.writelines(f"{s}\t{a}\t{b}\t{label}\n" for s, a, b, label in rows)
+  task = tasks.get_task(str(folder), str(tmp_path), style="causal")
+  assert task.choice_fields == ("choice1", "choice2") and task.num_classes == 2
+  encoded = pipeline.encode_split(opt, task, [r[:3] for r in rows], [r[3] for r in rows], 32, "causal")
+  assert encoded.input_ids.shape == (4, 2, 32)
+  for i, row in enumerate(rows):
+    for c in range(2):
+      targets = encoded.input_ids[i, c][encoded.target_mask[i, c] > 0]
+      assert opt.decode(targets.tolist()).strip() == row[1 + c]
+  with pytest.raises(ConfigError, match="multiple choice .* scored by a causal LM"):
+    tasks.get_task(str(folder), str(tmp_path), style="mlm")
+  with open(folder / "train.tsv", "a") as f:
+    f.write("only a sentence\tone choice\t1\n")
+  with pytest.raises(tsv.DataError, match=r"train.tsv:6: expected 4 tab-separated columns"):
+    tsv.read_tsv(str(folder / "train.tsv"), 2)

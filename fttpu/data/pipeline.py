@@ -163,22 +163,25 @@ def _candidate(prompt: str, word: str) -> str:
 
 
 def encode_causal(tokenizer: tokenizers.Tokenizer, task: tasks.Task, rows, labels, max_length: int) -> Encoded:
-  """Prompt + each label word per row, truncated from the left; target_mask marks the word's tokens.
+  """Prompt + each label word per row (each of the row's choices, for multiple choice), truncated from
+  the left; target_mask marks the word's tokens.
 
   A token is a target when it is a real, non-special token that starts at or after the end of the
   prompt (character offsets into the text).
   """
   prompts = [tasks.fill(task.causal_template, task.text_fields, row) for row in rows]
-  texts = [prompt + _candidate(prompt, word) for prompt in prompts for word in task.label_words]
+  choices = [task.text_fields.index(f) for f in task.choice_fields]
+  words = [[row[i].strip() for i in choices] if choices else task.label_words for row in rows]  # multiple choice
+  texts = [prompt + _candidate(prompt, word) for prompt, row_words in zip(prompts, words) for word in row_words]
   encodings = _encoder(tokenizer, max_length, "left").encode_batch(texts)
   starts = np.asarray([[start for start, _ in e.offsets] for e in encodings], np.int64)
   real = np.asarray([[a and not s for a, s in zip(e.attention_mask, e.special_tokens_mask)] for e in encodings], bool)
-  prompt_ends = np.repeat([len(p) for p in prompts], len(task.label_words))
+  prompt_ends = np.repeat([len(p) for p in prompts], task.num_classes)
   target = (real & (starts >= prompt_ends[:, None])).astype(np.int32)
   if (bad := np.flatnonzero(target.sum(1) == 0)).size:
     raise ConfigError(f"{len(bad)} causal candidates have no label-word token after truncation to "
                       f"data.max_length={max_length}; e.g. {texts[bad[0]][-200:]!r}")
-  shape = (len(prompts), len(task.label_words), max_length)
+  shape = (len(prompts), task.num_classes, max_length)
   ids = np.asarray([e.ids for e in encodings], np.int32).reshape(shape)
   attention = np.asarray([e.attention_mask for e in encodings], np.int32).reshape(shape)
   return Encoded(ids, attention, np.asarray(labels, np.int32), target.reshape(shape))

@@ -46,6 +46,11 @@ class Task:
   def num_classes(self) -> int:
     return len(self.label_names)
 
+  @property
+  def choice_fields(self) -> tuple[str, ...]:
+    """Multiple choice: the text fields that are each row's candidates (choice1, choice2, ...)."""
+    return tuple(f for f in self.text_fields if f.startswith("choice"))
+
 
 _GLUE = "tensorflow_datasets.text.glue"
 _NLI_LABELS = ("entailment", "neutral", "contradiction")  # TFDS glue/mnli and snli order
@@ -191,6 +196,10 @@ def _checked_template(template: str, key: str, text_fields: tuple[str, ...], mas
   return template
 
 
+def _choice_fields(directory: str) -> tuple[str, ...]:
+  return tuple(f for f in tsv.header_fields(os.path.join(directory, "train.tsv")) or () if f.startswith("choice"))
+
+
 def _default_template(text_fields: tuple[str, ...]) -> str:
   return _PAIR_TEMPLATE if tuple(text_fields) == PAIR else "{sentence}"
 
@@ -206,7 +215,14 @@ def get_task(name: str, data_dir: str, template: str = "", label_descriptions=()
     raise ConfigError(f"style {style!r} is not one of {list(STYLES)}")
   if name in TASKS:
     task = TASKS[name]
-  elif directory := task_dir(name, data_dir):
+  elif (directory := task_dir(name, data_dir)) and (choices := _choice_fields(directory)):
+    if style != "causal":
+      raise ConfigError(f"task {name!r} is multiple choice ({', '.join(choices)}): its candidates are scored by a "
+                        f"causal LM (model.classifier=causal, families opt and llama), not by style {style!r}")
+    text_fields = tsv.header_fields(os.path.join(directory, "train.tsv"))
+    task = Task(name=name, label_names=tuple(label_names) or choices, causal_template="{sentence}",
+                text_fields=text_fields)
+  elif directory:
     per_class = tuple(label_descriptions) if style == "similarity" else tuple(label_words)
     if not per_class:
       flag = ("--config.data.label_descriptions='(\"desc of 0\", \"desc of 1\", ...)'" if style == "similarity" else
@@ -240,7 +256,8 @@ def get_task(name: str, data_dir: str, template: str = "", label_descriptions=()
                         f"{len(values)} {what}")
   needs = {"similarity": (("label_descriptions", task.label_descriptions),),
            "mlm": (("mlm_template", task.mlm_template), ("label_words", task.label_words)),
-           "causal": (("causal_template", task.causal_template), ("label_words", task.label_words))}[style]
+           "causal": (("causal_template", task.causal_template),
+                      ("label_words", task.label_words or task.choice_fields))}[style]
   for key, value in needs:
     if not value:
       raise ConfigError(f"task {name!r} has no {key} for style {style!r}: give --config.data.{key}=...")

@@ -1,4 +1,5 @@
-"""Strict reader for the task files: `sentence<TAB>label`, or `sentence1<TAB>sentence2<TAB>label` for pairs."""
+"""Strict reader for the task files: `sentence<TAB>label`, `sentence1<TAB>sentence2<TAB>label` for pairs,
+or `sentence<TAB>choice1<TAB>...<TAB>choiceN<TAB>label` for multiple choice (the label picks a choice)."""
 from typing import Optional
 
 import numpy as np
@@ -13,14 +14,29 @@ class DataError(ValueError):
   """A data file that does not follow the task format; the message names file and line."""
 
 
+def choice_header(choices: int) -> str:
+  return "\t".join(["sentence"] + [f"choice{i}" for i in range(1, choices + 1)] + ["label"])
+
+
+def parse_header(line: str) -> Optional[tuple[str, ...]]:
+  """The text columns of an accepted header line, else None."""
+  line = line.strip()
+  if line in HEADERS:
+    return HEADERS[line]
+  columns = tuple(line.split("\t"))
+  if len(columns) >= 4 and line == choice_header(len(columns) - 2):
+    return columns[:-1]
+  return None
+
+
 def header_fields(path: str) -> Optional[tuple[str, ...]]:
   """The text columns named by the header of `path`; None when it is missing or not a known header."""
   try:
     with open(path, "rb") as f:
-      first = f.readline().decode("utf-8", errors="replace").strip()
+      first = f.readline().decode("utf-8", errors="replace")
   except OSError:
     return None
-  return HEADERS.get(first)
+  return parse_header(first)
 
 
 def read_tsv(path: str, num_classes: int,
@@ -29,7 +45,10 @@ def read_tsv(path: str, num_classes: int,
 
   The header must name `text_fields` when given, else either accepted header.
   """
-  expected = [h for h, fields in HEADERS.items() if text_fields is None or fields == tuple(text_fields)]
+  known = {**HEADERS, **({"\t".join(text_fields) + "\tlabel": tuple(text_fields)} if text_fields else {})}
+  expected = [h for h, fields in known.items() if parse_header(h) and (text_fields is None or fields == tuple(text_fields))]
+  if text_fields is None:
+    expected.append(choice_header(2).replace("choice2", "choice2[<TAB>choice3...]"))
   if not expected:
     raise ValueError(f"text fields {text_fields} have no TSV header; known: {list(HEADERS.values())}")
   try:
@@ -46,9 +65,9 @@ def read_tsv(path: str, num_classes: int,
     except UnicodeDecodeError as e:
       raise DataError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     if number == 1:
-      if line.strip() not in expected:
+      fields = parse_header(line)
+      if fields is None or (text_fields is not None and fields != tuple(text_fields)):
         raise DataError(f"{path}:1: expected the header {' or '.join(map(repr, expected))}, got {line[:80]!r}")
-      fields = HEADERS[line.strip()]
       continue
     if not line.strip():
       continue

@@ -57,6 +57,10 @@ def make_config(family_name: str, hf_config: dict, *, lm_head: bool = False, dty
                 param_dtype: str = "float32") -> ModelConfig:
   """The ModelConfig of a family from a config.json dict and the precision policy."""
   family = get_family(family_name)
+  model_type = hf_config.get("model_type", family_name)
+  if model_type != family_name:
+    raise hf.CheckpointError(f"config.json says model_type={model_type!r} but model.family={family_name!r}; "
+                             f"set model.family to the checkpoint's family (valid: {sorted(FAMILIES)})")
   for key, value in (("model.compute_dtype", dtype), ("model.param_dtype", param_dtype)):
     if value not in DTYPES:
       raise ValueError(f"{key}={value!r} is invalid; valid: {sorted(DTYPES)}")

@@ -8,7 +8,6 @@ embeddings transposed, a bias per word).
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from fttpu.models import transformer
