@@ -172,3 +172,12 @@ def test_stochastic_rounding_is_unbiased_where_nearest_rounding_loses_the_update
   p = update / 2 ** -7
   standard_error = 2 ** -7 * np.sqrt(p * (1 - p) / values.size)
   assert abs(values.mean() - (1.0 + update)) < 5 * standard_error
+
+
+@pytest.mark.parametrize("family_setup", ["llama"], indirect=True)  # 2 key/value heads for 4 query heads
+def test_whole_heads_on_grouped_query_attention_fail_clearly(family_setup):
+  _, config_for, model, data = family_setup
+  config = config_for("sparse")
+  config.sparse.structure = "heads"
+  with pytest.raises(ConfigError, match="grouped-query attention has fewer key/value heads"):
+    run_steps(config, model, data, steps=1)

@@ -86,6 +86,11 @@ def unit_ids(shape, axis: int) -> np.ndarray:
 
 def structured_indices(params, scores: dict, axes: dict, density: float) -> dict:
   """Flat indices of every entry of the top units (heads or channels), scored by summed entry scores."""
+  counts = {"/".join(p): _get(params, p).shape[axes[p[-2]]] for p in scores}
+  if len(set(counts.values())) > 1:
+    raise ConfigError(f"sparse.structure: the weights scored together have different unit counts {counts} "
+                      "(grouped-query attention has fewer key/value heads than query heads); use "
+                      "sparse.structure=channels or none")
   ids = {p: unit_ids(_get(params, p).shape, axes[p[-2]]) for p in scores}
   units = max(int(i.max()) + 1 for i in ids.values())
   unit_scores = sum(np.bincount(ids[p].reshape(-1), scores[p].reshape(-1), minlength=units) for p in scores)
