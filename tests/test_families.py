@@ -202,3 +202,17 @@ def test_unknown_tensor_and_shape_mismatch_name_the_tensor(tmp_path):
   save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
   with pytest.raises(hf.CheckpointError, match=r"layers.1.fc1.weight: the checkpoint has \(63, 32\)"):
     models.load("opt", str(tmp_path))
+
+
+def test_every_parameter_has_logical_axis_names(pair):
+  """One name per axis, from the sharding vocabulary; layer-stacked leaves lead with "layers"."""
+  family, _, path = pair
+  loaded = models.load(family, path, lm_head=True)
+  specs = models.logical_axes(loaded.module)
+  shapes = models.param_shapes(loaded.module)
+  names = {"embed", "heads", "kv", "mlp", "vocab", "layers", None}
+  for (key_path, spec), shape in zip(jax.tree_util.tree_leaves_with_path(specs), jax.tree_util.tree_leaves(shapes)):
+    assert len(spec) == shape.ndim and set(spec) <= names, (jax.tree_util.keystr(key_path), spec, shape.shape)
+    assert (spec[0] == "layers") == (key_path[0].key == "layers"), jax.tree_util.keystr(key_path)
+  kernel = specs["layers"]["query"]["kernel"]
+  assert tuple(kernel) == ("layers", "embed", "heads", "kv")

@@ -13,12 +13,13 @@ from fttpu import classifier, methods, models, optim, step as step_lib
 from fttpu.config import ConfigError
 from fttpu.data import pipeline, tsv
 from fttpu.methods import masks
+from fttpu.methods.base import dense_grad_fn
 from fttpu.models import tiny
 from fttpu.state import TrainState
 from tests.conftest import data_dir
 
 FAMILIES = ("bert", "roberta", "opt", "llama")
-METHODS = ("full", "head", "bitfit", "layers", "sparse", "spiel", "lora", "prefix", "mezo", "zo")
+METHODS = ("full", "head", "bitfit", "layers", "lisa", "sparse", "spiel", "lora", "prefix", "mezo", "zo")
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +37,10 @@ def family_setup(request, sst2_texts, tmp_path_factory):
 
   def config_for(method):
     style = "mlm" if family == "bert" else ""  # bert's default is the sentence-similarity style (MiniLM)
-    config = fewshot.get_config(f"family={family},checkpoint={path},method={method},k=4,steps=3,classifier={style}")
+    name = "layers" if method == "lisa" else method
+    config = fewshot.get_config(f"family={family},checkpoint={path},method={name},k=4,steps=3,classifier={style}")
+    if method == "lisa":  # one layer of the stack at a time, resampled at every refresh
+      config.layers.sample, config.layers.every = 1, 2
     config.data.dir = data_dir()
     config.data.max_length = 24
     config.train.batch_size = 4
@@ -50,7 +54,9 @@ def family_setup(request, sst2_texts, tmp_path_factory):
 
 
 def run_steps(config, model, data, steps=3):
-  """(initial tree, final state, losses) after `steps` jitted train steps of config.method."""
+  """(method, tree before the last refresh-free stretch, final state, losses) after `steps` jitted train
+  steps of config.method, with the method's refresh (SpIEL's prune/regrow, LISA's fold and resampling)
+  before step 2 as train.py calls it."""
   optimizer = optim.make_optimizer(config.optimizer, 10)
   method = methods.get_method(config, optimizer, model)
   classify = classifier.make_classifier(model.module, config.model.classifier)
@@ -64,6 +70,9 @@ def run_steps(config, model, data, steps=3):
   step = jax.jit(lambda s, b: step_lib.train_step(s, b, method=method, loss_fn=loss_fn))
   losses = []
   for i in range(steps):
+    if method.refresh and i == 2:
+      state = method.refresh(state, dense_grad_fn(loss_fn), batch_at, steps)
+      initial = jax.tree_util.tree_map(np.array, state.params)  # refreshes fold and move masks by design
     state, metrics = step(state, batch_at(i))
     losses.append(float(metrics["train/loss"]))
   return method, initial, state, losses
