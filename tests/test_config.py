@@ -65,8 +65,10 @@ def test_unknown_override_keys_list_the_valid_ones():
     ("data.mlm_template", "{sentence} It was.", r"data.mlm_template=.* \{mask\}"),
     ("data.label_words", ("bad",), r"label.words"),
 ])
-def test_prompts_that_do_not_fit_the_task_fail_at_validation(key, value, message):
-  config = fewshot.get_config("family=roberta" if key in ("data.mlm_template", "data.label_words") else None)
+def test_prompts_that_do_not_fit_the_task_fail_at_validation(key, value, message, tmp_path):
+  (tmp_path / "config.json").write_text("{}")  # a checkpoint directory (validation does not read the weights)
+  config = fewshot.get_config(f"family=roberta,checkpoint={tmp_path}" if key in ("data.mlm_template", "data.label_words")
+                              else None)
   section, _, field = key.rpartition(".")
   config[section][field] = value
   with pytest.raises(ConfigError, match=message):
