@@ -72,3 +72,18 @@ def tiny_batch(seed: int, size: int = 8, length: int = 12) -> dict:
           "labels": rng.integers(0, 2, size).astype(np.int32), "weights": np.ones(size, np.float32),
           "label_input_ids": rng.integers(1000, 1200, (2, 5)).astype(np.int32),
           "label_attention_mask": np.ones((2, 5), np.int32)}
+
+
+# BERT with the MLM head runs RoBERTa's code but for its positions: `make test` runs these methods on it,
+# `make test-all` the whole matrix (tests/test_family_methods.py).
+BERT_MLM_FAST_METHODS = ("full", "lora", "mezo")
+
+
+def pytest_collection_modifyitems(config, items):
+  import pytest
+  for item in items:
+    callspec = getattr(item, "callspec", None)
+    if (item.originalname == "test_every_method_trains_its_leaves_on_every_family" and callspec
+        and callspec.params.get("family_setup") == "bert"
+        and callspec.params.get("method_name") not in BERT_MLM_FAST_METHODS):
+      item.add_marker(pytest.mark.slow)
