@@ -312,6 +312,8 @@ def test_multiple_choice_rows_score_their_own_choices(tmp_path, opt):
     for c in range(2):
       targets = encoded.input_ids[i, c][encoded.target_mask[i, c] > 0]
       assert opt.decode(targets.tolist()).strip() == row[1 + c]
+  overridden = tasks.get_task(str(folder), str(tmp_path), causal_template="Premise: {sentence}", style="causal")
+  assert overridden.causal_template == "Premise: {sentence}"
   with pytest.raises(ConfigError, match="multiple choice .* scored by a causal LM"):
     tasks.get_task(str(folder), str(tmp_path), style="mlm")
   with open(folder / "train.tsv", "a") as f:

@@ -235,7 +235,7 @@ def get_task(name: str, data_dir: str, template: str = "", label_descriptions=()
   else:
     raise ConfigError(f"unknown task {name!r}: not registered (registered: {sorted(TASKS)}) and no directory "
                       f"{os.path.join(data_dir, name)!r}")
-  fields = task.text_fields
+  fields = tuple(f for f in task.text_fields if f not in task.choice_fields)  # what a prompt may show
   overrides = {}
   if template:
     overrides["template"] = _checked_template(template, "data.template", fields)
