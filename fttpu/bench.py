@@ -75,7 +75,7 @@ def run_one(method_name: str) -> dict:
            "weights": np.ones(FLAGS.batch, np.float32),
            "label_input_ids": rng.integers(1000, 20000, (FLAGS.classes, 8), dtype=np.int32),
            "label_attention_mask": np.ones((FLAGS.classes, 8), np.int32)}
-  logits_fn = classifier.make_logits_fn(model.module, 20.0)
+  logits_fn = classifier.make_classifier(model.module, "similarity", 20.0).logits
   rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   if method_name == "forward":
     params = jax.device_put({"model": model.params})

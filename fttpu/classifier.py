@@ -143,11 +143,6 @@ def make_classifier(module, style: str, scale: float = 20.0) -> Classifier:
   return Classifier(logits, features, zero_shot_head)
 
 
-def make_logits_fn(module, scale: float) -> Callable:
-  """The similarity style's logits (kept for callers that know no other style)."""
-  return make_classifier(module, "similarity", scale).logits
-
-
 def weighted_sums(logits: jax.Array, batch: dict) -> dict:
   """Sums over the batch, each example weighted (padding rows weigh 0): loss, correct, count."""
   weights = batch["weights"]

@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tokenizers
+import torch  # test-only reference (make install-test installs it)
+import transformers
 
 from fttpu import models
 from fttpu.models import hf
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 SIZES = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
 

@@ -230,7 +230,7 @@ def test_lora_merged_equals_unmerged(tiny, variant):
   tree = jax.tree_util.tree_map_with_path(  # nonzero adapters and magnitudes, as after training
       lambda p, x: x + rng.normal(0, 0.05, x.shape).astype(x.dtype) if masks.path_name(p).endswith(
           ("lora_a", "lora_b", "dora_magnitude")) else x, tree)
-  logits_fn = classifier.make_logits_fn(tiny.module, 20.0)
+  logits_fn = classifier.make_classifier(tiny.module, "similarity", 20.0).logits
   unmerged = np.asarray(logits_fn(tree, tiny_batch(3)))
   merged_tree = method.merge(tree)
   assert not any(k.startswith("lora") for k in masks.leaf_paths(merged_tree))
@@ -240,7 +240,7 @@ def test_lora_merged_equals_unmerged(tiny, variant):
 def test_lora_with_zero_b_is_exactly_the_base_model(minilm, sst2_16shot):
   method, tree, _ = build(minilm, make_config("lora"), batches=lambda s: {
       **{k: v[:8] for k, v in pipeline_batch(sst2_16shot).items()}})
-  logits_fn = jax.jit(classifier.make_logits_fn(minilm.module, 20.0))
+  logits_fn = jax.jit(classifier.make_classifier(minilm.module, "similarity", 20.0).logits)
   batch = pipeline_batch(sst2_16shot)
   np.testing.assert_array_equal(np.asarray(logits_fn(tree, batch)), np.asarray(logits_fn({"model": minilm.params}, batch)))
 
@@ -252,7 +252,7 @@ def pipeline_batch(data) -> dict:
 
 def test_pissa_starts_at_the_base_model_and_its_artifact_adds_onto_the_pretrained_weights(tiny):
   method, tree, loss_fn = build(tiny, make_config("lora", **{"lora.pissa": True, "lora.rank": 4}))
-  logits_fn = classifier.make_logits_fn(tiny.module, 20.0)
+  logits_fn = classifier.make_classifier(tiny.module, "similarity", 20.0).logits
   base_logits = np.asarray(logits_fn({"model": tiny.params}, tiny_batch(5)))
   assert np.abs(np.asarray(logits_fn(tree, tiny_batch(5))) - base_logits).max() <= 1e-5
   state = train(method, tree, loss_fn, 3)
@@ -266,7 +266,7 @@ def test_pissa_starts_at_the_base_model_and_its_artifact_adds_onto_the_pretraine
 
 def test_head_starts_at_zero_shot_and_lbfgs_probe_matches_scikit_learn(tiny):
   from sklearn.linear_model import LogisticRegression
-  logits_fn = classifier.make_logits_fn(tiny.module, 20.0)
+  logits_fn = classifier.make_classifier(tiny.module, "similarity", 20.0).logits
   _, tree, _ = build(tiny, make_config("head"))  # label descriptions of tiny_batch(0)
   batch = {**tiny_batch(4), **{k: v for k, v in tiny_batch(0).items() if k.startswith("label_")}}
   np.testing.assert_allclose(np.asarray(logits_fn(tree, batch)), np.asarray(logits_fn({"model": tiny.params}, batch)),

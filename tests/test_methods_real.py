@@ -63,8 +63,8 @@ def test_artifact_on_the_pretrained_weights_reproduces_the_runs_test_accuracy(
   config.train.steps, config.train.eval_every, config.train.checkpoint_every = 4, 4, 4
   record = train.run(config, str(tmp_path))
   tree = checkpoint.load_artifact(str(tmp_path / "artifact.safetensors"), minilm.params)
-  eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=classifier.make_logits_fn(
-      minilm.module, config.model.logit_scale)))
+  logits_fn = classifier.make_classifier(minilm.module, "similarity", config.model.logit_scale).logits
+  eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
   reloaded = train.evaluate(eval_step, base.merge(tree), sst2_16shot.test, sst2_16shot.prompts, 64,
                             make_mesh({"data": -1}))
   assert reloaded["accuracy"] == record["eval/accuracy"]

@@ -18,7 +18,7 @@ def setup(minilm, sst2_config, sst2_16shot):
   optimizer_config = sst2_config.optimizer.copy_and_resolve_references()
   optimizer_config.weight_decay = 0.0
   method = methods.get_method(sst2_config, optim.make_optimizer(optimizer_config, 30), minilm)
-  logits_fn = classifier.make_logits_fn(minilm.module, sst2_config.model.logit_scale)
+  logits_fn = classifier.make_classifier(minilm.module, "similarity", sst2_config.model.logit_scale).logits
   loss_fn = classifier.make_loss_fn(logits_fn)
   train_step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn), donate_argnums=0)
   make_state = lambda: TrainState.create({"model": jax.tree_util.tree_map(np.array, minilm.params)}, method.tx, 42)
@@ -57,7 +57,7 @@ def test_zero_shot_step_keeps_params_bit_identical_with_no_optimizer_state(minil
   config.method = "zero_shot"
   method = methods.get_method(config, optim.make_optimizer(sst2_config.optimizer, 10), minilm)
   assert not method.trains
-  loss_fn = classifier.make_loss_fn(classifier.make_logits_fn(minilm.module, sst2_config.model.logit_scale))
+  loss_fn = classifier.make_loss_fn(classifier.make_classifier(minilm.module, "similarity", sst2_config.model.logit_scale).logits)
   state = TrainState.create({"model": jax.tree_util.tree_map(np.array, minilm.params)}, method.tx, 42)
   state_entries = sum(np.size(x) for x in jax.tree_util.tree_leaves(state.opt_state) if np.ndim(x) > 0)
   assert state_entries == 0, "frozen leaves must carry no optimizer state (only scalar step counters)"
@@ -80,7 +80,7 @@ def test_eval_padding_rows_do_not_count(setup, minilm):
   from fttpu import train
   from fttpu.sharding import make_mesh
   _, _, _, data = setup
-  logits_fn = classifier.make_logits_fn(minilm.module, 20.0)
+  logits_fn = classifier.make_classifier(minilm.module, "similarity", 20.0).logits
   eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
   subset = data.test.take(np.arange(20))
   results = [train.evaluate(eval_step, {"model": minilm.params}, subset, data.prompts, size, make_mesh({"data": -1}))

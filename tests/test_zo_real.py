@@ -20,7 +20,7 @@ def test_mezo_steps_lower_the_training_loss_on_sst2(minilm, sst2_16shot):
   config = fewshot.get_config("method=mezo")
   config.optimizer.learning_rate = 1e-4
   method = methods.get_method(config, optim.make_optimizer(config.optimizer, 150), minilm)
-  loss_fn = classifier.make_loss_fn(classifier.make_logits_fn(minilm.module, config.model.logit_scale))
+  loss_fn = classifier.make_loss_fn(classifier.make_classifier(minilm.module, "similarity", config.model.logit_scale).logits)
   whole = {**pipeline.whole(sst2_16shot.train), **sst2_16shot.prompts}
   train_loss = jax.jit(lambda tree: loss_fn(tree, whole)[0])
   step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn), donate_argnums=0)

@@ -68,6 +68,14 @@ _SST_CAUSAL = "{sentence} It was"  # MeZO large_models/templates.py SST2Template
 # or Maybe?\n' then the word; used here for the 3-way NLI tasks.
 _NLI_CAUSAL = 'Suppose {sentence1} Can we infer that "{sentence2}"? Yes, No, or Maybe?\n'
 
+def _nli_task(name: str, tfds_name: str, tfds_module: str, test_split: str) -> Task:
+  """A 3-way NLI task (premise, hypothesis) with LM-BFF's MLM prompt and the CB causal prompt."""
+  return Task(name=name, label_names=_NLI_LABELS, label_descriptions=_NLI_DESCRIPTIONS, template=_PAIR_TEMPLATE,
+              mlm_template=_NLI_MLM, causal_template=_NLI_CAUSAL, label_words=("Yes", "Maybe", "No"),
+              text_fields=PAIR, tfds_name=tfds_name, tfds_module=tfds_module,
+              tfds_splits=(("train", "train"), ("test", test_split)), tfds_fields=("premise", "hypothesis"))
+
+
 TASKS = {
     "sst2": Task(
         name="sst2",
@@ -106,34 +114,9 @@ TASKS = {
         # LM-BFF's mapping; ABBR is "Expression".
         label_words=("Description", "Entity", "Expression", "Human", "Location", "Number"),
     ),
-    "mnli": Task(
-        name="mnli",
-        label_names=_NLI_LABELS,
-        label_descriptions=_NLI_DESCRIPTIONS,
-        template=_PAIR_TEMPLATE,
-        mlm_template=_NLI_MLM,
-        causal_template=_NLI_CAUSAL,
-        label_words=("Yes", "Maybe", "No"),
-        text_fields=PAIR,
-        tfds_name="glue/mnli",
-        tfds_module=_GLUE,
-        tfds_splits=(("train", "train"), ("test", "validation_matched")),  # LM-BFF tests on dev-matched
-        tfds_fields=("premise", "hypothesis"),
-    ),
-    "snli": Task(
-        name="snli",
-        label_names=_NLI_LABELS,
-        label_descriptions=_NLI_DESCRIPTIONS,
-        template=_PAIR_TEMPLATE,
-        mlm_template=_NLI_MLM,
-        causal_template=_NLI_CAUSAL,
-        label_words=("Yes", "Maybe", "No"),
-        text_fields=PAIR,
-        tfds_name="snli",
-        tfds_module="tensorflow_datasets.datasets.snli.snli_dataset_builder",
-        tfds_splits=(("train", "train"), ("test", "test")),  # rows without a gold label (-1) are dropped
-        tfds_fields=("premise", "hypothesis"),
-    ),
+    "mnli": _nli_task("mnli", "glue/mnli", _GLUE, "validation_matched"),  # LM-BFF tests on dev-matched
+    # SNLI rows without a gold label (-1) are dropped.
+    "snli": _nli_task("snli", "snli", "tensorflow_datasets.datasets.snli.snli_dataset_builder", "test"),
     "rte": Task(
         name="rte",
         label_names=("entailment", "not_entailment"),  # glue/rte order

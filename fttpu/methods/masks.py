@@ -66,7 +66,7 @@ def fill(tree, labels, trainable_values):
                             for x, label in zip(leaves, treedef.flatten_up_to(labels))])
 
 
-def apply_updates(params, updates, labels, key=None):
+def apply_updates(params, updates, labels, key):
   """params + updates on TRAIN leaves; FREEZE leaves are returned as they are, bit for bit.
 
   (optax.apply_updates would add the zero updates, which turns -0.0 into +0.0.)
@@ -75,16 +75,18 @@ def apply_updates(params, updates, labels, key=None):
   between representable weights move them in expectation instead of vanishing.
   """
   leaves, treedef = jax.tree_util.tree_flatten(params)
-  keys = list(jax.random.split(key, len(leaves))) if key is not None else [None] * len(leaves)
-  new = []
-  for label, p, u, k in zip(jax.tree_util.tree_leaves(labels), leaves, treedef.flatten_up_to(updates), keys):
+  keys = jax.random.split(key, len(leaves))
+
+  def update(label, p, u, k):
     if label != TRAIN:
-      new.append(p)
-    elif jnp.dtype(p.dtype).itemsize < 4 and k is not None:
-      new.append(stochastic_round(p.astype(jnp.float32) + u.astype(jnp.float32), p.dtype, k))
-    else:
-      new.append((p + u).astype(p.dtype))
-  return jax.tree_util.tree_unflatten(treedef, new)
+      return p
+    if jnp.dtype(p.dtype).itemsize < 4:
+      return stochastic_round(p.astype(jnp.float32) + u.astype(jnp.float32), p.dtype, k)
+    return (p + u).astype(p.dtype)
+
+  return jax.tree_util.tree_unflatten(treedef, [
+      update(label, p, u, k) for label, p, u, k in
+      zip(jax.tree_util.tree_leaves(labels), leaves, treedef.flatten_up_to(updates), keys)])
 
 
 def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:

@@ -139,6 +139,9 @@ def make(config, optimizer, model, base_maker):
   return base._replace(name=name, prepare=prepare, estimate=spsa(z.eps, z.samples, z.noise, z.objective))
 
 
+SAMPLED_ENTRIES = 1 << 20  # per leaf, for the start-up resolution check
+
+
 def rounded_away_fraction(tree, labels, eps: float, dtype) -> float:
   """Fraction of trainable entries w where w + eps and w - eps round to w itself in `dtype`
   (the perturbation is formed in float32, then cast once to the compute dtype)."""
@@ -147,6 +150,7 @@ def rounded_away_fraction(tree, labels, eps: float, dtype) -> float:
     if label != masks.TRAIN:
       continue
     w = np.asarray(leaf, np.float32).reshape(-1)
+    w = w[::max(1, w.size // SAMPLED_ENTRIES)]  # an even sample: start-up stays cheap for large models
     cast = lambda x: np.asarray(jnp.asarray(x).astype(dtype).astype(jnp.float32))
     hidden += int(np.sum((cast(w + eps) == cast(w)) & (cast(w - eps) == cast(w))))
     total += w.size
