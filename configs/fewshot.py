@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 
+from fttpu import sharding
 from fttpu.config import parse_arg
 from fttpu.methods import zo
 
@@ -117,5 +118,9 @@ def get_config(arg=None):
   config.zo.noise = "gaussian"        # gaussian | rademacher
   config.zo.objective = "loss"        # loss | accuracy (non-differentiable: minus the batch accuracy)
 
-  config.mesh = ml_collections.ConfigDict({"data": -1})  # axis name -> size; -1 takes the remaining devices
+  # Device mesh: axis -> size, -1 takes the remaining devices (of every process). Batches split over
+  # data x fsdp; parameters and optimizer state as sharding_rules map their logical axes onto the mesh.
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # Logical axis -> mesh axes ("" replicated; "data,fsdp" both): FSDP over fsdp, Megatron tensor parallelism.
+  config.sharding_rules = ml_collections.ConfigDict(sharding.default_rules(arg.family))
   return config

@@ -85,6 +85,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   validate_methods(config)
   _check(all(v == -1 or v >= 1 for v in config.mesh.values()), "mesh", dict(config.mesh),
          "axis sizes >= 1, or -1 for the remaining devices")
+  validate_sharding(config)
+
+
+def validate_sharding(config: ml_collections.ConfigDict) -> None:
+  from fttpu import sharding
+  _check(set(config.mesh) <= set(sharding.AXES), "mesh", dict(config.mesh), f"axes among {list(sharding.AXES)}")
+  _check(list(config.mesh.values()).count(-1) <= 1, "mesh", dict(config.mesh), "at most one axis of size -1")
+  _check(set(config.sharding_rules) <= set(sharding.LOGICAL_NAMES), "sharding_rules", dict(config.sharding_rules),
+         f"keys among the models' logical axes {list(sharding.LOGICAL_NAMES)}")
+  for name, targets in config.sharding_rules.items():
+    axes = [a for a in (targets or "").split(",") if a]
+    _check(all(a in config.mesh for a in axes) and len(set(axes)) == len(axes), f"sharding_rules.{name}", targets,
+           f"'' (replicated) or mesh axes of config.mesh {list(config.mesh)}, comma-separated")
 
 
 def validate_methods(config: ml_collections.ConfigDict) -> None:

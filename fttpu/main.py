@@ -4,10 +4,11 @@ import json
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fttpu import metrics, train
+from fttpu import distributed, metrics, train
 from fttpu.config import ConfigError, check_overrides
 from fttpu.data.tsv import DataError
 from fttpu.models.hf import CheckpointError
@@ -15,6 +16,11 @@ from fttpu.models.hf import CheckpointError
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :key=value,... arguments.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl, TensorBoard and checkpoints.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0 (else JAX_COORDINATOR_ADDRESS; "
+                    "TPU pods and SLURM steps are detected without it).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes (else JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (else JAX_PROCESS_ID).")
+flags.DEFINE_integer("heartbeat_timeout", 100, "Multi-host: seconds without a peer's heartbeat before the run fails.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors that mean bad input or a failed run, not a bug in fttpu: shown as one line, no traceback.
@@ -42,12 +48,20 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   metrics.quiet_library_logs()
+  f = flags.FLAGS
+  try:
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_timeout)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  if jax.process_index() != 0:  # process 0 logs and writes metrics for the run
+    logging.set_verbosity(logging.WARNING)
   try:
     result = train.run(flags.FLAGS.config, flags.FLAGS.workdir)
   except USER_ERRORS as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {e}")
-  print(json.dumps(result))
+  if jax.process_index() == 0:
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

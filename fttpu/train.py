@@ -15,7 +15,6 @@ import numpy as np
 from fttpu import checkpoint, classifier, config as config_lib, methods, metrics, models, optim, sharding, step as step_lib
 from fttpu.data import pipeline
 from fttpu.methods import base as method_base, masks, zo
-from fttpu.state import TrainState
 
 
 def evaluate(eval_fn, params, data: pipeline.Encoded, prompts: dict, batch_size: int, mesh) -> dict:
@@ -66,7 +65,15 @@ def run(config, workdir: str) -> dict:
   writer = metrics.MetricWriter(workdir, enabled=is_lead, resume_step=resume_step)
 
   # ---------------------------------------------------------------- model and data
-  model = models.load_for(config.model)
+  rules = dict(config.sharding_rules)
+  model_axes = {}
+
+  def model_shardings(module):  # each process reads only its devices' blocks of the checkpoint
+    model_axes.update(models.logical_axes(module))
+    specs = sharding.param_specs({"model": models.param_shapes(module)}, model_axes, rules, mesh)
+    return sharding.named(mesh, specs["model"])
+
+  model = models.load_for(config.model, shardings=model_shardings)
   data = pipeline.load_few_shot(config.data, model.tokenizer, config.seed, config.model.classifier)
   logging.info("task %s: %d train, %d dev, %d test examples; checkpoint %s", data.task.name, len(data.train),
                len(data.dev), len(data.test), model.checkpoint_dir)
@@ -87,16 +94,19 @@ def run(config, workdir: str) -> dict:
   params = method.prepare(model.params, jax.random.key(config.seed), context)
   labels = method.labels(params)
   zeroth_order = config.method in zo.METHOD_NAMES  # the run is also its trajectory (zo.save_trajectory)
-  initial_artifact = method.artifact(params) if zeroth_order else None
+  initial_artifact = sharding.to_host(method.artifact(params)) if zeroth_order else None
   logging.info("method %s: %d of %d parameters train (prepared in %.1fs)", method.name,
                masks.count_trainable(params, labels), sum(p.size for p in jax.tree_util.tree_leaves(params)),
                time.perf_counter() - started)
 
   # ---------------------------------------------------------------- shard
-  state = jax.device_put(TrainState.create(params, method.tx, config.seed), sharding.replicated(mesh))
+  state, state_sharding = sharding.create_state(params, method.tx, config.seed, mesh, rules, model_axes)
+  del params
+  per_device = sharding.device_bytes(state.params)
+  logging.info("parameters: %.1f MB in all, at most %.1f MB on one device", sum(
+      p.nbytes for p in jax.tree_util.tree_leaves(state.params)) / 2**20, max(per_device.values()) / 2**20)
   prompts = data.prompts
   example_batch = batch_at(0)
-  state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
   train_step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
                        in_shardings=(state_sharding, sharding.batch_shardings(mesh, example_batch)),
                        out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
@@ -111,7 +121,7 @@ def run(config, workdir: str) -> dict:
     state = checkpoint.restore(manager, resume_step, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
     if zeroth_order:
-      projected = list(zo.load_trajectory(trajectory_path, model.params)[2][:int(state.step)])
+      projected = list(zo.load_trajectory(trajectory_path, {})[2][:int(state.step)])
 
   def save_trajectory():
     if zeroth_order and is_lead and projected:
@@ -119,7 +129,7 @@ def run(config, workdir: str) -> dict:
 
   if method.refresh:  # dynamic masks: dense gradients every `refresh_every` steps, outside the step
     dense_grad = method_base.dense_grad_fn(loss_fn)
-    refresh = lambda state, step: jax.device_put(
+    refresh = lambda state, step: sharding.put(
         method.refresh(state, dense_grad, lambda i: sharding.put_batch(mesh, batch_at(i)), total_steps), state_sharding)
 
   # ---------------------------------------------------------------- loop
@@ -158,9 +168,9 @@ def run(config, workdir: str) -> dict:
       checkpoint.save(manager, state)
       save_trajectory()
   manager.wait_until_finished()
+  artifact = sharding.to_host(method.artifact(state.params))  # every process: gathers across hosts
   if is_lead:
-    saved = checkpoint.save_artifact(os.path.join(workdir, "artifact.safetensors"), method.artifact(state.params),
-                                     method.name)
+    saved = checkpoint.save_artifact(os.path.join(workdir, "artifact.safetensors"), artifact, method.name)
     if saved:
       logging.info("saved %s (%.2f MB): what %s adds to the pretrained checkpoint", saved[0], saved[1], method.name)
   if step_times:

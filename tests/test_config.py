@@ -34,6 +34,10 @@ def test_bad_config_arguments(arg, message):
     ("optimizer.learning_rate", 0.0, r"optimizer.learning_rate=0.0 is invalid; valid: a number > 0"),
     ("model.logit_scale", -1.0, r"model.logit_scale=-1.0 is invalid"),
     ("mesh.data", 0, r"mesh=.* is invalid; valid: axis sizes >= 1, or -1"),
+    ("mesh.fsdp", -1, r"mesh=.* is invalid; valid: at most one axis of size -1"),
+    ("sharding_rules.embed", "model", r"sharding_rules.embed='model' is invalid; valid: '' \(replicated\) or mesh axes "
+                                      r"of config.mesh \['data', 'fsdp', 'tensor'\]"),
+    ("sharding_rules.mlp", "tensor,tensor", r"sharding_rules.mlp='tensor,tensor' is invalid"),
     ("model.classifier", "pooled", r"model.classifier='pooled' is invalid; valid: \['similarity', 'mlm', 'causal'\]"),
     ("model.classifier", "causal", r"model.classifier='causal' is invalid; valid: 'mlm' or 'similarity' for the "
                                    r"encoder family 'bert' \(causal needs opt or llama\)"),
@@ -72,4 +76,15 @@ def test_prompts_that_do_not_fit_the_task_fail_at_validation(key, value, message
   section, _, field = key.rpartition(".")
   config[section][field] = value
   with pytest.raises(ConfigError, match=message):
+    validate(config)
+
+
+def test_mesh_axes_and_rule_names_are_checked():
+  config = fewshot.get_config()
+  config.mesh = {"data": -1, "pipeline": 2}
+  with pytest.raises(ConfigError, match=r"mesh=.* is invalid; valid: axes among \['data', 'fsdp', 'tensor'\]"):
+    validate(config)
+  config = fewshot.get_config()
+  config.sharding_rules = {**config.sharding_rules, "hidden": "fsdp"}
+  with pytest.raises(ConfigError, match=r"valid: keys among the models' logical axes \['embed', 'heads'"):
     validate(config)

@@ -50,13 +50,13 @@ def test_mesh_needs_the_devices_it_names():
     sharding.make_mesh({"data": -1, "fsdp": -1})
 
 
-def test_batch_sizes_must_divide_over_the_data_axis():
+def test_batch_sizes_must_divide_over_the_data_and_fsdp_axes():
   command = [sys.executable, "-c", "from fttpu import sharding; "
-             "sharding.check_batch_sizes(sharding.make_mesh({'data': -1}), 8, 6)"]
+             "sharding.check_batch_sizes(sharding.make_mesh({'data': -1, 'fsdp': 2, 'tensor': 1}), 8, 6)"]
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PATH": ""}
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
   assert result.returncode != 0
-  assert "batch size 6 does not divide over the mesh's data axis of 4 devices; use a multiple of 4" in result.stderr
+  assert "batch size 6 does not divide over the mesh's data x fsdp axes of 4 devices; use a multiple of 4" in result.stderr
 
 
 def test_bench_cli_prints_json_per_method():

@@ -18,6 +18,7 @@ from flax import traverse_util
 from fttpu.methods import deltas, masks
 from fttpu.methods.base import make_method, scatter_deltas, wrap
 from fttpu.config import ConfigError
+from fttpu.sharding import to_host
 
 
 def layer_indices(params, layers: list[int]) -> dict:
@@ -76,11 +77,11 @@ def make_lisa(c, optimizer, num_layers: int):
   def refresh(state, dense_grad, batch_at, total_steps):
     """Fold the sampled layers' deltas into the weights; sample new layers with fresh state."""
     step = int(jax.device_get(state.step))
-    tree = scatter_deltas(jax.device_get(state.params))
+    tree = scatter_deltas(to_host(state.params))
     tree = deltas.build(jax.tree_util.tree_map(np.asarray, tree["model"]),
                         layer_indices(tree["model"], sample_layers(np.asarray(state.rng), step, num_layers, c.sample)))
     fresh = {path: np.full(len(d["index"]), -1) for path, d in deltas.flat_deltas(tree).items()}
-    return state.replace(params=tree, opt_state=deltas.remap_optimizer_state(jax.device_get(state.opt_state), fresh))
+    return state.replace(params=tree, opt_state=deltas.remap_optimizer_state(to_host(state.opt_state), fresh))
 
   return make_method("layers", prepare, labels, masks.partition(labels, optimizer), refresh=refresh,
                      refresh_every=c.every)

@@ -19,6 +19,7 @@ from flax import traverse_util
 from fttpu.methods import masks
 from fttpu.methods.base import extra_leaves, make_method
 from fttpu.config import ConfigError
+from fttpu.sharding import to_host
 
 TRAINABLE = ("lora_a", "lora_b", "dora_magnitude")
 
@@ -38,20 +39,22 @@ def _in_dims(name: str) -> int:
   return 2 if name == "attention_out" else 1  # attention_out contracts (heads, head_dim)
 
 
-def init_adapter(kernel: np.ndarray, in_dims: int, rank: int, scale: float, rng, pissa: bool):
-  """(A, B, residual kernel) for one layer's kernel (in..., out...)."""
+def init_adapter(kernel, in_dims: int, rank: int, scale: float, rng, pissa: bool):
+  """(A, B, residual kernel or None) for one layer's kernel (in..., out...). Only PiSSA reads the
+  kernel's values (a numpy array then); otherwise its shape is all that is used."""
   in_shape, out_shape = kernel.shape[:in_dims], kernel.shape[in_dims:]
-  matrix = kernel.reshape(int(np.prod(in_shape)), int(np.prod(out_shape)))
+  rows = int(np.prod(in_shape))
   if pissa:
+    matrix = kernel.reshape(rows, int(np.prod(out_shape)))
     u, s, vt = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
     root = np.sqrt(s[:rank] / scale)
     a, b = u[:, :rank] * root, root[:, None] * vt[:rank]
     residual = matrix - scale * (a @ b)
     return (a.reshape(in_shape + (rank,)).astype(np.float32), b.reshape((rank,) + out_shape).astype(np.float32),
             residual.reshape(kernel.shape).astype(kernel.dtype))
-  bound = 1.0 / np.sqrt(matrix.shape[0])  # PEFT: kaiming_uniform(a=sqrt(5)) on A, fan_in = in features
-  a = np.asarray(jax.random.uniform(rng, (matrix.shape[0], rank), jnp.float32, -bound, bound))
-  return a.reshape(in_shape + (rank,)), np.zeros((rank,) + out_shape, np.float32), kernel
+  bound = 1.0 / np.sqrt(rows)  # PEFT: kaiming_uniform(a=sqrt(5)) on A, fan_in = in features
+  a = np.asarray(jax.random.uniform(rng, (rows, rank), jnp.float32, -bound, bound))
+  return a.reshape(in_shape + (rank,)), np.zeros((rank,) + out_shape, np.float32), None
 
 
 def make(config, optimizer, model):
@@ -59,13 +62,16 @@ def make(config, optimizer, model):
   scale = c.alpha / (np.sqrt(c.rank) if c.rslora else c.rank)
 
   def prepare(params, rng, context=None):
-    flat = traverse_util.flatten_dict(jax.tree_util.tree_map(np.asarray, params))
+    flat = traverse_util.flatten_dict(params)
     for index, module in enumerate(target_modules(params, c.targets)):
       kernel = flat[module + ("kernel",)]
       layers = kernel.shape[0]
-      adapters = [init_adapter(kernel[l], _in_dims(module[-1]), c.rank, scale,
+      if c.pissa or c.dora:  # the adapters start from the weight's values (else from its shape only)
+        kernel = to_host(kernel)
+      layer_shape = jax.ShapeDtypeStruct(kernel.shape[1:], kernel.dtype)
+      adapters = [init_adapter(kernel[l] if c.pissa else layer_shape, _in_dims(module[-1]), c.rank, scale,
                                jax.random.fold_in(rng, index * layers + l), c.pissa) for l in range(layers)]
-      a, b, residual = (np.stack(parts) for parts in zip(*adapters))
+      a, b = (np.stack(parts) for parts in list(zip(*adapters))[:2])
       flat[module + ("lora_a",)], flat[module + ("lora_b",)] = a, b
       flat[module + ("lora_scale",)] = np.full((layers,), scale, np.float32)
       if c.dropout:
@@ -75,7 +81,8 @@ def make(config, optimizer, model):
         flat[module + ("dora_magnitude",)] = np.sqrt(np.square(kernel).sum(in_axes)).astype(np.float32)
       if c.pissa:
         flat[module + ("lora_a0",)], flat[module + ("lora_b0",)] = a.copy(), b.copy()
-        flat[module + ("kernel",)] = residual
+        flat[module + ("kernel",)] = np.stack([residual for _, _, residual in adapters])
+      # (otherwise the kernel stays as it was given: on the host, or sharded over the devices)
     return {"model": traverse_util.unflatten_dict(flat)}
 
   def labels(tree):

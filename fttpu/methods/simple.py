@@ -3,11 +3,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from fttpu.methods import masks
 from fttpu.methods.base import make_method, wrap
+from fttpu.sharding import to_host
 
 
 def full(config, optimizer, model):
@@ -75,7 +75,7 @@ def head(config, optimizer, model):
           features, data["labels"], classes, config.head.l2)
     else:
       kernel, bias = jax.jit(classifier.zero_shot_head)(params, data)
-    return {"model": params, "head": {"kernel": np.asarray(kernel), "bias": np.asarray(bias)}}
+    return {"model": params, "head": {"kernel": to_host(kernel), "bias": to_host(bias)}}
 
   labels = lambda tree: masks.label_matching(tree, r"^head/")
   return make_method("head", prepare, labels, masks.partition(labels, optimizer), trains=solver != "lbfgs")
@@ -94,9 +94,9 @@ def prefix(config, optimizer, model):
     ids = jax.random.randint(rng, (1, length), min(1000, vocab // 2), vocab)  # past special tokens
     _, captured = context.module.apply({"params": params}, ids, jnp.ones_like(ids), mutable=["intermediates"])
     layers = captured["intermediates"]["layers"]
-    tree = jax.tree_util.tree_map(np.asarray, params)
-    tree["layers"] = {**tree["layers"], "prefix_key": np.asarray(layers["key_states"][0][:, 0]),
-                      "prefix_value": np.asarray(layers["value_states"][0][:, 0])}
+    tree = dict(params)
+    tree["layers"] = {**tree["layers"], "prefix_key": to_host(layers["key_states"][0][:, 0]),
+                      "prefix_value": to_host(layers["value_states"][0][:, 0])}
     return {"model": tree}
 
   labels = lambda tree: masks.label_matching(tree, r"/prefix_(key|value)$")

@@ -24,6 +24,7 @@ from flax import traverse_util
 from fttpu.methods import deltas, masks
 from fttpu.methods.base import dense_grad_fn, make_method, scatter_deltas
 from fttpu.config import ConfigError
+from fttpu.sharding import to_host
 
 SELECTORS = ("random", "magnitude", "gradient", "lottery", "half")
 STRUCTURES = {"none": None,  # per layer-stacked weight: which axis indexes heads / channels
@@ -44,7 +45,7 @@ def lottery_scores(params, context, steps: int, rng) -> dict:
   model, opt_state = params, tx.init(params)
   for i in range(steps):
     model, opt_state = step(model, opt_state, context.train_batch(i), jax.random.fold_in(rng, i))
-  return jax.tree_util.tree_map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)), model, params)
+  return jax.tree_util.tree_map(lambda a, b: np.abs(to_host(a) - to_host(b)), model, params)
 
 
 def entry_scores(selector: str, params, paths, rng, context, config) -> dict:
@@ -52,13 +53,13 @@ def entry_scores(selector: str, params, paths, rng, context, config) -> dict:
   if selector == "random":
     return {p: _numpy_rng(rng, i).random(_get(params, p).shape) for i, p in enumerate(paths)}
   if selector == "magnitude":
-    return {p: np.abs(np.asarray(_get(params, p))) for p in paths}
+    return {p: np.abs(to_host(_get(params, p))) for p in paths}
   if selector == "gradient":
     grad = dense_grad_fn(context.loss_fn)
     fisher = {p: 0.0 for p in paths}
     for i in range(config.calibration_batches):
       grads = grad(params, context.train_batch(i))
-      fisher = {p: fisher[p] + np.square(np.asarray(_get(grads, p))) for p in paths}
+      fisher = {p: fisher[p] + np.square(to_host(_get(grads, p))) for p in paths}
     return fisher
   if selector == "lottery":
     moved = lottery_scores(params, context, config.lottery_steps, rng)
@@ -164,13 +165,13 @@ def make_spiel(config, optimizer, model):
   def refresh(state, dense_grad, batch_at, total_steps):
     """Prune the smallest deltas and grow where the accumulated gradient is largest (host side)."""
     step = int(jax.device_get(state.step))
-    tree = jax.device_get(state.params)
+    tree = to_host(state.params)
     viewed = scatter_deltas(tree)["model"]
     flat = deltas.flat_deltas(tree)
     accumulated = {path: 0.0 for path in flat}  # of the target weights only
     for j in range(c.accumulate):
       grads = dense_grad(viewed, batch_at(step + j))
-      accumulated = {path: total + np.asarray(_get(grads, path)) for path, total in accumulated.items()}
+      accumulated = {path: total + to_host(_get(grads, path)) for path, total in accumulated.items()}
     fraction = replaced_fraction(c.replace_fraction, step, total_steps)
     sources = {}
     for path, delta in flat.items():
@@ -180,7 +181,7 @@ def make_spiel(config, optimizer, model):
                     "value": np.where(source >= 0, delta["value"][np.maximum(source, 0)], 0).astype(np.float32)}
       sources[path] = source
     tree = {**tree, "delta": traverse_util.unflatten_dict(flat)}
-    return state.replace(params=tree, opt_state=deltas.remap_optimizer_state(jax.device_get(state.opt_state), sources))
+    return state.replace(params=tree, opt_state=deltas.remap_optimizer_state(to_host(state.opt_state), sources))
 
   return make_method("spiel", prepare, deltas.labels, masks.partition(deltas.labels, optimizer),
                      refresh=refresh, refresh_every=c.every)

@@ -95,14 +95,14 @@ def load(family_name: str, checkpoint_dir: str, *, lm_head: bool = False, dtype:
   """Loads config.json, safetensors and tokenizer.json of a Hugging Face directory.
 
   `lm_head`: build (and read) an encoder's masked-LM head. `shardings`: a tree of target
-  shardings (or a function of the param shapes giving one); each process then reads only its slices.
+  shardings (or a function of the module giving one); each process then reads only its slices.
   """
   path = hf.resolve_checkpoint_dir(checkpoint_dir)
   config = make_config(family_name, hf.read_config(path), lm_head=lm_head, dtype=dtype, param_dtype=param_dtype)
   module = get_family(family_name).module(config)
   shapes = param_shapes(module)
   if callable(shardings):
-    shardings = shardings(shapes)
+    shardings = shardings(module)
   params, _ = hf.load_params(path, family_name, shapes, NUMPY_DTYPES[param_dtype], shardings, head=config.lm_head)
   tokenizer_path = f"{path}/tokenizer.json"
   try:
@@ -112,10 +112,10 @@ def load(family_name: str, checkpoint_dir: str, *, lm_head: bool = False, dtype:
   return LoadedModel(module, params, tokenizer, config, path)
 
 
-def load_for(model_config) -> LoadedModel:
+def load_for(model_config, shardings=None) -> LoadedModel:
   """`load` as a run's config.model says (family, checkpoint, classifier style, precision)."""
   return load(model_config.family, model_config.checkpoint, lm_head=model_config.classifier == "mlm",
-              dtype=model_config.compute_dtype, param_dtype=model_config.param_dtype)
+              dtype=model_config.compute_dtype, param_dtype=model_config.param_dtype, shardings=shardings)
 
 
 def export(model: LoadedModel, params: dict, out_dir: str) -> str:
