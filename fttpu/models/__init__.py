@@ -8,6 +8,7 @@
 """
 import dataclasses
 import functools
+import logging
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -103,7 +104,10 @@ def load(family_name: str, checkpoint_dir: str, *, lm_head: bool = False, dtype:
   shapes = param_shapes(module)
   if callable(shardings):
     shardings = shardings(module)
-  params, _ = hf.load_params(path, family_name, shapes, NUMPY_DTYPES[param_dtype], shardings, head=config.lm_head)
+  params, reader = hf.load_params(path, family_name, shapes, NUMPY_DTYPES[param_dtype], shardings, head=config.lm_head)
+  total = sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
+  logging.info("read %.0f%% of the checkpoint's %d parameters (the blocks this process's devices hold)",
+               100 * sum(n for _, n in reader.reads) / total, total)
   tokenizer_path = f"{path}/tokenizer.json"
   try:
     tokenizer = tokenizers.Tokenizer.from_file(tokenizer_path)

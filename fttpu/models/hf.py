@@ -15,6 +15,7 @@ their own axes; the table entry says how to reshape, and a mismatch names the te
 """
 import dataclasses
 import importlib.util
+import functools
 import json
 import math
 import os
@@ -218,6 +219,19 @@ def base_prefix(reader: Reader, family: str, rows: list[Entry]) -> str:
                         f"{list(NAMES[family].prefixes)}: is it a {family} checkpoint?")
 
 
+def _once_per_block(read):
+  """`read(index)` that reads a block once however many of this process's devices hold it (replicas)."""
+  blocks = {}
+
+  def cached(index):
+    key = tuple((i.start, i.stop, i.step) if isinstance(i, slice) else i for i in index)
+    if key not in blocks:
+      blocks[key] = read(index)
+    return blocks[key]
+
+  return cached
+
+
 def load_params(path: str, family: str, shapes, dtype=np.float32, shardings=None, head: bool = True) -> tuple:
   """(params, reader): the Flax params tree of `shapes` read from the HF directory `path`.
 
@@ -264,7 +278,7 @@ def load_params(path: str, family: str, shapes, dtype=np.float32, shardings=None
   if shardings is None:
     values = [read(p, ()) for p in paths]
   else:
-    values = [jax.make_array_from_callback(tuple(leaves[p].shape), s, lambda index, p=p: read(p, index))
+    values = [jax.make_array_from_callback(tuple(leaves[p].shape), s, _once_per_block(functools.partial(read, p)))
               for p, s in zip(paths, jax.tree_util.tree_leaves(shardings))]
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), values), reader
 

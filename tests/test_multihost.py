@@ -1,0 +1,130 @@
+"""A real multi-process run on localhost: jax.distributed with gloo CPU collectives, 2 processes x 2
+fake devices, started by launch/multiprocess.py, against one process on one device; and a killed
+peer that must not leave the other process hanging."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, data_dir
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta(tmp_path_factory, tfds_dir):
+  from fttpu.models import tiny
+  path = str(tmp_path_factory.mktemp("tiny-roberta"))
+  return tiny.build("roberta", path, tiny.task_texts("sst2", data_dir(), tfds_dir))
+
+
+def main_args(checkpoint: str, steps: int = STEPS) -> list:
+  """FSDP over every device of every process (fsdp=-1): each process holds half of each parameter and
+  reads half of the checkpoint, and the batch is split across the processes."""
+  return [sys.executable, "-m", "fttpu.main",
+          f"--config=configs/fewshot.py:family=roberta,checkpoint={checkpoint},method=full,steps={steps}",
+          f"--config.data.dir={data_dir()}", "--config.mesh.data=1", "--config.mesh.fsdp=-1",
+          "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=1e-3", "--config.train.log_every=1",
+          f"--config.train.eval_every={steps}", f"--config.train.checkpoint_every={steps}"]
+
+
+def saved_state(workdir, step: int, like=None) -> dict:
+  """The saved TrainState tree, onto `like`'s shapes and shardings (a checkpoint written by other devices
+  than this process's needs a target)."""
+  import orbax.checkpoint as ocp
+  target = None if like is None else jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+  return ocp.StandardCheckpointer().restore(str(workdir / "checkpoints" / str(step) / "default"), target)
+
+
+def losses(workdir) -> list:
+  with open(workdir / "metrics.jsonl") as f:
+    return [record["train/loss"] for record in map(json.loads, f) if "train/loss" in record]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tiny_roberta, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("two")
+  command = [sys.executable, "launch/multiprocess.py", "--processes=2", "--devices_per_process=2", "--",
+             *main_args(tiny_roberta), f"--workdir={workdir}"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-4000:]
+  return workdir, result.stdout
+
+
+def test_two_processes_train_like_one(two_processes, tiny_roberta, tmp_path):
+  """The same steps as one process on one device. FSDP contracts the hidden axis in per-device
+  partial sums and the batch is split over the processes, so gradients differ by float32
+  reassociation; times lr 1e-3 that is far below a parameter's own rounding step. Measured: at most
+  one float32 ulp of the parameter; the bound allows two (2.4e-7 relative) plus 1e-8."""
+  workdir, _ = two_processes
+  single = subprocess.run([*main_args(tiny_roberta), f"--workdir={tmp_path}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert single.returncode == 0, single.stderr[-3000:]
+  one = saved_state(tmp_path, STEPS)
+  two = saved_state(workdir, STEPS, like=one)  # written by 4 devices of 2 processes, read onto this one
+  for a, b in zip(jax.tree_util.tree_leaves(two["params"]), jax.tree_util.tree_leaves(one["params"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2.4e-7, atol=1e-8)
+  assert len(losses(workdir)) == STEPS
+  np.testing.assert_allclose(losses(workdir), losses(tmp_path), rtol=1e-6)
+
+
+def test_each_process_joins_reads_its_half_and_only_process_0_logs(two_processes):
+  workdir, output = two_processes
+  lines = output.splitlines()
+  assert any(l.startswith("[0] ") and "process 0 of 2 (coordinator 127.0.0.1:" in l for l in lines)
+  assert any(l.startswith("[1] ") and "process 1 of 2 (coordinator 127.0.0.1:" in l for l in lines)
+  assert any(l.startswith("[0] ") and "mesh {'data': 1, 'fsdp': 4, 'tensor': 1} over 4 cpu devices" in l for l in lines)
+  # Process 0's devices hold half of every split parameter (the attention biases, 0.3%, are replicated).
+  read = [float(l.split("read ")[1].split("%")[0]) for l in lines if l.startswith("[0] ") and "of the checkpoint's" in l]
+  assert len(read) == 1 and 50 <= read[0] <= 55, read
+  progress = [l for l in lines if "train/loss=" in l]
+  assert len(progress) == STEPS and all(l.startswith("[0] ") for l in progress)
+  results = [l for l in lines if '"final": true' in l]
+  assert len(results) == 1 and results[0].startswith("[0] ")
+  with open(workdir / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert sum(bool(r.get("final")) for r in records) == 1  # one writer, not two
+
+
+def test_a_killed_peer_stops_the_other_process_with_an_error(tiny_roberta, tmp_path):
+  """Process 1 is killed (SIGKILL) mid-training: process 0 must exit with an error within the bound
+  (a 10 s heartbeat timeout, plus shutdown), not hang in a collective."""
+  env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "2",
+         "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  command = [*main_args(tiny_roberta, steps=100000), f"--workdir={tmp_path}", "--heartbeat_timeout=10"]
+  lead = subprocess.Popen(command, cwd=REPO, env={**env, "JAX_PROCESS_ID": "0"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  peer = subprocess.Popen(command, cwd=REPO, env={**env, "JAX_PROCESS_ID": "1"}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  try:
+    output = []
+    for line in lead.stdout:  # wait until training runs across both processes
+      output.append(line)
+      if "step 5/" in line:
+        break
+    assert any("step 5/" in l for l in output), "".join(output[-30:])
+    peer.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    output.extend(lead.stdout)  # until process 0 exits (the test's timeout is the hang detector)
+    code = lead.wait(timeout=120)
+    waited = time.monotonic() - killed
+  finally:
+    for process in (lead, peer):
+      if process.poll() is None:
+        process.kill()
+  assert code != 0, "".join(output[-30:])
+  assert waited < 60, waited
+  errors = [l.strip() for l in output if "rror" in l][:3]
+  print(f"process 0 exited with {code} {waited:.1f}s after its peer was killed; first errors:", *errors, sep="\n")
+
+
+def free_port() -> int:
+  sys.path.insert(0, str(REPO / "launch"))
+  from multiprocess import free_port as port
+  return port()
