@@ -44,20 +44,12 @@ def _memory(compiled) -> dict:
 
 def method_config(spec: str):
   """The fewshot config of 'name:key=value+key=value' (values parsed as the field's type)."""
-  import ast
   from configs import fewshot
-  name, _, overrides = spec.partition(":")
-  settings = dict(item.split("=", 1) for item in filter(None, overrides.split("+")))
+  from fttpu.config import method_spec, set_fields
+  name, settings = method_spec(spec)
   # zo.base also picks the default learning rate, as get_config's zo_base argument does.
   config = fewshot.get_config(f"method={name}" + (f",zo_base={settings['zo.base']}" if "zo.base" in settings else ""))
-  for key, value in settings.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    old = node[leaf]
-    node[leaf] = value if isinstance(old, str) else type(old)(ast.literal_eval(value))
-  return config
+  return set_fields(config, settings)
 
 
 def run_one(method_name: str) -> dict:

@@ -145,6 +145,30 @@ def _check_regex(pattern: str, key: str) -> None:
     raise ConfigError(f"config.{key}={pattern!r} is not a valid regular expression: {e}") from None
 
 
+def method_spec(spec: str) -> tuple[str, dict]:
+  """'zo:zo.base=lora+zo.samples=4' -> ('zo', {'zo.base': 'lora', 'zo.samples': '4'}): a method with
+  config overrides, as the bench and plan CLIs take them."""
+  name, _, overrides = spec.partition(":")
+  items = [item.split("=", 1) for item in filter(None, overrides.split("+"))]
+  if any(len(item) != 2 for item in items):
+    raise ConfigError(f"method {spec!r}: overrides are key=value joined by '+', e.g. zo:zo.base=lora+zo.samples=4")
+  return name, dict(items)
+
+
+def set_fields(config: ml_collections.ConfigDict, settings: dict) -> ml_collections.ConfigDict:
+  """config with 'a.b' -> value strings set, each parsed as the existing field's type."""
+  for key, value in settings.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      raise ConfigError(f"unknown config key {key!r}; valid keys there: {sorted(node.keys())}")
+    old = node[leaf]
+    node[leaf] = value if isinstance(old, str) else type(old)(ast.literal_eval(value))
+  return config
+
+
 def check_overrides(config: ml_collections.ConfigDict | None, argv: list[str]) -> None:
   """Every --config.a.b=... flag names an existing field; otherwise list the valid ones there."""
   if config is None:

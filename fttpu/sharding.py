@@ -167,8 +167,11 @@ def put(tree, shardings):
 
 def to_host(tree):
   """numpy copies of a tree's arrays; arrays sharded across processes are gathered first (a collective:
-  every process must call this at the same point)."""
+  every process must call this at the same point). Under tracing (fttpu.plan sizes a method's tree
+  with jax.eval_shape) tracers pass through."""
   def get(x):
+    if isinstance(x, jax.core.Tracer):
+      return x
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)

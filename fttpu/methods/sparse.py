@@ -72,6 +72,11 @@ def _numpy_rng(rng, i: int) -> np.random.Generator:
   return np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(rng, i))))
 
 
+def random_subset(rng, i: int, size: int, density: float) -> np.ndarray:
+  """deltas.count(density, size) distinct flat indices drawn uniformly (memory of the subset, not of the weight)."""
+  return _numpy_rng(rng, i).choice(size, deltas.count(density, size), replace=False)
+
+
 def _get(tree, path):
   for key in path:
     tree = tree[key]
@@ -125,6 +130,8 @@ def make(config, optimizer, model):
     paths = target_weights(params, c, structure)
     if c.selector == "half":
       return deltas.build(params, half_indices(params, paths, rng))
+    if c.selector == "random" and structure is None:  # a uniform subset, drawn without scoring every entry
+      return deltas.build(params, {p: random_subset(rng, i, _get(params, p).size, c.density) for i, p in enumerate(paths)})
     scores = entry_scores(c.selector, params, paths, rng, context, c)
     if structure is not None:
       return deltas.build(params, structured_indices(params, scores, structure, c.density))
@@ -159,8 +166,7 @@ def make_spiel(config, optimizer, model):
 
   def prepare(params, rng, context):
     paths = deltas.target_paths(params, c.targets, "spiel.targets")
-    return deltas.build(params, {p: _numpy_rng(rng, i).choice(_get(params, p).size, deltas.count(
-        c.density, _get(params, p).size), replace=False) for i, p in enumerate(paths)})
+    return deltas.build(params, {p: random_subset(rng, i, _get(params, p).size, c.density) for i, p in enumerate(paths)})
 
   def refresh(state, dense_grad, batch_at, total_steps):
     """Prune the smallest deltas and grow where the accumulated gradient is largest (host side)."""

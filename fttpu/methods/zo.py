@@ -160,8 +160,8 @@ def rounded_away_fraction(tree, labels, eps: float, dtype) -> float:
 def check_resolution(tree, labels, eps: float, dtype, limit: float = 0.5) -> None:
   """Fails when zo.eps is below the compute dtype's resolution for most trainable weights, where
   the perturbation (and so the projected gradient) would silently round away."""
-  if jnp.dtype(dtype).itemsize >= 4:
-    return
+  if jnp.dtype(dtype).itemsize >= 4 or any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree)):
+    return  # float32, or sizing the tree without weights (fttpu.plan)
   fraction = rounded_away_fraction(tree, labels, eps, dtype)
   if fraction > limit:
     raise ConfigError(f"zo.eps={eps} rounds away in {jnp.dtype(dtype).name} for {fraction:.0%} of the trainable "

@@ -1,0 +1,206 @@
+"""Plan before you launch: per-device memory of each method's train step on a mesh, without weights.
+
+  python -m fttpu.plan --config=configs/fewshot.py:family=roberta --model=roberta-large \\
+      --mesh=data=1,fsdp=8,tensor=1 --methods=mezo,full,lora --hbm_gb=32
+
+The step is compiled ahead of time on abstract shapes: the model is built from config.json alone
+(--model: a checkpoint directory, whose weights are never read, or a preset of
+fttpu/models/presets.py), each method's tree is sized with jax.eval_shape, and the compiled
+program's memory_analysis() gives per-device bytes of arguments (parameters, optimizer state,
+batch), temporaries and outputs; outputs that reuse donated arguments (alias) are not counted
+twice. Without devices of the mesh's size (a laptop, CI) it plans on that many fake CPU devices:
+XLA's CPU buffer assignment, a close estimate of a TPU/GPU program's, not its exact figure.
+Selectors that read weights (sparse magnitude/gradient/lottery) are sized as `random`, and PiSSA as
+plain LoRA: the same shapes. Each method takes its default optimizer (configs/fewshot.py: ZO-SGD for
+mezo/zo, AdamW otherwise) unless its spec overrides it: `full:optimizer.name=sgd`.
+"""
+import json
+import math
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file, optionally with :key=value,... arguments.",
+                                lock_config=False)
+flags.DEFINE_string("model", None, "A preset name (see fttpu/models/presets.py) or a checkpoint directory "
+                    "(only config.json is read); default: config.model.checkpoint.")
+flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. data=1,fsdp=8,tensor=1; default: config.mesh.")
+flags.DEFINE_list("methods", None, "Methods to plan, optionally with overrides (zo:zo.base=lora+zo.samples=4); "
+                  "default: config.method.")
+flags.DEFINE_float("hbm_gb", 0.0, "Memory per device in GiB (e.g. 32 for TPU v4, 80 for an A100/H100): "
+                   "marks each method as fitting or not.")
+flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+MB = 2**20
+
+
+def parse_mesh(spec: str) -> dict:
+  """'data=1,fsdp=8' -> {'data': 1, 'fsdp': 8, 'tensor': 1} (axes left out have size 1)."""
+  from fttpu.config import ConfigError
+  from fttpu.sharding import AXES
+  sizes = {axis: 1 for axis in AXES}
+  for item in filter(None, spec.split(",")):
+    axis, _, size = item.partition("=")
+    if axis not in AXES or not size.isdigit() or int(size) < 1:
+      raise ConfigError(f"--mesh item {item!r} is invalid; valid: axis=size with axes {list(AXES)}, sizes >= 1")
+    sizes[axis] = int(size)
+  return sizes
+
+
+def hf_config(model: str) -> dict:
+  """config.json of a preset or a checkpoint directory."""
+  from fttpu.config import ConfigError
+  from fttpu.models import hf, presets
+  if model in presets.PRESETS:
+    return presets.PRESETS[model]
+  try:
+    return hf.read_config(hf.resolve_checkpoint_dir(model))
+  except (hf.CheckpointError, OSError) as e:
+    raise ConfigError(f"--model={model!r} is neither a preset {sorted(presets.PRESETS)} nor a checkpoint directory "
+                      f"with config.json ({e})") from None
+
+
+def example_batch(style: str, batch_size: int, length: int, classes: int, label_length: int = 16) -> dict:
+  """Zeros shaped as fttpu.data.pipeline's batches of `style` (with their prompts)."""
+  import numpy as np
+  rows = (batch_size, classes, length) if style == "causal" else (batch_size, length)
+  batch = {"input_ids": np.zeros(rows, np.int32), "attention_mask": np.ones(rows, np.int32),
+           "labels": np.zeros(batch_size, np.int32), "weights": np.ones(batch_size, np.float32)}
+  if style == "causal":
+    batch["target_mask"] = np.ones(rows, np.int32)
+  elif style == "mlm":
+    batch.update(verbalizer_ids=np.arange(classes, dtype=np.int32), mask_token_id=np.asarray(0, np.int32))
+  else:
+    batch.update(label_input_ids=np.zeros((classes, label_length), np.int32),
+                 label_attention_mask=np.ones((classes, label_length), np.int32))
+  return batch
+
+
+def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
+  """Per-device compiled memory of one train step of method `spec` (abstract shapes only)."""
+  import functools
+  import jax
+  from fttpu import classifier, config as config_lib, methods, optim, sharding, step as step_lib
+  from fttpu.methods import masks
+  from fttpu.state import TrainState
+  from configs import fewshot
+  name, settings = config_lib.method_spec(spec)
+  config = config.copy_and_resolve_references()
+  if name != config.method:  # each method with its own default optimizer (mezo: ZO-SGD, no state; full: AdamW)
+    zo_base = settings.get("zo.base", config.zo.base)
+    config.optimizer = fewshot.get_config(f"method={name},zo_base={zo_base}").optimizer
+  config = config_lib.set_fields(config, {"method": name, **settings})
+  if config.sparse.selector in ("magnitude", "gradient", "lottery"):
+    config.sparse.selector = "random"  # the same shapes; the choice itself needs the weights
+  config.lora.pissa = False
+  config_lib.validate_methods(config)
+  optimizer = optim.make_optimizer(config.optimizer, config.train.steps)
+  method = methods.get_method(config, optimizer, model)
+  classify = classifier.make_classifier(model.module, config.model.classifier, config.model.logit_scale)
+  loss_fn = classifier.make_loss_fn(classify.logits)
+  context = methods.Context(loss_fn, classify, lambda step: batch, batch, model.module, optimizer)
+  rng = jax.random.key(config.seed)
+
+  def prepare(params):  # traced weights; what derives from the seed alone (LoRA's A, masks) is computed
+    with jax.ensure_compile_time_eval():
+      return method.prepare(params, rng, context)
+
+  tree = jax.eval_shape(prepare, model.params)
+  rules, axes = dict(config.sharding_rules), model_axes(model.module)
+  param_sharding = sharding.named(mesh, sharding.param_specs(tree, axes, rules, mesh))
+  state = jax.eval_shape(lambda params: TrainState.create(params, method.tx, 0), tree)
+  state_sharding = sharding.state_shardings(state, param_sharding, mesh)
+  batch_sharding = sharding.batch_shardings(mesh, batch)
+  abstract = lambda tree, shardings: jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+  step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
+                 in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, sharding.replicated(mesh)),
+                 donate_argnums=0)
+  compiled = step.lower(abstract(state, state_sharding), abstract(batch, batch_sharding)).compile()
+  memory = compiled.memory_analysis()
+  sizes = {key: getattr(memory, f"{key}_size_in_bytes") / MB for key in ("argument", "temp", "output", "alias")}
+  labels = method.labels(tree)
+  return {"trainable": masks.count_trainable(tree, labels),
+          "optimizer_state_mb": sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state.opt_state)) / MB,
+          **{f"{key}_mb": value for key, value in sizes.items()},
+          "peak_mb": sizes["argument"] + sizes["temp"] + sizes["output"] - sizes["alias"]}
+
+
+def model_axes(module):
+  from fttpu import models
+  return models.logical_axes(module)
+
+
+def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
+  """{'model': ..., 'mesh': ..., 'methods': {spec: per-device MB}} for every method spec."""
+  import jax
+  from fttpu import models, sharding
+  from fttpu.data import tasks
+  mesh = sharding.make_mesh(mesh_sizes, devices_for(math.prod(mesh_sizes.values())))
+  m = config.model
+  model_config = models.make_config(m.family, hf_config(model_name), lm_head=m.classifier == "mlm",
+                                    dtype=m.compute_dtype, param_dtype=m.param_dtype)
+  module = models.get_family(m.family).module(model_config)
+  shapes = models.param_shapes(module)
+  model = models.LoadedModel(module, shapes, None, model_config, "")
+  d = config.data
+  task = tasks.get_task(d.task, d.dir, d.template, tuple(d.label_descriptions), tuple(d.label_names),
+                        mlm_template=d.mlm_template, causal_template=d.causal_template,
+                        label_words=tuple(d.label_words), style=m.classifier)
+  sharding.check_batch_sizes(mesh, config.train.batch_size)
+  batch = example_batch(m.classifier, config.train.batch_size, d.max_length, task.num_classes)
+  parameters = sum(x.size for x in jax.tree_util.tree_leaves(shapes))
+  return {"model": model_name, "family": m.family, "parameters": parameters, "param_dtype": m.param_dtype,
+          "compute_dtype": m.compute_dtype, "classifier": m.classifier, "task": task.name,
+          "batch": [config.train.batch_size, d.max_length], "mesh": dict(mesh.shape), "platform": mesh.devices.flat[0].platform,
+          "methods": {spec: plan_method(config, spec, model, mesh, batch) for spec in method_specs}}
+
+
+def devices_for(count: int) -> list:
+  """`count` devices of the default backend, or `count` fake CPU devices when it has another number
+  (jax_num_cpu_devices, set before the first device is touched)."""
+  import jax
+  devices = jax.devices()
+  return devices if len(devices) == count else jax.devices("cpu")[:count]
+
+
+def count(n: int) -> str:
+  return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
+
+
+def table(result: dict, hbm_gb: float) -> str:
+  gb = lambda mb: f"{mb / 1024:.2f}"
+  mesh = " ".join(f"{k}={v}" for k, v in result["mesh"].items())
+  lines = [f"{result['model']} ({result['family']}, {result['parameters'] / 1e6:.1f}M parameters in "
+           f"{result['param_dtype']}, compute {result['compute_dtype']}; {result['classifier']} classifier, task "
+           f"{result['task']}, batch {result['batch'][0]} x {result['batch'][1]} tokens)",
+           f"mesh {mesh} on {math.prod(result['mesh'].values())} {result['platform']} devices; GiB per device:",
+           f"{'method':<28}{'trainable':>12}{'arguments':>11}{'temp':>9}{'output':>9}{'alias':>9}{'peak':>9}"
+           + ("  fits" if hbm_gb else "")]
+  for spec, r in result["methods"].items():
+    fits = ("  yes" if r["peak_mb"] / 1024 <= hbm_gb else "  NO") if hbm_gb else ""
+    lines.append(f"{spec:<28}{count(r['trainable']):>12}{gb(r['argument_mb']):>11}{gb(r['temp_mb']):>9}"
+                 f"{gb(r['output_mb']):>9}{gb(r['alias_mb']):>9}{gb(r['peak_mb']):>9}{fits}")
+  lines.append("peak = arguments + temp + output - alias (outputs written into donated arguments)")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax
+  from fttpu.config import ConfigError
+  config = FLAGS.config
+  try:
+    mesh_sizes = parse_mesh(FLAGS.mesh) if FLAGS.mesh else {k: max(v, 1) for k, v in config.mesh.items()}
+    jax.config.update("jax_num_cpu_devices", math.prod(mesh_sizes.values()))  # fake devices, if planning on CPU
+    result = plan(config, FLAGS.model or config.model.checkpoint, mesh_sizes, FLAGS.methods or [config.method])
+  except (ConfigError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  print(json.dumps(result) if FLAGS.json else table(result, FLAGS.hbm_gb))
+
+
+if __name__ == "__main__":
+  app.run(main)

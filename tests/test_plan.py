@@ -1,0 +1,83 @@
+"""fttpu.plan: the train step compiled on abstract shapes (config.json only, no weights) over fake devices."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, data_dir
+
+SMALL_ROBERTA = {"model_type": "roberta", "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 130,
+                 "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1}
+
+SCRIPT = """
+import json, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 8)
+from configs import fewshot
+from fttpu import plan
+config = fewshot.get_config("family=roberta")
+config.data.dir = sys.argv[2]
+out = {name: plan.plan(config, sys.argv[1], mesh, ["mezo", "full", "lora"])
+       for name, mesh in (("one", {"data": 1, "fsdp": 1, "tensor": 1}), ("fsdp8", {"data": 1, "fsdp": 8, "tensor": 1}))}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def config_only(tmp_path_factory):
+  """A checkpoint directory with config.json and nothing else: planning must not need weights."""
+  path = tmp_path_factory.mktemp("config-only")
+  with open(path / "config.json", "w") as f:
+    json.dump(SMALL_ROBERTA, f)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def plans(config_only):
+  result = subprocess.run([sys.executable, "-c", SCRIPT, config_only, data_dir()], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.listdir(config_only) == ["config.json"]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_fsdp_over_8_devices_holds_an_eighth_of_the_state_per_device(plans):
+  """Parameters and optimizer state (the step's arguments) split 8 ways by FSDP; the leaves without a
+  hidden axis (attention biases; LoRA's B and its Adam moments, (layers, rank, heads, head_dim)) and
+  the batch stay whole, which bounds the excess."""
+  one, eight = plans["one"], plans["fsdp8"]
+  assert one["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1} and eight["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  for method in ("mezo", "full", "lora"):
+    single, sharded = one["methods"][method]["argument_mb"], eight["methods"][method]["argument_mb"]
+    assert single / 8 <= sharded <= single / 8 * (1.15 if method != "lora" else 1.4), (method, single, sharded)
+
+
+def test_optimizer_state_and_activation_memory_order_the_methods(plans):
+  """MeZO (ZO-SGD) has no optimizer state and keeps no activations for a backward pass; full fine-tuning
+  with AdamW holds two moments per parameter, so about 3x MeZO's arguments; LoRA's state is tiny."""
+  m = plans["one"]["methods"]
+  assert m["mezo"]["optimizer_state_mb"] < 1e-3 and m["mezo"]["trainable"] == plans["one"]["parameters"]
+  assert 2.8 <= m["full"]["argument_mb"] / m["mezo"]["argument_mb"] <= 3.1
+  assert m["lora"]["trainable"] < 0.05 * plans["one"]["parameters"]
+  assert m["lora"]["argument_mb"] < 1.1 * m["mezo"]["argument_mb"]
+  assert m["mezo"]["temp_mb"] < m["full"]["temp_mb"]
+  for method in m.values():  # the step donates its state: every parameter is written in place
+    assert method["alias_mb"] > 0 and method["peak_mb"] == pytest.approx(
+        method["argument_mb"] + method["temp_mb"] + method["output_mb"] - method["alias_mb"])
+
+
+def test_plan_cli_prints_a_table_per_method_and_rejects_a_bad_mesh(config_only):
+  command = [sys.executable, "-m", "fttpu.plan", "--config=configs/fewshot.py:family=roberta", f"--model={config_only}",
+             f"--config.data.dir={data_dir()}", "--mesh=fsdp=2,tensor=2", "--methods=zo:zo.base=lora", "--hbm_gb=1"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines[1].startswith("mesh data=1 fsdp=2 tensor=2 on 4 cpu devices")
+  assert lines[3].startswith("zo:zo.base=lora") and lines[3].endswith("yes")
+  bad = subprocess.run([*command[:-3], "--mesh=fsdp=2,pipeline=2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0 and "--mesh item 'pipeline=2' is invalid" in bad.stderr
+  unknown = subprocess.run([*command[:4], "--model=gpt-5"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert unknown.returncode != 0 and "--model='gpt-5' is neither a preset" in unknown.stderr
