@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # pip's output goes to a log (this machine's mirrors make it noisy); its tail is shown when pip fails.
 PIPLOG := $(VENV)/pip.log
 
-.PHONY: install install-test demo prompt-demo test test-all bench clean
+.PHONY: install install-test demo prompt-demo test test-all bench bench-mesh plan clean
 
 # Runtime: fttpu and the default checkpoint (--no-deps: its declared dependencies pull PyTorch).
 $(VENV)/.installed: setup.py
@@ -50,6 +50,15 @@ test-all: install-test
 # PyTorch peers: THREADS=2 BATCH=16 SEQ=64 $(PY) ../shared/bench/peer_torch.py (after make install-test).
 bench: install
 	$(PY) -m fttpu.bench --methods=forward,full,head,bitfit,lora,sparse,spiel,prefix,layers,mezo,mezo:zo.noise=rademacher,zo:zo.base=lora,zo:zo.base=prefix --batch=16 --seq=64 --steps=5
+
+# Sharding overhead on this CPU: each method on 1 device, then data-parallel and FSDP over 8 fake devices.
+bench-mesh: install
+	$(PY) -m fttpu.bench --methods=forward,full,lora,mezo --mesh=data=1 --mesh=data=8 --mesh=fsdp=8 --batch=16 --seq=64 --steps=5
+
+# Per-device memory of RoBERTa-large MeZO / full / LoRA on a TPU v4-8 (4 chips of 32 GiB), without weights.
+plan: install
+	$(PY) -m fttpu.plan --config=configs/fewshot.py:family=roberta --model=roberta-large --mesh=fsdp=4 \
+	  --methods=mezo,full,lora --hbm_gb=32 --config.data.dir=$(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info

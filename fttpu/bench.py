@@ -13,6 +13,11 @@ random batch, the way ../shared/bench/peer_torch.py measures the PyTorch peers:
             spiel: density 0.01). spiel's prune/regrow, every 20 steps outside the step, is not timed.
 Each method also reports its parameter bytes and largest parameter, the bounds the zeroth-order
 memory goal is stated in (compiled temp <= forward temp + largest parameter).
+
+Meshes: `--mesh=data=8 --mesh=fsdp=8` runs every method once per mesh, over that many fake CPU
+devices when the machine has another number (parameters and state placed by the default sharding
+rules, as fttpu.train places them), and reports each mesh's step time as a ratio to the first
+mesh's: `--mesh=data=1 --mesh=data=8 --mesh=fsdp=8` gives the overhead of sharding on one CPU.
 """
 import functools
 import json
@@ -30,7 +35,9 @@ flags.DEFINE_integer("seq", 64, "Tokens per sentence.")
 flags.DEFINE_integer("steps", 5, "Timed steps after two warm-up steps.")
 flags.DEFINE_integer("classes", 2, "Label descriptions (classes).")
 flags.DEFINE_string("checkpoint", "", "Hugging Face checkpoint directory; '' = the installed MiniLM.")
+flags.DEFINE_multi_string("mesh", ["data=1"], "Mesh axis sizes (data=1,fsdp=8,tensor=1); repeat to compare meshes.")
 flags.DEFINE_string("one", None, "Internal: run one method in this process.")
+flags.DEFINE_string("one_mesh", "data=1", "Internal: the mesh of --one.")
 FLAGS = flags.FLAGS
 
 
@@ -52,12 +59,16 @@ def method_config(spec: str):
   return set_fields(config, settings)
 
 
-def run_one(method_name: str) -> dict:
+def run_one(method_name: str, mesh_spec: str) -> dict:
+  import math
   import jax
   import numpy as np
-  from fttpu import classifier, methods, models, optim, step as step_lib
+  from fttpu import classifier, methods, models, optim, sharding, step as step_lib
   from fttpu.methods import masks
-  from fttpu.state import TrainState
+
+  sizes = sharding.parse_mesh(mesh_spec)
+  jax.config.update("jax_num_cpu_devices", math.prod(sizes.values()))  # fake CPU devices, before any device use
+  mesh = sharding.make_mesh(sizes, sharding.devices_for(math.prod(sizes.values())))
 
   model = models.load("bert", FLAGS.checkpoint)
   rng = np.random.default_rng(0)
@@ -68,9 +79,12 @@ def run_one(method_name: str) -> dict:
            "label_input_ids": rng.integers(1000, 20000, (FLAGS.classes, 8), dtype=np.int32),
            "label_attention_mask": np.ones((FLAGS.classes, 8), np.int32)}
   logits_fn = classifier.make_classifier(model.module, "similarity", 20.0).logits
+  rules, axes = sharding.default_rules("bert"), models.logical_axes(model.module)
+  batch = sharding.put_batch(mesh, batch)
   rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   if method_name == "forward":
-    params = jax.device_put({"model": model.params})
+    tree = {"model": model.params}
+    params = sharding.put(tree, sharding.named(mesh, sharding.param_specs(tree, axes, rules, mesh)))
     started = time.perf_counter()
     compiled = jax.jit(logits_fn).lower(params, batch).compile()
     compile_s = time.perf_counter() - started
@@ -83,10 +97,12 @@ def run_one(method_name: str) -> dict:
     loss_fn = classifier.make_loss_fn(logits_fn)
     context = methods.Context(loss_fn, classifier.make_classifier(model.module, "similarity"), lambda step: batch,
                               batch, model.module, optimizer)
-    state = jax.device_put(TrainState.create(method.prepare(model.params, jax.random.key(0), context), method.tx, 0))
+    state, shardings = sharding.create_state(method.prepare(model.params, jax.random.key(0), context), method.tx, 0,
+                                             mesh, rules, axes)
     started = time.perf_counter()
     compiled = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
-                       donate_argnums=0).lower(state, batch).compile()
+                       in_shardings=(shardings, sharding.batch_shardings(mesh, batch)),
+                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - started
     rss_compiled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     holder = [state]
@@ -109,7 +125,7 @@ def run_one(method_name: str) -> dict:
                                                 if np.ndim(x) > 0))}
   sizes = [x.nbytes for x in jax.tree_util.tree_leaves(model.params)]
   extra.update(model_params_mb=sum(sizes) / 2**20, largest_param_mb=max(sizes) / 2**20)
-  return {"step_s": float(np.median(times)), "compile_s": compile_s, "max_rss_mb": rss_after / 1024, **extra,
+  return {"mesh": dict(mesh.shape), "step_s": float(np.median(times)), "compile_s": compile_s, "max_rss_mb": rss_after / 1024, **extra,
           "rss_growth_mb": (rss_after - rss_before) / 1024, "max_rss_after_compile_mb": rss_compiled / 1024,
           "max_rss_before_compile_mb": rss_before / 1024, **_memory(compiled)}
 
@@ -117,18 +133,24 @@ def run_one(method_name: str) -> dict:
 def main(argv):
   del argv
   if FLAGS.one:
-    print(json.dumps(run_one(FLAGS.one)))
+    print(json.dumps(run_one(FLAGS.one, FLAGS.one_mesh)))
     return
   import os
   out = {"batch": FLAGS.batch, "seq": FLAGS.seq, "steps": FLAGS.steps, "cpu_count": os.cpu_count()}
+  meshes = FLAGS.mesh
   for method in FLAGS.methods:
-    command = [sys.executable, "-m", "fttpu.bench", f"--one={method}", f"--batch={FLAGS.batch}", f"--seq={FLAGS.seq}",
-               f"--steps={FLAGS.steps}", f"--classes={FLAGS.classes}", f"--checkpoint={FLAGS.checkpoint}"]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-      raise SystemExit(f"benchmark of {method} failed:\n{result.stderr[-3000:]}")
-    out[method] = json.loads(result.stdout.strip().splitlines()[-1])
-  if "forward" in out:
+    for mesh in meshes:
+      command = [sys.executable, "-m", "fttpu.bench", f"--one={method}", f"--one_mesh={mesh}", f"--batch={FLAGS.batch}",
+                 f"--seq={FLAGS.seq}", f"--steps={FLAGS.steps}", f"--classes={FLAGS.classes}",
+                 f"--checkpoint={FLAGS.checkpoint}"]
+      result = subprocess.run(command, capture_output=True, text=True)
+      if result.returncode:
+        raise SystemExit(f"benchmark of {method} on mesh {mesh} failed:\n{result.stderr[-3000:]}")
+      out[method if len(meshes) == 1 else f"{method}@{mesh}"] = json.loads(result.stdout.strip().splitlines()[-1])
+  if len(meshes) > 1:
+    out["step_ratios_to_first_mesh"] = {m: {mesh: round(out[f"{m}@{mesh}"]["step_s"] / out[f"{m}@{meshes[0]}"]["step_s"], 2)
+                                            for mesh in meshes[1:]} for m in FLAGS.methods}
+  elif "forward" in out:
     others = [m for m in FLAGS.methods if m != "forward"]
     out["ratios_to_forward"] = {m: round(out[m]["step_s"] / out["forward"]["step_s"], 2) for m in others}
     out["rss_ratios_to_forward"] = {m: round(out[m]["max_rss_mb"] / out["forward"]["max_rss_mb"], 3) for m in others}

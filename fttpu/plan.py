@@ -36,19 +36,6 @@ FLAGS = flags.FLAGS
 MB = 2**20
 
 
-def parse_mesh(spec: str) -> dict:
-  """'data=1,fsdp=8' -> {'data': 1, 'fsdp': 8, 'tensor': 1} (axes left out have size 1)."""
-  from fttpu.config import ConfigError
-  from fttpu.sharding import AXES
-  sizes = {axis: 1 for axis in AXES}
-  for item in filter(None, spec.split(",")):
-    axis, _, size = item.partition("=")
-    if axis not in AXES or not size.isdigit() or int(size) < 1:
-      raise ConfigError(f"--mesh item {item!r} is invalid; valid: axis=size with axes {list(AXES)}, sizes >= 1")
-    sizes[axis] = int(size)
-  return sizes
-
-
 def hf_config(model: str) -> dict:
   """config.json of a preset or a checkpoint directory."""
   from fttpu.config import ConfigError
@@ -138,7 +125,7 @@ def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
   import jax
   from fttpu import models, sharding
   from fttpu.data import tasks
-  mesh = sharding.make_mesh(mesh_sizes, devices_for(math.prod(mesh_sizes.values())))
+  mesh = sharding.make_mesh(mesh_sizes, sharding.devices_for(math.prod(mesh_sizes.values())))
   m = config.model
   model_config = models.make_config(m.family, hf_config(model_name), lm_head=m.classifier == "mlm",
                                     dtype=m.compute_dtype, param_dtype=m.param_dtype)
@@ -156,14 +143,6 @@ def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
           "compute_dtype": m.compute_dtype, "classifier": m.classifier, "task": task.name,
           "batch": [config.train.batch_size, d.max_length], "mesh": dict(mesh.shape), "platform": mesh.devices.flat[0].platform,
           "methods": {spec: plan_method(config, spec, model, mesh, batch) for spec in method_specs}}
-
-
-def devices_for(count: int) -> list:
-  """`count` devices of the default backend, or `count` fake CPU devices when it has another number
-  (jax_num_cpu_devices, set before the first device is touched)."""
-  import jax
-  devices = jax.devices()
-  return devices if len(devices) == count else jax.devices("cpu")[:count]
 
 
 def count(n: int) -> str:
@@ -191,10 +170,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax
+  from fttpu import sharding
   from fttpu.config import ConfigError
   config = FLAGS.config
   try:
-    mesh_sizes = parse_mesh(FLAGS.mesh) if FLAGS.mesh else {k: max(v, 1) for k, v in config.mesh.items()}
+    mesh_sizes = sharding.parse_mesh(FLAGS.mesh) if FLAGS.mesh else {k: max(v, 1) for k, v in config.mesh.items()}
     jax.config.update("jax_num_cpu_devices", math.prod(mesh_sizes.values()))  # fake devices, if planning on CPU
     result = plan(config, FLAGS.model or config.model.checkpoint, mesh_sizes, FLAGS.methods or [config.method])
   except (ConfigError, ValueError) as e:

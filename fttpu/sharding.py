@@ -50,6 +50,24 @@ def make_mesh(axes: dict, devices=None) -> Mesh:
   return jax.make_mesh(tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
 
+def parse_mesh(spec: str) -> dict:
+  """'data=1,fsdp=8' -> {'data': 1, 'fsdp': 8, 'tensor': 1} (axes left out have size 1), as CLIs take meshes."""
+  sizes = {axis: 1 for axis in AXES}
+  for item in filter(None, spec.split(",")):
+    axis, _, size = item.partition("=")
+    if axis not in AXES or not size.isdigit() or int(size) < 1:
+      raise ConfigError(f"--mesh item {item!r} is invalid; valid: axis=size with axes {list(AXES)}, sizes >= 1")
+    sizes[axis] = int(size)
+  return sizes
+
+
+def devices_for(count: int) -> list:
+  """`count` devices of the default backend, or `count` fake CPU devices when it has another number
+  (benchmarks and plans: set jax_num_cpu_devices before the first device is touched)."""
+  devices = jax.devices()
+  return devices if len(devices) == count else jax.devices("cpu")[:count]
+
+
 def axis_size(mesh: Mesh, names) -> int:
   return math.prod(dict(mesh.shape).get(name, 1) for name in names)
 

@@ -26,6 +26,12 @@ def evaluate(eval_fn, params, data: pipeline.Encoded, prompts: dict, batch_size:
   return {"accuracy": totals["correct"] / totals["count"], "loss": totals["loss_sum"] / totals["count"]}
 
 
+def model_shardings(module, rules: dict, mesh) -> dict:
+  """Where the pretrained parameters go: each process then reads only its devices' blocks of the checkpoint."""
+  specs = sharding.param_specs({"model": models.param_shapes(module)}, models.logical_axes(module), rules, mesh)
+  return sharding.named(mesh, specs["model"])
+
+
 def _flat(config: dict, prefix: str = "") -> dict:
   out = {}
   for key, value in config.items():
@@ -66,14 +72,8 @@ def run(config, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- model and data
   rules = dict(config.sharding_rules)
-  model_axes = {}
-
-  def model_shardings(module):  # each process reads only its devices' blocks of the checkpoint
-    model_axes.update(models.logical_axes(module))
-    specs = sharding.param_specs({"model": models.param_shapes(module)}, model_axes, rules, mesh)
-    return sharding.named(mesh, specs["model"])
-
-  model = models.load_for(config.model, shardings=model_shardings)
+  model = models.load_for(config.model, shardings=lambda module: model_shardings(module, rules, mesh))
+  model_axes = models.logical_axes(model.module)
   data = pipeline.load_few_shot(config.data, model.tokenizer, config.seed, config.model.classifier)
   logging.info("task %s: %d train, %d dev, %d test examples; checkpoint %s", data.task.name, len(data.train),
                len(data.dev), len(data.test), model.checkpoint_dir)

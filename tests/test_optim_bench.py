@@ -72,3 +72,17 @@ def test_bench_cli_prints_json_per_method():
   assert report["ratios_to_forward"]["zero_shot"] > 0 and report["rss_ratios_to_forward"]["zero_shot"] > 0
   assert report[methods[2]]["trainable"] == 384 * 2 + 2  # the override took: zo over the head only
   assert report[methods[2]]["compiled_alias_mb"] > 80  # the state is donated
+
+
+def test_bench_compares_meshes_over_fake_devices():
+  """--mesh twice: the same method on 1 device and on 4 fake CPU devices with FSDP, each in its own
+  process, with the step-time ratio to the first mesh; FSDP's compiled arguments are about a quarter."""
+  command = [sys.executable, "-m", "fttpu.bench", "--methods=forward", "--mesh=data=1", "--mesh=fsdp=4", "--batch=4",
+             "--seq=8", "--steps=1"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(result.stdout)
+  one, four = report["forward@data=1"], report["forward@fsdp=4"]
+  assert one["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1} and four["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert one["compiled_argument_mb"] / 4 <= four["compiled_argument_mb"] <= one["compiled_argument_mb"] / 4 * 1.05
+  assert report["step_ratios_to_first_mesh"]["forward"]["fsdp=4"] > 0

@@ -33,7 +33,7 @@ METHODS = {"full": ("full", "momentum", 1e-3), "lora": ("lora", "adamw", 1e-2), 
 TOLERANCE = {"full": 1e-4, "lora": 1e-4, "sparse": 1e-4, "mezo": 1e-3}
 
 SCRIPT = """
-import functools, json, math, sys, tempfile
+import functools, json, math, re, sys, tempfile
 import jax, numpy as np
 from fttpu import checkpoint, models, sharding, step as step_lib
 from tests.conftest import make_tiny, tiny_batch
@@ -52,11 +52,21 @@ def train(method, tree, loss_fn, mesh):
   step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
                  in_shardings=(shardings, sharding.batch_shardings(mesh, batches(0))),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  step = step.lower(state, sharding.put_batch(mesh, batches(0))).compile()
   losses = []
   for i in range(STEPS):
     state, metrics = step(state, sharding.put_batch(mesh, batches(i)))
     losses.append(float(metrics["train/loss"]))
-  return state, shardings, losses
+  return state, shardings, losses, step.as_text()
+
+
+def all_reduce_sizes(hlo: str) -> list:  # elements of every array every all-reduce of a compiled program reduces
+  sizes = []
+  for line in hlo.splitlines():
+    if " all-reduce(" in line or " all-reduce-start(" in line:
+      result_type = line.split("=", 1)[1].split("all-reduce", 1)[0]  # one array, or a tuple of them
+      sizes += [math.prod(int(d) for d in dims.split(",") if d) for dims in re.findall(r"\w+\[([\d,]*)\]", result_type)]
+  return sizes
 
 
 def spec(state, *path):
@@ -77,13 +87,15 @@ for name, (method_name, optimizer, lr) in METHODS.items():
   one = host(runs["one"][0].params)
   moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(initial)))
   out[name] = {"moved": moved}
-  for m, (state, shardings, losses) in runs.items():
+  for m, (state, shardings, losses, hlo) in runs.items():
     params = host(state.params)
     diffs = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(one))]
     out[name][m] = {"max_abs_diff": max(diffs), "losses": losses, "devices": state.params["model"]["word"]["embedding"].sharding.num_devices,
                     "query_kernel": spec(state, "model", "layers", "query", "kernel"),
                     "mlp_out_kernel": spec(state, "model", "layers", "mlp_out", "kernel"),
                     "word_embedding": spec(state, "model", "word", "embedding")}
+    if m == "data":
+      out[name][m]["all_reduce_elements"] = all_reduce_sizes(hlo)
     if name == "lora":
       out[name][m]["lora_a"] = spec(state, "model", "layers", "query", "lora_a")
       out[name][m]["lora_b"] = spec(state, "model", "layers", "query", "lora_b")
@@ -141,6 +153,14 @@ def test_sharded_training_matches_one_device(eight_devices, method, mesh):
   moved = eight_devices[method]["moved"]
   assert run["max_abs_diff"] <= TOLERANCE[method] * moved, (run["max_abs_diff"], moved)
   np.testing.assert_allclose(run["losses"], one["losses"], rtol=TOLERANCE[method] / 10)
+
+
+def test_data_parallel_zeroth_order_exchanges_scalars_only(eight_devices):
+  """Every replica regenerates z from the shared step key: MeZO's compiled data-parallel step all-reduces
+  only the loss sums (a few scalars), where autodiff's all-reduces every gradient."""
+  mezo, full = eight_devices["mezo"]["data"]["all_reduce_elements"], eight_devices["full"]["data"]["all_reduce_elements"]
+  assert mezo and max(mezo) <= 16, mezo
+  assert max(full) >= 1200 * 32, max(full)  # the word embedding's gradient, at least
 
 
 def test_parameters_shard_as_the_rules_say(eight_devices):

@@ -1,10 +1,7 @@
 """Zeroth-order fine-tuning (MeZO and the zo family): the estimate against the true gradient,
-convergence, masks, the trajectory replay and data parallelism. Mechanics on the tiny BERT."""
+convergence, masks and the trajectory replay. Mechanics on the tiny BERT (data parallelism and its
+scalar-only all-reduces: tests/test_sharding.py)."""
 import functools
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +14,7 @@ from fttpu import config as config_lib, step as step_lib
 from fttpu.methods import base, masks, zo
 from fttpu.models import perturbation
 from fttpu.state import TrainState
-from tests.conftest import REPO, tiny_batch
+from tests.conftest import tiny_batch
 from tests.test_methods import build, state_entries, train
 
 
@@ -140,46 +137,3 @@ def test_replaying_the_trajectory_reproduces_the_trained_parameters(tiny, base_n
   assert not np.array_equal(flat(replayed), flat(tree))
 
 
-DATA_PARALLEL = """
-import functools, json
-import jax, numpy as np
-from fttpu import sharding, step as step_lib
-from fttpu.state import TrainState
-from tests.conftest import make_tiny, tiny_batch
-from tests.test_methods import build
-from tests.test_zo import zo_config
-model = make_tiny()
-method, tree, loss_fn = build(model, zo_config(samples=2))
-batches = [tiny_batch(i, size=16) for i in range(4)]
-step = functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn)
-mesh = sharding.make_mesh({"data": -1})
-state = jax.device_put(TrainState.create(tree, method.tx, 0), sharding.replicated(mesh))
-state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
-sharded = jax.jit(step, in_shardings=(state_sharding, sharding.batch_shardings(mesh, batches[0])),
-                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-hlo = sharded.lower(state, batches[0]).compile().as_text()
-reduced = [int(np.prod([int(d) for d in line.split("=", 1)[1].split("[", 1)[1].split("]", 1)[0].split(",") if d]))
-           for line in hlo.splitlines() if " all-reduce(" in line or " all-reduce-start(" in line]
-single = TrainState.create(tree, method.tx, 0)
-single_step = jax.jit(step)
-for batch in batches:
-  state, _ = sharded(state, sharding.put_batch(mesh, batch))
-  single, _ = single_step(single, batch)
-diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
-           zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(single.params)))
-print(json.dumps({"devices": jax.device_count(), "all_reduce_elements": reduced, "max_abs_diff": diff}))
-"""
-
-
-def test_data_parallel_zo_exchanges_scalars_and_matches_one_device():
-  """8 fake CPU devices, batch split over them: every replica regenerates z from the shared key, so the
-  compiled step all-reduces only loss sums (no parameter-sized array), and the parameters after 4 steps
-  equal one device's up to float reassociation of the loss sums (|diff| <= 1e-6)."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  result = subprocess.run([sys.executable, "-c", DATA_PARALLEL], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = json.loads(result.stdout.strip().splitlines()[-1])
-  assert out["devices"] == 8
-  assert out["all_reduce_elements"] and max(out["all_reduce_elements"]) <= 16, out["all_reduce_elements"]
-  assert out["max_abs_diff"] <= 1e-6, out

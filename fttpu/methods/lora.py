@@ -78,7 +78,7 @@ def make(config, optimizer, model):
         flat[module + ("lora_dropout",)] = np.full((layers,), c.dropout, np.float32)
       if c.dora:
         in_axes = tuple(range(1, 1 + _in_dims(module[-1])))  # (PiSSA: residual + scale A B = kernel)
-        flat[module + ("dora_magnitude",)] = jnp.sqrt(jnp.square(kernel.astype(jnp.float32)).sum(in_axes))
+        flat[module + ("dora_magnitude",)] = to_host(jnp.sqrt(jnp.square(kernel.astype(jnp.float32)).sum(in_axes)))
       if c.pissa:
         flat[module + ("lora_a0",)], flat[module + ("lora_b0",)] = a.copy(), b.copy()
         flat[module + ("kernel",)] = np.stack([residual for _, _, residual in adapters])
