@@ -183,6 +183,21 @@ def test_stochastic_rounding_is_unbiased_where_nearest_rounding_loses_the_update
   assert abs(values.mean() - (1.0 + update)) < 5 * standard_error
 
 
+def test_the_rounding_dither_is_uniform_and_independent_across_entries_and_keys():
+  """The hashed uniforms stochastic rounding uses: 16 equal bins over 2^20 entries of a 2-d leaf each hold
+  1/16 within 5 standard errors, neighbouring entries (along either axis) and two keys are uncorrelated
+  (|r| < 5/sqrt(n)), and the draws fill [0, 1) (24 bits)."""
+  u = np.asarray(masks.hashed_uniform(jax.random.key(0), (1024, 1024)), np.float64)
+  other = np.asarray(masks.hashed_uniform(jax.random.key(1), (1024, 1024)), np.float64)
+  n = u.size
+  counts = np.histogram(u, bins=16, range=(0, 1))[0] / n
+  assert np.all(np.abs(counts - 1 / 16) < 5 * np.sqrt((1 / 16) * (15 / 16) / n)), counts
+  bound = 5 / np.sqrt(n)
+  for a, b in ((u[:, 1:], u[:, :-1]), (u[1:], u[:-1]), (u, other)):
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < bound
+  assert u.min() >= 0 and u.max() < 1 and len(np.unique(u)) > 0.9 * n
+
+
 @pytest.mark.parametrize("family_setup", ["llama"], indirect=True)  # 2 key/value heads for 4 query heads
 def test_whole_heads_on_grouped_query_attention_fail_clearly(family_setup):
   _, config_for, model, data = family_setup

@@ -89,6 +89,30 @@ def apply_updates(params, updates, labels, key):
       zip(jax.tree_util.tree_leaves(labels), leaves, treedef.flatten_up_to(updates), keys)])
 
 
+def _fmix32(x: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finalizer: every input bit flips each output bit with probability ~1/2."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def hashed_uniform(key: jax.Array, shape: tuple) -> jax.Array:
+  """Uniform [0, 1) floats (24 random bits) per entry, a hash of the entry's position and one draw of
+  `key`. Element-wise, so it fuses into its consumer: jax.random.uniform of a leaf's shape is a
+  stored array of the leaf's size on CPU (threefry runs as a loop), several GiB per step for a
+  billion-parameter model. Positions past 2^32 wrap (their dither repeats), harmless for rounding."""
+  seed = jax.random.bits(key, (2,), jnp.uint32)
+  index = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+    stride *= shape[axis]
+  bits = _fmix32(_fmix32(index ^ seed[0]) + seed[1])
+  return (bits >> 8).astype(jnp.float32) * (1.0 / 2**24)
+
+
 def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
   """x (float32) in `dtype`, rounded to one of its two neighbours with probability by proximity
   (unbiased: E[result] = x)."""
@@ -97,5 +121,5 @@ def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
   toward = jnp.where(gap_to_nearest > 0, jnp.inf, -jnp.inf).astype(dtype)
   other = jnp.nextafter(nearest, toward)
   spacing = jnp.abs(other.astype(jnp.float32) - nearest.astype(jnp.float32))
-  take_other = jax.random.uniform(key, x.shape) * spacing < jnp.abs(gap_to_nearest)
+  take_other = hashed_uniform(key, x.shape) * spacing < jnp.abs(gap_to_nearest)
   return jnp.where(take_other, other, nearest)
