@@ -36,16 +36,9 @@ Example:
 EOF
 }
 
-die() { echo "slurm.sh: $*" >&2; echo "see launch/slurm.sh --help" >&2; exit 2; }
-
-# Shell-quote each argument (POSIX single quotes), for the batch script and for printing.
-q() {
-  local a out="" sq="'" esc="'\\''"
-  for a in "$@"; do
-    if [[ -n $a && $a != *[!A-Za-z0-9_./:=,@%+-]* ]]; then out+=" $a"; else out+=" '${a//$sq/$esc}'"; fi
-  done
-  printf '%s' "${out# }"
-}
+# q (shell quoting) and die (usage errors)
+# shellcheck source=launch/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 nodes=2 gpus=8 cpus="" partition="" time_limit="" port="" job_name=fttpu
 workdir=${WORKDIR:-} data_dir=${DATA_DIR:-} dry_run=0 extra=() args=()

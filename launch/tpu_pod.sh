@@ -47,16 +47,9 @@ Example:
 EOF
 }
 
-die() { echo "tpu_pod.sh: $*" >&2; echo "see launch/tpu_pod.sh --help" >&2; exit 2; }
-
-# Shell-quote each argument (POSIX single quotes): for printing and for the remote command line.
-q() {
-  local a out="" sq="'" esc="'\\''"
-  for a in "$@"; do
-    if [[ -n $a && $a != *[!A-Za-z0-9_./:=,@%+-]* ]]; then out+=" $a"; else out+=" '${a//$sq/$esc}'"; fi
-  done
-  printf '%s' "${out# }"
-}
+# q (shell quoting) and die (usage errors)
+# shellcheck source=launch/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Print a command, then run it unless --dry-run.
 x() {
