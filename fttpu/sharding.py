@@ -84,6 +84,15 @@ def check_batch_sizes(mesh: Mesh, *batch_sizes: int) -> None:
 # ------------------------------------------------------------------ parameters
 
 
+_WARNED = set()
+
+
+def _warn_once(message: str) -> None:
+  if message not in _WARNED:
+    _WARNED.add(message)
+    logging.warning(message)
+
+
 def mesh_spec(shape: tuple, logical: tuple, rules: dict, mesh: Mesh, name: str = "") -> P:
   """The PartitionSpec of an array of `shape` whose axes have `logical` names. A dimension that does
   not divide its mesh axes, or whose mesh axes an earlier dimension took, is replicated (with a warning
@@ -95,8 +104,8 @@ def mesh_spec(shape: tuple, logical: tuple, rules: dict, mesh: Mesh, name: str =
       targets = ()
     size = math.prod(sizes[a] for a in targets)
     if targets and dim % size:
-      logging.warning("%s: dimension %d (%s) does not divide over mesh axes %s of %d devices; replicated along it",
-                      name or "array", dim, logical_name, "x".join(targets), size)
+      _warn_once(f"{name or 'array'}: dimension {dim} ({logical_name}) does not divide over mesh axes "
+                 f"{'x'.join(targets)} of {size} devices; replicated along it")
       targets = ()
     used.update(targets)
     spec.append(targets[0] if len(targets) == 1 else (targets or None))
@@ -134,7 +143,7 @@ def param_specs(tree: dict, model_axes: dict, rules: dict, mesh: Mesh) -> dict:
       return P()  # the head, sparse deltas: small, replicated
     logical = axes.get(keys[1:]) or _added_leaf_axes(keys[1:], leaf.shape, axes)
     if logical is None or len(logical) != len(leaf.shape):
-      logging.warning("%s has no logical axis names; replicated", name)
+      _warn_once(f"{name} has no logical axis names; replicated")
       return P()
     return mesh_spec(leaf.shape, logical, rules, mesh, name)
 
