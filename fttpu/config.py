@@ -11,6 +11,7 @@ import ml_collections
 
 SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd", "momentum", "sign")
+NONFINITE = ("stop", "skip")  # train.nonfinite: what a NaN/Inf loss or gradient does
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
   for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     _check(t[key] >= 1, f"train.{key}", t[key], "an integer >= 1")
+  _check(t.best_metric in ("", "accuracy", "loss"), "train.best_metric", t.best_metric, "'accuracy', 'loss' or '' (none)")
+  _check(t.nonfinite in NONFINITE, "train.nonfinite", t.nonfinite, str(list(NONFINITE)))
   o = config.optimizer
   _check(o.name in OPTIMIZERS, "optimizer.name", o.name, str(list(OPTIMIZERS)))
   _check(o.schedule in SCHEDULES, "optimizer.schedule", o.schedule, str(list(SCHEDULES)))
@@ -164,9 +167,32 @@ def set_fields(config: ml_collections.ConfigDict, settings: dict) -> ml_collecti
       node = node[parent]
     if leaf not in node:
       raise ConfigError(f"unknown config key {key!r}; valid keys there: {sorted(node.keys())}")
-    old = node[leaf]
-    node[leaf] = value if isinstance(old, str) else type(old)(ast.literal_eval(value))
+    node[leaf] = parse_value(key, node[leaf], value)
   return config
+
+
+def parse_value(key: str, old, raw: str):
+  """The string `raw` as a value for the field `key` whose current value is `old` (its type decides)."""
+  if isinstance(old, str):
+    return raw
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    value = raw
+    if isinstance(old, float) and not isinstance(old, bool):
+      try:
+        value = float(raw)  # nan, inf
+      except ValueError:
+        pass
+  if isinstance(old, bool) and isinstance(raw, str) and raw.lower() in ("true", "false"):
+    value = raw.lower() == "true"
+  kind = type(old)
+  fits = (isinstance(value, bool) if kind is bool else isinstance(value, (int, float)) and not isinstance(value, bool)
+          and (kind is float or float(value).is_integer()) if kind in (int, float) else isinstance(value, (list, tuple)))
+  if not fits:
+    example = ", e.g. true" if kind is bool else f", e.g. {old!r}"
+    raise ConfigError(f"config.{key}={raw!r} is not a valid {kind.__name__}{example}")
+  return kind(value)
 
 
 def check_overrides(config: ml_collections.ConfigDict | None, argv: list[str]) -> None:
@@ -184,3 +210,5 @@ def check_overrides(config: ml_collections.ConfigDict | None, argv: list[str]) -
         raise ConfigError(f"unknown config key {walked}.{key} (from {arg.split('=', 1)[0]}); "
                           f"valid keys of {walked}: {valid}")
       node, walked = node[key], f"{walked}.{key}"
+    if "=" in arg and isinstance(node, (bool, int, float)):  # absl would fail with a bare int() traceback line
+      parse_value(path, node, arg.split("=", 1)[1])

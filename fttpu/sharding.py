@@ -41,11 +41,12 @@ def make_mesh(axes: dict, devices=None) -> Mesh:
   names, sizes = list(axes), list(axes.values())
   devices = jax.devices() if devices is None else list(devices)
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh {dict(axes)}: at most one axis may be -1")
+    raise ConfigError(f"mesh {dict(axes)}: at most one axis may be -1")
   known = math.prod(s for s in sizes if s != -1)
   sizes = [len(devices) // known if s == -1 else s for s in sizes]
   if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(axes)} needs {math.prod(sizes)} devices; {len(devices)} are available")
+    raise ConfigError(f"config.mesh={dict(axes)} needs {math.prod(sizes)} devices; {len(devices)} are available "
+                      "(set one axis to -1 to take the rest)")
   # jax.make_mesh orders devices by the hardware topology (TPU slices, hosts); Auto: GSPMD propagates shardings.
   return jax.make_mesh(tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
