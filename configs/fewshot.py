@@ -78,7 +78,9 @@ def get_config(arg=None):
   config.train.log_every = 10
   config.train.eval_every = 50        # dev accuracy
   config.train.checkpoint_every = 100
-  config.train.keep_checkpoints = 2
+  config.train.keep_checkpoints = 2   # the newest ones, plus the best by best_metric
+  config.train.best_metric = "accuracy"  # dev metric whose best checkpoint is kept: accuracy | loss | "" (none)
+  config.train.nonfinite = "stop"     # NaN/Inf loss or gradient: stop (keeping the last good state) | skip the batch
 
   # Update rules (each read only when it is config.method).
   config.head = ml_collections.ConfigDict()

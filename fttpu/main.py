@@ -10,8 +10,7 @@ from ml_collections import config_flags
 
 from fttpu import distributed, metrics, train
 from fttpu.config import ConfigError, check_overrides
-from fttpu.data.tsv import DataError
-from fttpu.models.hf import CheckpointError
+from fttpu.train import USER_ERRORS
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :key=value,... arguments.",
                                 lock_config=True)
@@ -22,9 +21,6 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (else JAX_PROCESS_ID).")
 flags.DEFINE_integer("heartbeat_timeout", 100, "Multi-host: seconds without a peer's heartbeat before the run fails.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-# Errors that mean bad input or a failed run, not a bug in fttpu: shown as one line, no traceback.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError, FloatingPointError)
 
 
 def _load_config_file(argv):

@@ -35,7 +35,7 @@ def replay_workdir(workdir: str) -> dict:
   step = manager.latest_step()
   if step != len(projected):
     raise SystemExit(f"{workdir}: the last checkpoint is step {step} but the trajectory has {len(projected)} steps")
-  trained = checkpoint.restore(manager, step, TrainState.create(tree, method.tx, config.seed)).params
+  trained = checkpoint.restore(manager, step, TrainState.create(tree, method.tx, config.seed))[0].params
   diffs = [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0))
            for a, b in zip(jax.tree_util.tree_leaves(replayed), jax.tree_util.tree_leaves(trained))]
   return {"steps": len(projected), "max_abs_diff": max(diffs), "identical": max(diffs) == 0.0}

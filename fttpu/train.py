@@ -6,6 +6,8 @@ import functools
 import json
 import logging
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -14,7 +16,13 @@ import numpy as np
 
 from fttpu import checkpoint, classifier, config as config_lib, methods, metrics, models, optim, sharding, step as step_lib
 from fttpu.data import pipeline
+from fttpu.data.tsv import DataError
+from fttpu.models.hf import CheckpointError
 from fttpu.methods import base as method_base, masks, zo
+
+
+# Errors that mean bad input or a failed run, not a bug in fttpu: the CLIs show them as one line, no traceback.
+USER_ERRORS = (config_lib.ConfigError, DataError, CheckpointError, FileNotFoundError, FloatingPointError)
 
 
 def evaluate(eval_fn, params, data: pipeline.Encoded, prompts: dict, batch_size: int, mesh) -> dict:
@@ -39,36 +47,76 @@ def _flat(config: dict, prefix: str = "") -> dict:
   return out
 
 
+# Settings a resumed run may change: they do not change what the run computes.
+RESUMABLE_CHANGES = ("train.nonfinite", "train.log_every")
+
+
 def check_same_run(config: ml_collections.ConfigDict, path: str) -> None:
-  """A workdir with checkpoints resumes only the config that made them."""
+  """A workdir with checkpoints resumes only the config that made them (up to RESUMABLE_CHANGES)."""
   with open(path) as f:
     old = _flat(json.load(f))
   new = _flat(json.loads(config.to_json()))
-  differs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  differs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
   if differs:
     details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differs[:8])
     raise config_lib.ConfigError(f"{os.path.dirname(path)} holds checkpoints of a run with another config "
                                  f"({details}); resume with the same config or use a new --workdir")
 
 
+class Preemption:
+  """SIGTERM (what Cloud TPU and SLURM send before preempting) asks the loop to checkpoint and return.
+  One process: a Python signal handler. Several: JAX's preemption service notices the signal and
+  orbax's sync point (`reached_preemption`) makes every process stop at the same step."""
+
+  def __enter__(self):
+    self.signalled, self.previous = False, None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.signalled = True
+
+  def requested(self, manager, step: int) -> bool:
+    return manager.reached_preemption(step) if jax.process_count() > 1 else self.signalled
+
+
+def describe_nonfinite(step_metrics: dict) -> str:
+  parts = [f"training loss is {float(step_metrics['train/loss'])}"]
+  if "train/grad_norm" in step_metrics:
+    parts.append(f"gradient norm is {float(step_metrics['train/grad_norm'])}")
+  if "train/projected_grad" in step_metrics:
+    parts.append(f"projected gradient is {np.asarray(step_metrics['train/projected_grad']).tolist()}")
+  return ", ".join(parts)
+
+
 def run(config, workdir: str) -> dict:
-  """Trains and evaluates as `config` says; writes config.json, metrics.jsonl, TensorBoard, checkpoints."""
+  """Trains and evaluates as `config` says; writes config.json, metrics.jsonl, TensorBoard, checkpoints.
+  On SIGTERM it checkpoints at the next step boundary and returns {"preempted": True, ...}."""
+  with Preemption() as preemption:
+    return _run(config, workdir, preemption)
+
+
+def _run(config, workdir: str, preemption: Preemption) -> dict:
   # ---------------------------------------------------------------- setup
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   logging.info("mesh %s over %d %s devices", dict(mesh.shape), mesh.size, jax.default_backend())
   sharding.check_batch_sizes(mesh, config.train.batch_size, config.train.eval_batch_size)
   os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
+  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints, config.train.best_metric)
   config_path = os.path.join(workdir, "config.json")
-  resume_step = manager.latest_step()
-  if resume_step is not None and os.path.exists(config_path):
+  if manager.latest_step() is not None and os.path.exists(config_path):
     check_same_run(config, config_path)
   is_lead = jax.process_index() == 0
   if is_lead:
     with open(config_path, "w") as f:
       f.write(config.to_json(indent=2))
-  writer = metrics.MetricWriter(workdir, enabled=is_lead, resume_step=resume_step)
 
   # ---------------------------------------------------------------- model and data
   rules = dict(config.sharding_rules)
@@ -107,7 +155,9 @@ def run(config, workdir: str) -> dict:
       p.nbytes for p in jax.tree_util.tree_leaves(state.params)) / 2**20, max(per_device.values()) / 2**20)
   prompts = data.prompts
   example_batch = batch_at(0)
-  train_step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
+  skip_nonfinite = config.train.nonfinite == "skip"
+  train_step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn,
+                                         skip_nonfinite=skip_nonfinite),
                        in_shardings=(state_sharding, sharding.batch_shardings(mesh, example_batch)),
                        out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
@@ -116,16 +166,24 @@ def run(config, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- restore
   trajectory_path = os.path.join(workdir, "trajectory.safetensors")
-  projected = []  # zeroth-order: the projected gradients of every step so far
-  if resume_step is not None:
-    state = checkpoint.restore(manager, resume_step, state)
-    logging.info("resumed from %s at step %d", manager.directory, int(state.step))
-    if zeroth_order:
-      projected = list(zo.load_trajectory(trajectory_path, {})[2][:int(state.step)])
+  progress_record = {"projected_grad": [], "skipped_batches": 0}  # saved beside the state in each checkpoint
+  restored = checkpoint.restore_latest(manager, state)
+  resume_step = None
+  if restored is not None:
+    resume_step, state, saved_record = restored
+    progress_record.update({k: saved_record[k] for k in progress_record if k in saved_record})
+    logging.info("resumed from %s at step %d", checkpoint.step_path(manager, resume_step), int(state.step))
+  writer = metrics.MetricWriter(workdir, enabled=is_lead, resume_step=resume_step)
+  projected = progress_record["projected_grad"]  # zeroth-order: the projected gradients of every step so far
 
-  def save_trajectory():
+  def save_checkpoint(dev: dict | None = None):
+    step = int(jax.device_get(state.step))
+    record = {**progress_record, "data_position": step, "seed": config.seed}
+    checkpoint.save(manager, state, record, json.loads(config.to_json()),
+                    metrics={config.train.best_metric: dev[config.train.best_metric]} if dev and config.train.best_metric else None)
     if zeroth_order and is_lead and projected:
-      zo.save_trajectory(trajectory_path, initial_artifact, jax.device_get(state.rng), np.stack(projected), method.name)
+      zo.save_trajectory(trajectory_path, initial_artifact, jax.device_get(state.rng), np.asarray(projected), method.name)
+    return step
 
   if method.refresh:  # dynamic masks: dense gradients every `refresh_every` steps, outside the step
     dense_grad = method_base.dense_grad_fn(loss_fn)
@@ -134,6 +192,7 @@ def run(config, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- loop
   first_step = int(jax.device_get(state.step))
+  saved_step = resume_step
   timings = {}
   if first_step < total_steps:
     started = time.perf_counter()
@@ -143,6 +202,15 @@ def run(config, workdir: str) -> dict:
   progress = metrics.Progress(total_steps, first_step)
   step_times = []
   for step in range(first_step, total_steps):
+    if preemption.requested(manager, step):
+      if saved_step != step:
+        saved_step = save_checkpoint()
+      checkpoint.finish(manager)
+      logging.warning("preempted (SIGTERM): saved checkpoint %d in %s; run again with the same --workdir to resume",
+                      step, manager.directory)
+      writer.close()
+      manager.close()
+      return {"step": step, "preempted": True, "checkpoint": checkpoint.step_path(manager, step)}
     if method.refresh and step and step % method.refresh_every == 0:
       state = refresh(state, step)
     batch = batch_at(step)
@@ -150,24 +218,32 @@ def run(config, workdir: str) -> dict:
     state, step_metrics = train_step(state, sharding.put_batch(mesh, batch))
     step_metrics = jax.device_get(step_metrics)  # waits for the step: the timing covers the compute
     step_times.append(time.perf_counter() - started)
-    if zeroth_order:
-      projected.append(step_metrics.pop("train/projected_grad"))
-      step_metrics["train/projected_grad_abs"] = np.abs(projected[-1]).mean()
     done = step + 1
-    if not np.isfinite(step_metrics["train/loss"]):
-      raise FloatingPointError(f"step {done}: training loss is {step_metrics['train/loss']}; "
-                               f"the last checkpoint in {manager.directory} holds the last good state")
+    if step_metrics.pop("train/nonfinite"):
+      what = describe_nonfinite(step_metrics)
+      if not skip_nonfinite:  # the state is still the one before this step: keep it, then stop
+        if saved_step != step:
+          saved_step = save_checkpoint()
+        checkpoint.finish(manager)
+        raise FloatingPointError(f"step {done}: {what}; stopped with the last good state saved as checkpoint {step} "
+                                 f"in {manager.directory} (set train.nonfinite=skip to skip such batches)")
+      progress_record["skipped_batches"] += 1
+      logging.warning("step %d: %s; batch skipped (%d so far)", done, what, progress_record["skipped_batches"])
+    if zeroth_order:
+      projected.append(step_metrics.pop("train/projected_grad").tolist())
+      step_metrics["train/projected_grad_abs"] = np.abs(projected[-1]).mean()
+    step_metrics["train/skipped_batches"] = progress_record["skipped_batches"]
     if done % config.train.log_every == 0 or done == total_steps:
       writer.write(done, step_metrics)
       progress.log(done, step_metrics)
+    dev = None
     if done % config.train.eval_every == 0 or done == total_steps:
       dev = evaluate_on(state.params, data.dev)
       writer.write(done, {"eval/accuracy": dev["accuracy"], "eval/loss": dev["loss"]}, split="dev")
       logging.info("step %d dev accuracy %.4f", done, dev["accuracy"])
     if done % config.train.checkpoint_every == 0 or done == total_steps:
-      checkpoint.save(manager, state)
-      save_trajectory()
-  manager.wait_until_finished()
+      saved_step = save_checkpoint(dev)
+  checkpoint.finish(manager)
   artifact = sharding.to_host(method.artifact(state.params))  # every process: gathers across hosts
   if is_lead:
     saved = checkpoint.save_artifact(os.path.join(workdir, "artifact.safetensors"), artifact, method.name)

@@ -17,13 +17,6 @@ from tests.conftest import REPO, data_dir
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def tiny_roberta(tmp_path_factory, tfds_dir):
-  from fttpu.models import tiny
-  path = str(tmp_path_factory.mktemp("tiny-roberta"))
-  return tiny.build("roberta", path, tiny.task_texts("sst2", data_dir(), tfds_dir))
-
-
 def main_args(checkpoint: str, steps: int = STEPS) -> list:
   """FSDP over every device of every process (fsdp=-1): each process holds half of each parameter and
   reads half of the checkpoint, and the batch is split across the processes."""
@@ -39,7 +32,7 @@ def saved_state(workdir, step: int, like=None) -> dict:
   than this process's needs a target)."""
   import orbax.checkpoint as ocp
   target = None if like is None else jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-  return ocp.StandardCheckpointer().restore(str(workdir / "checkpoints" / str(step) / "default"), target)
+  return ocp.StandardCheckpointer().restore(str(workdir / "checkpoints" / str(step) / "state"), target)
 
 
 def losses(workdir) -> list:

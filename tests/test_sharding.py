@@ -119,7 +119,7 @@ for name, (method_name, optimizer, lr) in METHODS.items():
       for target, shape in (("one", {"data": 1, "fsdp": 1, "tensor": 1}), ("2x2", {"data": 1, "fsdp": 2, "tensor": 2})):
         mesh = sharding.make_mesh(shape, jax.devices()[:math.prod(shape.values())])
         like, _ = sharding.create_state(initial, method.tx, 0, mesh, rules, axes)
-        state = checkpoint.restore(manager, STEPS, like)
+        state, _ = checkpoint.restore(manager, STEPS, like)
         same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(host(state)), jax.tree_util.tree_leaves(saved)))
         restored[target] = {"identical": same, "devices": state.params["model"]["word"]["embedding"].sharding.num_devices,
                             "query_kernel": spec(state, "model", "layers", "query", "kernel")}

@@ -196,7 +196,9 @@ def replay(tree: dict, labels, tx, rng, projected: np.ndarray, kind: str) -> dic
   @functools.partial(jax.jit, donate_argnums=0)
   def replay_step(state, projected_grad):
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    return step_lib.apply_gradients(state, gradient(state.params, labels, step_rng, projected_grad, kind), labels, tx)
+    grads = gradient(state.params, labels, step_rng, projected_grad, kind)
+    # a step the run skipped for a non-finite value (train.nonfinite=skip) changed nothing
+    return step_lib.apply_gradients(state, grads, labels, tx, finite=jnp.all(jnp.isfinite(projected_grad)))
 
   state = TrainState(step=jnp.zeros((), jnp.int32), params=tree, opt_state=tx.init(tree), rng=jnp.asarray(rng))
   for projected_grad in projected:
