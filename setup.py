@@ -31,6 +31,6 @@ setup(
     ],
     extras_require={
         # Test-only references: PyTorch (the local CPU build) and HF transformers for parity.
-        "test": ["pytest", "torch==2.13.0", "transformers", "peft", "scikit-learn"],
+        "test": ["pytest", "hypothesis", "torch==2.13.0", "transformers", "peft", "scikit-learn"],
     },
 )

@@ -45,6 +45,14 @@ def sst2_16shot(sst2_config, minilm):
 
 
 @pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory, tfds_dir):
+  """A tiny random RoBERTa checkpoint directory (tokenizer trained on SST-2), for end-to-end runs."""
+  from fttpu.models import tiny
+  path = str(tmp_path_factory.mktemp("tiny-roberta"))
+  return tiny.build("roberta", path, tiny.task_texts("sst2", data_dir(), tfds_dir))
+
+
+@pytest.fixture(scope="session")
 def tiny():
   return make_tiny()
 
