@@ -1,0 +1,320 @@
+"""Config grids into paper tables: the machinery every experiments/<table>/ folder shares.
+
+A table is rows (a method with its fixed settings and a hyperparameter grid) x tasks x seeds. Every
+combination is a cell: an ordinary fttpu run (`train.run` of configs/fewshot.py with the cell's
+settings) in its own workdir ROOT/<task>/<row>/<hyperparameters>/seed<seed>. `run_cells` runs the
+cells that have not finished (a finished cell has its final test line in metrics.jsonl; an
+interrupted one resumes from its checkpoint) in worker processes, with progress lines. `collect` reads them back, `choose` picks each
+row's hyperparameters by mean final dev accuracy over the seeds (the paper's protocol), and the
+writers turn the chosen cells into Markdown, CSV and LaTeX tables of mean (std) and PNG plots.
+"""
+import csv
+import dataclasses
+import io
+import itertools
+import logging
+import os
+import re
+import shlex
+import time
+
+import numpy as np
+
+from fttpu import metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One row of a table: `method` with `fixed` config settings and a `grid` of hyperparameters
+  (config key -> values; every combination is tried and the best on dev is reported)."""
+  name: str
+  method: str
+  fixed: tuple = ()   # ((config key, value), ...)
+  grid: tuple = ()    # ((config key, (value, ...)), ...)
+
+  def settings(self) -> list[tuple]:
+    """Every combination of the grid, as ((key, value), ...)."""
+    keys = [k for k, _ in self.grid]
+    return [tuple(zip(keys, values)) for values in itertools.product(*(v for _, v in self.grid))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  row: Row
+  task: str
+  seed: int
+  hparams: tuple  # ((config key, value), ...): one combination of row.grid
+
+  def workdir(self, root: str) -> str:
+    hp = "_".join(f"{k.split('.')[-1]}={v}" for k, v in self.hparams) or "default"
+    return os.path.join(root, self.task, slug(self.row.name), hp, f"seed{self.seed}")
+
+  def config_arg(self, base_arg: str) -> str:
+    return f"{base_arg},task={self.task},method={self.row.method},seed={self.seed}".lstrip(",")
+
+  def overrides(self) -> list[str]:
+    return [f"--config.{k}={v}" for k, v in self.row.fixed + self.hparams]
+
+  def launch_command(self, launcher: str, root: str, base_arg: str, data_dir: str) -> str:
+    """The shell command that runs this cell through launch/<launcher>.sh (a pod or a cluster per cell)."""
+    args = " ".join(shlex.quote(a) for a in [self.config_arg(base_arg), *self.overrides()])
+    return (f"launch/{launcher}.sh run --workdir={shlex.quote(self.workdir(root))} --data-dir={shlex.quote(data_dir)} -- "
+            if launcher == "tpu_pod" else
+            f"launch/{launcher}.sh --workdir={shlex.quote(self.workdir(root))} --data-dir={shlex.quote(data_dir)} -- ") + args
+
+  def config(self, base_arg: str, data_dir: str):
+    """The cell's ConfigDict: configs/fewshot.py with `base_arg`, then the row's settings and hyperparameters."""
+    from configs import fewshot
+    from fttpu import config as config_lib
+    config = fewshot.get_config(self.config_arg(base_arg))
+    config.data.dir = data_dir
+    return config_lib.set_fields(config, {k: str(v) for k, v in self.row.fixed + self.hparams})
+
+
+def slug(name: str) -> str:
+  return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def cells(rows, tasks, seeds) -> list[Cell]:
+  return [Cell(row, task, seed, hp) for row in rows for task in tasks for hp in row.settings() for seed in seeds]
+
+
+def finished(cell: Cell, root: str) -> bool:
+  lines = metrics.read_metrics(cell.workdir(root))
+  return bool(lines) and bool(lines[-1].get("final"))
+
+
+def run_cell(cell: Cell, root: str, base_arg: str, data_dir: str) -> str | None:
+  """Runs one cell in this process, its log lines in WORKDIR/run.log; returns None, or what went wrong."""
+  from fttpu import train
+  workdir = cell.workdir(root)
+  os.makedirs(workdir, exist_ok=True)
+  handler = logging.FileHandler(os.path.join(workdir, "run.log"))
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+  logging.getLogger().addHandler(handler)
+  metrics.quiet_library_logs()  # orbax's per-save INFO lines stay out of the cell's log
+  try:
+    train.run(cell.config(base_arg, data_dir), workdir)
+    return None
+  except Exception as e:  # the sweep goes on; the cell's log has the traceback
+    logging.getLogger().exception("cell %s failed", workdir)
+    return f"{type(e).__name__}: {e}"
+  finally:
+    logging.getLogger().removeHandler(handler)
+    handler.close()
+
+
+def _worker_init():
+  logging.getLogger().setLevel(logging.INFO)
+  metrics.quiet_library_logs()
+
+
+def run_cells(todo: list[Cell], root: str, base_arg: str, data_dir: str, jobs: int = 1) -> list[tuple]:
+  """Runs the unfinished cells in `jobs` worker processes (each imports JAX and loads nothing twice);
+  logs progress with an ETA; returns [(cell, error)] for the cells that failed (the others go on)."""
+  import concurrent.futures
+  import multiprocessing
+  pending = [c for c in todo if not finished(c, root)]
+  logging.info("%d cells, %d finished already, %d to run (%d at a time)", len(todo), len(todo) - len(pending),
+               len(pending), jobs)
+  failed, started = [], time.perf_counter()
+  context = multiprocessing.get_context("spawn")  # JAX does not survive fork
+  with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init) as pool:
+    futures = {pool.submit(run_cell, cell, root, base_arg, data_dir): cell for cell in pending}
+    for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+      cell, error = futures[future], future.result()
+      if error:
+        failed.append((cell, error))
+        logging.warning("cell %s failed: %s (log: %s/run.log)", cell.workdir(root), error, cell.workdir(root))
+      elapsed = time.perf_counter() - started
+      logging.info("[%d/%d] %s | %s seed %d %s | %s elapsed, ETA %s", done, len(pending), cell.task, cell.row.name,
+                   cell.seed, dict(cell.hparams) or "", _minutes(elapsed), _minutes(elapsed / done * (len(pending) - done)))
+  return failed
+
+
+def _minutes(seconds: float) -> str:
+  return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m" if seconds >= 3600 else f"{seconds / 60:.1f}m"
+
+
+def collect(all_cells: list[Cell], root: str) -> list[dict]:
+  """One record per finished cell: row, task, seed, hparams, final dev and test accuracy, the dev curve."""
+  records = []
+  for cell in all_cells:
+    lines = metrics.read_metrics(cell.workdir(root))
+    if not (lines and lines[-1].get("final")):
+      continue
+    dev = [l for l in lines if l.get("split") == "dev"]
+    records.append({"row": cell.row.name, "task": cell.task, "seed": cell.seed, "hparams": cell.hparams,
+                    "dev": dev[-1]["eval/accuracy"] if dev else float("nan"), "test": lines[-1]["eval/accuracy"],
+                    "steps": lines[-1]["step"], "curve": [(l["step"], l["eval/accuracy"]) for l in dev],
+                    "step_s": lines[-1].get("perf/step_s", float("nan"))})
+  return records
+
+
+def choose(records: list[dict]) -> dict:
+  """{(row, task): the records of the hyperparameters with the best mean final dev accuracy over seeds}
+  (a row without dev evaluations, zero-shot, has one setting; ties go to the first setting of the grid)."""
+  by_setting = {}
+  for r in records:
+    by_setting.setdefault((r["row"], r["task"]), {}).setdefault(r["hparams"], []).append(r)
+  chosen = {}
+  for key, settings in by_setting.items():
+    mean_dev = lambda rs: np.nanmean([r["dev"] for r in rs]) if any(r["dev"] == r["dev"] for r in rs) else 0.0
+    chosen[key] = max(settings.values(), key=mean_dev)
+  return chosen
+
+
+def summary(chosen: dict, rows: list[Row], tasks: list[str], paper: dict | None = None) -> list[dict]:
+  """Table lines: {"row", then per task: mean, std, seeds, hparams, paper}."""
+  out = []
+  for row in rows:
+    line = {"row": row.name}
+    for task in tasks:
+      rs = chosen.get((row.name, task), [])
+      acc = 100 * np.array([r["test"] for r in rs])
+      line[task] = {"mean": float(acc.mean()) if rs else float("nan"), "std": float(acc.std()) if rs else float("nan"),
+                    "seeds": len(rs), "hparams": dict(rs[0]["hparams"]) if rs else {},
+                    "paper": (paper or {}).get(row.name, {}).get(task)}
+    out.append(line)
+  return out
+
+
+def markdown(lines: list[dict], tasks: list[str], paper_name: str = "") -> str:
+  head = "| row | " + " | ".join(f"{t} mean (std) | {t} seeds | {t} chosen" + (f" | {t} {paper_name}" if paper_name else "")
+                                  for t in tasks) + " |"
+  cols = sum(4 if paper_name else 3 for _ in tasks)
+  text = [head, "|---|" + "---:|" * cols]
+  for line in lines:
+    cells_ = []
+    for t in tasks:
+      c = line[t]
+      cells_ += [f"{c['mean']:.1f} ({c['std']:.1f})", str(c["seeds"]),
+                 ", ".join(f"{k.split('.')[-1]}={v}" for k, v in c["hparams"].items()) or "-"]
+      if paper_name:
+        cells_.append("" if c["paper"] is None else f"{c['paper']:.1f}")
+    text.append(f"| {line['row']} | " + " | ".join(cells_) + " |")
+  return "\n".join(text) + "\n"
+
+
+def csv_text(lines: list[dict], tasks: list[str]) -> str:
+  buffer = io.StringIO()
+  writer = csv.writer(buffer)
+  writer.writerow(["row"] + [f"{t}_{k}" for t in tasks for k in ("mean", "std", "seeds", "paper")])
+  for line in lines:
+    writer.writerow([line["row"]] + [f"{line[t][k]:.2f}" if isinstance(line[t][k], float) else line[t][k]
+                                      for t in tasks for k in ("mean", "std", "seeds", "paper")])
+  return buffer.getvalue()
+
+
+def latex(lines: list[dict], tasks: list[str], caption: str) -> str:
+  text = ["\\begin{table}[t]", "\\centering", "\\begin{tabular}{l" + "c" * len(tasks) + "}", "\\toprule",
+          "Method & " + " & ".join(t.upper() for t in tasks) + " \\\\", "\\midrule"]
+  for line in lines:
+    text.append(line["row"].replace("_", "\\_") + " & " +
+                " & ".join(f"{line[t]['mean']:.1f} ({line[t]['std']:.1f})" for t in tasks) + " \\\\")
+  text += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{caption}}}", "\\end{table}"]
+  return "\n".join(text) + "\n"
+
+
+def plot(lines: list[dict], chosen: dict, tasks: list[str], path: str, title: str) -> None:
+  """Left: test accuracy per row and task (mean, std over seeds; the paper's value as a marker).
+  Right: dev accuracy against steps per trained row (mean over seeds of the chosen setting)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(6 + 5 * len(tasks), 5))
+  names = [l["row"] for l in lines]
+  width = 0.8 / len(tasks)
+  for i, task in enumerate(tasks):
+    y = np.arange(len(names)) + i * width
+    axes[0].barh(y, [l[task]["mean"] for l in lines], width, xerr=[l[task]["std"] for l in lines], label=task,
+                 capsize=2)
+    paper = [(l[task]["paper"], yy) for l, yy in zip(lines, y) if l[task]["paper"] is not None]
+    if paper:
+      axes[0].scatter(*zip(*paper), marker="|", s=120, color="black", zorder=3,
+                      label="paper (RoBERTa-large)" if i == 0 else None)
+  axes[0].set_yticks(np.arange(len(names)) + width * (len(tasks) - 1) / 2, names)
+  axes[0].invert_yaxis()
+  axes[0].set(xlabel="test accuracy (%)", title=title)
+  axes[0].legend(fontsize=8)
+  for ax, task in zip(axes[1:], tasks):
+    for name in names:
+      curves = [r["curve"] for r in chosen.get((name, task), []) if len(r["curve"]) > 1]
+      if curves and len({len(c) for c in curves}) == 1:
+        steps = [s for s, _ in curves[0]]
+        ax.plot(steps, 100 * np.mean([[a for _, a in c] for c in curves], axis=0), marker=".", label=name)
+    ax.set(xlabel="step", ylabel="dev accuracy (%)", title=f"{task}: dev accuracy during training")
+    ax.legend(fontsize=7)
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# ---------------------------------------------------------------- the two CLIs of every table folder
+
+
+def run_cli(grid) -> None:
+  """`python -m experiments.<table>.run`: runs the grid module's cells (resumable)."""
+  from absl import app, flags
+  flags.DEFINE_string("data_dir", "../shared/data", "Folder with <task>/train.tsv and test.tsv.")
+  flags.DEFINE_string("workdir", f"workdirs/{grid.NAME}", "Root of the cells' workdirs.")
+  flags.DEFINE_integer("jobs", 1, "Worker processes running cells at once (each uses every core XLA gives it).")
+  flags.DEFINE_list("only", [], "Run only these rows (names in grid.ROWS).")
+  flags.DEFINE_list("tasks", list(grid.TASKS), "Tasks.")
+  flags.DEFINE_list("seeds", [str(s) for s in grid.SEEDS], "Seeds.")
+  flags.DEFINE_string("base", grid.BASE, "The config argument every cell starts from (model, k).")
+  flags.DEFINE_list("set", [], "Extra config settings for every cell, key=value (e.g. train.steps=2 for a smoke run).")
+  flags.DEFINE_enum("launcher", None, ["tpu_pod", "slurm"], "Print the launch/<launcher>.sh command of every unfinished "
+                    "cell (one pod or cluster job per cell) instead of running the cells here.")
+
+  def main(argv):
+    del argv
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.INFO)
+    metrics.quiet_library_logs()
+    f = flags.FLAGS
+    unknown = set(f.only) - {r.name for r in grid.ROWS}
+    if unknown:
+      raise app.UsageError(f"--only: unknown rows {sorted(unknown)}; rows: {[r.name for r in grid.ROWS]}")
+    extra = tuple(tuple(item.split("=", 1)) for item in f.set)
+    rows = [dataclasses.replace(r, fixed=r.fixed + extra) for r in grid.ROWS if not f.only or r.name in f.only]
+    todo = cells(rows, f.tasks, [int(s) for s in f.seeds])
+    if f.launcher:
+      print("\n".join(c.launch_command(f.launcher, f.workdir, f.base, f.data_dir) for c in todo
+                      if not finished(c, f.workdir)))
+      return
+    failed = run_cells(todo, f.workdir, f.base, f.data_dir, f.jobs)
+    if failed:
+      raise SystemExit(f"{len(failed)} cells failed: " + "; ".join(f"{c.workdir(f.workdir)}: {e}" for c, e in failed))
+  app.run(main)
+
+
+def write_tables(grid, root: str, out: str) -> list[dict]:
+  """OUT/table.{md,csv,tex,png} from the finished cells of the grid module under ROOT."""
+  chosen = choose(collect(cells(grid.ROWS, grid.TASKS, grid.SEEDS), root))
+  lines = summary(chosen, list(grid.ROWS), list(grid.TASKS), grid.PAPER)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "table.md"), "w") as f:
+    f.write(grid.CAPTION + "\n\n" + markdown(lines, list(grid.TASKS), "paper"))
+  with open(os.path.join(out, "table.csv"), "w") as f:
+    f.write(csv_text(lines, list(grid.TASKS)))
+  with open(os.path.join(out, "table.tex"), "w") as f:
+    f.write(latex(lines, list(grid.TASKS), grid.CAPTION))
+  plot(lines, chosen, list(grid.TASKS), os.path.join(out, "table.png"), grid.NAME)
+  return lines
+
+
+def aggregate_cli(grid) -> None:
+  """`python -m experiments.<table>.aggregate`: the table of the finished cells."""
+  from absl import app, flags
+  flags.DEFINE_string("workdir", f"workdirs/{grid.NAME}", "Root of the cells' workdirs.")
+  flags.DEFINE_string("out", f"experiments/{grid.NAME}/results", "Where the tables and the plot go.")
+
+  def main(argv):
+    del argv
+    write_tables(grid, flags.FLAGS.workdir, flags.FLAGS.out)
+    with open(os.path.join(flags.FLAGS.out, "table.md")) as f:
+      print(f.read())
+  app.run(main)

@@ -1,0 +1,92 @@
+"""The sweep machinery of experiments/ on a tiny grid: cells run once (a second sweep skips them),
+hyperparameters are chosen by mean dev accuracy, and the tables and the plot are written. The task is
+a new folder in the TSV format, given only its prompt settings (no code)."""
+import dataclasses
+import logging
+import os
+
+import pytest
+
+from experiments import sweeps
+from experiments.mezo_k16_cpu import grid
+from tests.conftest import data_dir
+
+PROMPT = (("data.mlm_template", "{sentence} It was {mask} ."), ("data.label_words", ("terrible", "great")))
+STEPS = (("train.steps", 3), ("train.eval_every", 3))
+ROWS = [sweeps.Row("zero-shot", "zero_shot", fixed=PROMPT),
+        sweeps.Row("FT", "full", fixed=PROMPT + STEPS, grid=(("optimizer.learning_rate", (1e-5, 3e-2)),))]
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_roberta, tmp_path_factory):
+  root = tmp_path_factory.mktemp("sweep")
+  with open(os.path.join(data_dir(), "sst2", "train.tsv")) as f:
+    rows = f.read().splitlines()[1:]
+  folder = root / "data" / "reviews"
+  folder.mkdir(parents=True)
+  for split, part in (("train", rows[:200]), ("test", rows[200:260])):
+    (folder / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(part) + "\n")
+  cells = sweeps.cells(ROWS, ["reviews"], [13, 21])
+  base = f"family=roberta,checkpoint={tiny_roberta},k=4"
+  failed = sweeps.run_cells(cells, str(root / "runs"), base, str(root / "data"), jobs=1)
+  return root, cells, base, failed
+
+
+def test_every_cell_runs_once_and_a_second_sweep_skips_them(swept, caplog):
+  root, cells, base, failed = swept
+  assert failed == [] and len(cells) == 2 + 2 * 2
+  assert all(sweeps.finished(c, str(root / "runs")) for c in cells)
+  mtimes = [os.path.getmtime(os.path.join(c.workdir(str(root / "runs")), "metrics.jsonl")) for c in cells]
+  with caplog.at_level(logging.INFO):
+    assert sweeps.run_cells(cells, str(root / "runs"), base, str(root / "data")) == []
+  assert "6 cells, 6 finished already, 0 to run" in caplog.text
+  assert mtimes == [os.path.getmtime(os.path.join(c.workdir(str(root / "runs")), "metrics.jsonl")) for c in cells]
+
+
+def test_hyperparameters_are_chosen_by_mean_dev_accuracy_and_tables_written(swept, tmp_path):
+  root, cells, _, _ = swept
+  records = sweeps.collect(cells, str(root / "runs"))
+  chosen = sweeps.choose(records)
+  mean_dev = {}
+  for r in records:
+    if r["row"] == "FT":
+      mean_dev.setdefault(r["hparams"], []).append(r["dev"])
+  best = max(mean_dev, key=lambda hp: sum(mean_dev[hp]))
+  assert chosen[("FT", "reviews")][0]["hparams"] == best and len(chosen[("FT", "reviews")]) == 2
+  lines = sweeps.summary(chosen, ROWS, ["reviews"], {"FT": {"reviews": 91.9}})
+  tests = [100 * r["test"] for r in chosen[("FT", "reviews")]]
+  assert lines[1]["reviews"]["mean"] == pytest.approx(sum(tests) / 2) and lines[1]["reviews"]["seeds"] == 2
+  md = sweeps.markdown(lines, ["reviews"], "paper")
+  assert md.splitlines()[2].startswith("| zero-shot | ") and "| 91.9 |" in md.splitlines()[3]
+  assert sweeps.csv_text(lines, ["reviews"]).splitlines()[0] == "row,reviews_mean,reviews_std,reviews_seeds,reviews_paper"
+  assert "FT & " in sweeps.latex(lines, ["reviews"], "caption")
+  sweeps.plot(lines, chosen, ["reviews"], str(tmp_path / "table.png"), "tiny")
+  assert os.path.getsize(tmp_path / "table.png") > 10_000
+
+
+def test_the_mezo_k16_grid_names_every_row_of_the_issue_with_the_paper_beside_it():
+  names = [r.name for r in grid.ROWS]
+  assert names == ["zero-shot", "LP", "FT", "FT (LoRA)", "FT (sparse)", "FT (spiel)", "MeZO", "MeZO (LoRA)",
+                   "MeZO (prefix)"]
+  assert grid.SEEDS == (13, 21, 42, 87, 100) and grid.TASKS == ("sst2", "trec") and grid.K == 16
+  config = sweeps.Cell(grid.ROWS[7], "trec", 13, grid.ROWS[7].settings()[0]).config(f"k={grid.K}", data_dir())
+  assert (config.method, config.zo.base, config.train.steps, config.data.task) == ("zo", "lora", grid.ZO_STEPS, "trec")
+  assert set(grid.PAPER) <= set(names) and config.zo.noise == "rademacher"
+  assert len(sweeps.cells(grid.ROWS, grid.TASKS, grid.SEEDS)) == 100
+
+
+def test_every_row_of_the_roberta_large_grid_runs_on_a_tiny_roberta(tiny_roberta, tmp_path):
+  """The full-scale grid's smoke run: one cell per row (its first setting), two steps, through the sweep
+  (sign noise for the zeroth-order rows: gaussian compiles 4x slower here and shards the same)."""
+  from experiments.mezo_k16_roberta_large import grid as large
+  smoke = (("train.steps", 2), ("train.batch_size", 4), ("train.eval_every", 2), ("train.checkpoint_every", 2),
+           ("zo.noise", "rademacher"))
+  rows = [dataclasses.replace(r, fixed=r.fixed + smoke) for r in large.ROWS]
+  cells = [sweeps.Cell(r, "sst2", 13, r.settings()[0]) for r in rows]
+  assert sweeps.run_cells(cells, str(tmp_path), f"family=roberta,checkpoint={tiny_roberta},k=16", data_dir()) == []
+  records = sweeps.collect(cells, str(tmp_path))
+  assert [r["row"] for r in records] == [r.name for r in large.ROWS]
+  assert [r["steps"] for r in records] == [0, 0, 2, 2, 2, 2]
+  assert records[2]["hparams"] == (("optimizer.learning_rate", 1e-7),)
+  assert large.TASKS == ("sst2", "sst5", "snli", "mnli", "rte", "trec")
+  assert len(sweeps.cells(large.ROWS, large.TASKS, large.SEEDS)) == 6 * 5 * (1 + 1 + 3 + 3 + 3 + 9)
