@@ -105,6 +105,10 @@ def run_cell(cell: Cell, root: str, base_arg: str, data_dir: str) -> str | None:
 
 
 def _worker_init():
+  """A worker's log lines go to each cell's run.log; its console shows errors only (the parent shows progress)."""
+  console = logging.StreamHandler()
+  console.setLevel(logging.ERROR)
+  logging.getLogger().addHandler(console)  # also keeps libraries' logging.basicConfig() from adding an INFO one
   logging.getLogger().setLevel(logging.INFO)
   metrics.quiet_library_logs()
 
@@ -121,15 +125,24 @@ def run_cells(todo: list[Cell], root: str, base_arg: str, data_dir: str, jobs: i
   context = multiprocessing.get_context("spawn")  # JAX does not survive fork
   with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init) as pool:
     futures = {pool.submit(run_cell, cell, root, base_arg, data_dir): cell for cell in pending}
+    remaining = sum(map(_cost, pending))
+    spent = 0.0
     for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
       cell, error = futures[future], future.result()
+      spent, remaining = spent + _cost(cell), remaining - _cost(cell)
       if error:
         failed.append((cell, error))
         logging.warning("cell %s failed: %s (log: %s/run.log)", cell.workdir(root), error, cell.workdir(root))
       elapsed = time.perf_counter() - started
       logging.info("[%d/%d] %s | %s seed %d %s | %s elapsed, ETA %s", done, len(pending), cell.task, cell.row.name,
-                   cell.seed, dict(cell.hparams) or "", _minutes(elapsed), _minutes(elapsed / done * (len(pending) - done)))
+                   cell.seed, dict(cell.hparams) or "", _minutes(elapsed), _minutes(elapsed * remaining / spent))
   return failed
+
+
+def _cost(cell: Cell) -> float:
+  """A cell's relative cost for the ETA: a fixed part (load, compile, evaluation) plus examples trained."""
+  settings = dict(cell.row.fixed + cell.hparams)
+  return 1.0 + settings.get("train.steps", 0) * settings.get("train.batch_size", 8) / 400
 
 
 def _minutes(seconds: float) -> str:
