@@ -175,10 +175,14 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
     logging.info("resumed from %s at step %d", checkpoint.step_path(manager, resume_step), int(state.step))
   writer = metrics.MetricWriter(workdir, enabled=is_lead, resume_step=resume_step)
   projected = progress_record["projected_grad"]  # zeroth-order: the projected gradients of every step so far
+  if zeroth_order and len(projected) != int(jax.device_get(state.step)):
+    raise CheckpointError(f"checkpoint {resume_step} in {manager.directory} holds {len(projected)} projected gradients "
+                          f"for step {int(jax.device_get(state.step))}; it cannot resume this zeroth-order run")
 
   def save_checkpoint(dev: dict | None = None):
     step = int(jax.device_get(state.step))
-    record = {**progress_record, "data_position": step, "seed": config.seed}
+    # copies: orbax serializes the record in the background while the loop appends to `projected`
+    record = {**progress_record, "projected_grad": list(projected), "data_position": step, "seed": config.seed}
     checkpoint.save(manager, state, record, json.loads(config.to_json()),
                     metrics={config.train.best_metric: dev[config.train.best_metric]} if dev and config.train.best_metric else None)
     if zeroth_order and is_lead and projected:
