@@ -68,9 +68,12 @@ def restore(manager: ocp.CheckpointManager, step: int, target) -> tuple:
 
 
 def restore_untyped(manager: ocp.CheckpointManager, step: int) -> dict:
-  """Checkpoint `step`'s state as saved (a dict: step, params, opt_state, rng), on one device, without
-  a target: for reading a run back (export) without rebuilding its method's tree."""
-  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  """Checkpoint `step`'s state as saved (a dict: step, params, opt_state, rng) on this process's first
+  device, whatever mesh wrote it: for reading a run back (export) without rebuilding its method's tree."""
+  saved = ocp.StandardCheckpointer().metadata(os.path.join(step_path(manager, step), "state")).item_metadata.tree
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), saved)
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
 
 def restore_latest(manager: ocp.CheckpointManager, target) -> tuple | None:

@@ -302,3 +302,26 @@ def test_export_of_a_workdir_without_a_run_says_so(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and f"{tmp_path} is not a run's workdir: it has no config.json" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+SAVE_ON_8_DEVICES = """
+import sys, jax, jax.numpy as jnp, optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from fttpu import checkpoint
+from fttpu.state import TrainState
+w = jax.device_put(jnp.arange(64.0).reshape(8, 8), NamedSharding(jax.make_mesh((8,), ("fsdp",)), P("fsdp")))
+manager = checkpoint.make_manager(sys.argv[1], 2)
+checkpoint.save(manager, TrainState.create({"w": w}, optax.adam(0.1), 0))
+checkpoint.finish(manager)
+"""
+
+
+def test_export_reads_a_checkpoint_written_by_another_mesh(tmp_path):
+  """fttpu.export restores without a target: an FSDP checkpoint of 8 devices reads onto this one device."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run([sys.executable, "-c", SAVE_ON_8_DEVICES, str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  state = checkpoint.restore_untyped(checkpoint.make_manager(str(tmp_path), 2), 0)
+  np.testing.assert_array_equal(state["params"]["w"], np.arange(64.0).reshape(8, 8))
+  assert int(state["step"]) == 0 and len(jax.tree_util.tree_leaves(state["opt_state"])) == 3  # count, mu, nu
