@@ -77,7 +77,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
   for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     _check(t[key] >= 1, f"train.{key}", t[key], "an integer >= 1")
-  _check(t.best_metric in ("", "accuracy", "loss"), "train.best_metric", t.best_metric, "'accuracy', 'loss' or '' (none)")
+  from fttpu.checkpoint import BEST_METRICS
+  _check(t.best_metric in ("", *BEST_METRICS), "train.best_metric", t.best_metric,
+         f"one of {sorted(BEST_METRICS)} or '' (none)")
   _check(t.nonfinite in NONFINITE, "train.nonfinite", t.nonfinite, str(list(NONFINITE)))
   o = config.optimizer
   _check(o.name in OPTIMIZERS, "optimizer.name", o.name, str(list(OPTIMIZERS)))

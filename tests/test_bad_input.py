@@ -73,7 +73,7 @@ CONFIG_CASES = [
     ("batch size 0", {"train.batch_size": 0}, "config.train.batch_size=0 is invalid; valid: an integer >= 1"),
     ("eval_every 0", {"train.eval_every": 0}, "config.train.eval_every=0 is invalid"),
     ("keep_checkpoints 0", {"train.keep_checkpoints": 0}, "config.train.keep_checkpoints=0 is invalid"),
-    ("unknown best metric", {"train.best_metric": "f1"}, "config.train.best_metric='f1' is invalid; valid: 'accuracy', 'loss'"),
+    ("unknown best metric", {"train.best_metric": "f1"}, "config.train.best_metric='f1' is invalid; valid: one of ['accuracy', 'loss'] or '' (none)"),
     ("unknown nonfinite policy", {"train.nonfinite": "ignore"}, "config.train.nonfinite='ignore' is invalid; valid: ['stop', 'skip']"),
     ("unknown optimizer", {"optimizer.name": "adam"}, "config.optimizer.name='adam' is invalid; valid: ['adamw', 'sgd'"),
     ("unknown schedule", {"optimizer.schedule": "step"}, "config.optimizer.schedule='step' is invalid"),

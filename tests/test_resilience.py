@@ -129,8 +129,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_finishes_the_
   workdir = tmp_path / "run"
   shutil.copytree(references.get("lora"), workdir)
   expected = saved_state(workdir, STEPS)
-  largest = max((os.path.join(root, f) for root, _, files in os.walk(workdir / "checkpoints" / str(STEPS))
-                 for f in files), key=os.path.getsize)
+  largest = largest_file(workdir / "checkpoints" / str(STEPS))
   os.truncate(largest, os.path.getsize(largest) // 2)
   again = subprocess.run(main_args(tiny_roberta, "lora", workdir), cwd=REPO, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
