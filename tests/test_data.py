@@ -61,6 +61,28 @@ def test_any_directory_in_the_format_is_a_task(tmp_path, tfds_dir):
     tasks.get_task("trec", str(tmp_path), label_descriptions=("a", "b"))
 
 
+def _load_after(barrier, task_name, data_dir_, cache_dir):
+  barrier.wait()  # both processes prepare at once, as a sweep's workers do
+  task = tasks.get_task(task_name, data_dir_, label_descriptions=("a", "b"))
+  return tfds_local.load_splits(task, data_dir_, cache_dir)["train"][0][:3]
+
+
+def test_processes_preparing_one_dataset_at_once_both_get_it(tmp_path):
+  """Two sweep workers meeting an unprepared task: one prepares, the other waits and reuses it (without
+  the lock the slower one failed on TFDS's rename: 'Destination ... already exists')."""
+  import concurrent.futures
+  import multiprocessing
+  rows = "".join(f"sentence number {i}\t{i % 2}\n" for i in range(20_000))
+  write(tmp_path / "big/train.tsv", "sentence\tlabel\n" + rows)
+  write(tmp_path / "big/test.tsv", "sentence\tlabel\n" + rows[:200])
+  context = multiprocessing.get_context("spawn")
+  with context.Manager() as manager, concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
+    barrier = manager.Barrier(2)
+    futures = [pool.submit(_load_after, barrier, "big", str(tmp_path), str(tmp_path / "tfds")) for _ in range(2)]
+    results = [f.result(timeout=300) for f in futures]
+  assert results[0] == results[1] == [("sentence number 0",), ("sentence number 1",), ("sentence number 2",)]
+
+
 def test_unknown_task_and_missing_data_say_where_to_point(tmp_path, tfds_dir, monkeypatch):
   with pytest.raises(ValueError, match=r"unknown task 'nope'.*registered: \['mnli', 'rte', 'snli', 'sst2', 'sst5', 'trec'\]"):
     tasks.get_task("nope", str(tmp_path))

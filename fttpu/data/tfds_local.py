@@ -5,6 +5,8 @@ Splits are (rows, labels), a row being the tuple of an example's texts (task.tex
 The local builder prepares ArrayRecord files once per content fingerprint of the TSVs (so an
 edited file is re-prepared) and is read back with `as_data_source`, which needs no TensorFlow.
 """
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import os
@@ -90,6 +92,16 @@ def _check_reachable(builder) -> None:
     socket.getaddrinfo(host, 443)  # socket.gaierror offline
 
 
+@contextlib.contextmanager
+def _one_preparer(cache_dir: str, name: str):
+  """Holds an exclusive lock on CACHE_DIR/<name>.lock: processes preparing the same dataset at once (a
+  sweep's workers) take turns, and the later ones find it prepared instead of racing TFDS's final rename."""
+  os.makedirs(cache_dir, exist_ok=True)
+  with open(os.path.join(cache_dir, f"{name.replace('/', '_')}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    yield
+
+
 def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[list[tuple[str, ...]], np.ndarray]]:
   """{'train': (rows, labels), 'test': ...} from DATA_DIR/<task> or, failing that, the TFDS catalog."""
   cache_dir = os.path.expanduser(cache_dir)
@@ -97,17 +109,19 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
   if directory:
     name = re.sub(r"[^a-z0-9_]", "_", os.path.basename(os.path.normpath(task.name)).lower())
     config = tfds.core.BuilderConfig(name=f"{name}_{_fingerprint(directory, task.label_names)}")
-    builder = LocalTsv(source_dir=directory, label_names=task.label_names, text_fields=task.text_fields,
-                       data_dir=cache_dir, config=config, file_format="array_record")
-    builder.download_and_prepare()
+    with _one_preparer(cache_dir, config.name):  # the builder reads the dataset's info when made: inside too
+      builder = LocalTsv(source_dir=directory, label_names=task.label_names, text_fields=task.text_fields,
+                         data_dir=cache_dir, config=config, file_format="array_record")
+      builder.download_and_prepare()
     return {split: _read_all(builder.as_data_source(split=split), task.text_fields) for split in SPLITS}
   if task.tfds_name:
     try:
       if task.tfds_module:
         importlib.import_module(task.tfds_module)
-      builder = tfds.builder(task.tfds_name, data_dir=cache_dir, file_format="array_record")
-      _check_reachable(builder)
-      builder.download_and_prepare()
+      with _one_preparer(cache_dir, task.tfds_name):
+        builder = tfds.builder(task.tfds_name, data_dir=cache_dir, file_format="array_record")
+        _check_reachable(builder)
+        builder.download_and_prepare()
       sources = {ours: builder.as_data_source(split=theirs) for ours, theirs in task.tfds_splits}
     except Exception as e:  # offline, or TFDS cannot build it here
       reason = str(e).splitlines()[0][:200] if str(e) else ""
