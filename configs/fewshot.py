@@ -41,6 +41,11 @@ def get_config(arg=None):
   config.data.dir = os.environ.get("DATA_DIR", "../shared/data")
   config.data.cache_dir = os.environ.get("FTTPU_TFDS_DIR", "~/.cache/fttpu/tfds")  # prepared TFDS files
   config.data.k = arg.k               # examples per class for train, and again for dev
+  # MeZO's large-model protocol instead of k per class: num_train + num_dev rows drawn from the train
+  # split by the seed, num_test from the test split (one draw for every seed); 0 = off / the whole split.
+  config.data.num_train = 0
+  config.data.num_dev = 0
+  config.data.num_test = 0
   config.data.max_length = 64         # tokens per sentence, truncated and padded
   config.data.template = ""           # e.g. "Review: {sentence}"; "" keeps the task's
   config.data.label_descriptions = () # one per class; () keeps the task's

@@ -70,7 +70,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                    mlm_template=d.mlm_template, causal_template=d.causal_template, label_words=tuple(d.label_words),
                    style=m.classifier)
   _check(d.k >= 1, "data.k", d.k, "an integer >= 1 (examples per class)")
-  _check(8 <= d.max_length <= 512, "data.max_length", d.max_length, "8..512 tokens")
+  _check(d.max_length >= 8, "data.max_length", d.max_length, "8..the checkpoint's positions (512 for BERT, 2048 for OPT)")
+  for key in ("num_train", "num_dev", "num_test"):
+    _check(d[key] >= 0, f"data.{key}", d[key], "an integer >= 0 (0: k per class for train and dev, the whole test split)")
+  _check((d.num_train > 0) == (d.num_dev > 0), "data.num_dev", d.num_dev,
+         f"> 0 exactly when data.num_train > 0 (num_train={d.num_train})")
   t = config.train
   _check(t.steps >= 0, "train.steps", t.steps, "an integer >= 0")
   _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")

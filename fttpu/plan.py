@@ -129,6 +129,7 @@ def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
   m = config.model
   model_config = models.make_config(m.family, hf_config(model_name), lm_head=m.classifier == "mlm",
                                     dtype=m.compute_dtype, param_dtype=m.param_dtype)
+  models.check_length(model_config, config.data.max_length)
   module = models.get_family(m.family).module(model_config)
   shapes = models.param_shapes(module)
   model = models.LoadedModel(module, shapes, None, model_config, "")

@@ -121,6 +121,7 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
   # ---------------------------------------------------------------- model and data
   rules = dict(config.sharding_rules)
   model = models.load_for(config.model, shardings=lambda module: model_shardings(module, rules, mesh))
+  models.check_length(model.config, config.data.max_length)
   model_axes = models.logical_axes(model.module)
   data = pipeline.load_few_shot(config.data, model.tokenizer, config.seed, config.model.classifier)
   logging.info("task %s: %d train, %d dev, %d test examples; checkpoint %s", data.task.name, len(data.train),

@@ -84,7 +84,7 @@ def test_processes_preparing_one_dataset_at_once_both_get_it(tmp_path):
 
 
 def test_unknown_task_and_missing_data_say_where_to_point(tmp_path, tfds_dir, monkeypatch):
-  with pytest.raises(ValueError, match=r"unknown task 'nope'.*registered: \['mnli', 'rte', 'snli', 'sst2', 'sst5', 'trec'\]"):
+  with pytest.raises(ValueError, match=r"unknown task 'nope'.*registered: \['boolq', 'cb', 'mnli', 'multirc', 'rte', 'snli', 'sst2', 'sst5', 'trec', 'wic', 'wsc'\]"):
     tasks.get_task("nope", str(tmp_path))
   # No local copy and no network: the TFDS catalog fallback fails at once and says what to do.
   import socket

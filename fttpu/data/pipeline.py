@@ -218,11 +218,17 @@ def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") 
                         label_words=tuple(optional("label_words", ())), style=style)
   splits = tfds_local.load_splits(task, data_config.dir, data_config.cache_dir)
   train_rows, train_labels = splits["train"]
-  train_idx, dev_idx = fewshot.sample_k_shot(train_labels, data_config.k, seed, task.num_classes)
+  if optional("num_train", 0):  # MeZO's large-model protocol
+    train_idx, dev_idx = fewshot.sample_rows(len(train_labels), data_config.num_train, data_config.num_dev, seed)
+  else:
+    train_idx, dev_idx = fewshot.sample_k_shot(train_labels, data_config.k, seed, task.num_classes)
   chosen = np.concatenate([train_idx, dev_idx])
   encoded = encode_split(tokenizer, task, [train_rows[i] for i in chosen], train_labels[chosen],
                          data_config.max_length, style)
-  test = encode_split(tokenizer, task, *splits["test"], data_config.max_length, style)
+  test_rows, test_labels = splits["test"]
+  test_idx = fewshot.sample_test(len(test_labels), optional("num_test", 0))
+  test = encode_split(tokenizer, task, [test_rows[i] for i in test_idx], test_labels[test_idx],
+                      data_config.max_length, style)
   n = len(train_idx)
   return FewShotData(task, encoded.take(np.arange(n)), encoded.take(np.arange(n, len(encoded))), test,
                      prompts(tokenizer, task, style), style)

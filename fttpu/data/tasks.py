@@ -11,8 +11,9 @@ Styles (how a class is scored):
 
 Templates are Python format strings over the task's text fields ({sentence}, or {sentence1} and
 {sentence2}) and their derived forms {<field>_trimmed} (the last character dropped when it is
-punctuation: LM-BFF's `sent-_`) and {<field>_lowerfirst} (first letter lowercased: LM-BFF's
-`sentl_`); texts are stripped of surrounding whitespace first.
+punctuation: LM-BFF's `sent-_`), {<field>_lowerfirst} (first letter lowercased: LM-BFF's
+`sentl_`) and {<field>_upperfirst} (first letter uppercased: MeZO's BoolQ question); texts are stripped
+of surrounding whitespace first.
 """
 import dataclasses
 import os
@@ -53,6 +54,8 @@ class Task:
 
 
 _GLUE = "tensorflow_datasets.text.glue"
+_SUPER_GLUE = "tensorflow_datasets.text.super_glue"
+_NO_YES = ("No", "Yes")  # SuperGLUE's binary labels: 0 = False, 1 = True
 _NLI_LABELS = ("entailment", "neutral", "contradiction")  # TFDS glue/mnli and snli order
 _NLI_DESCRIPTIONS = ("The hypothesis follows from the premise.", "The hypothesis might be true given the premise.",
                      "The hypothesis contradicts the premise.")
@@ -74,6 +77,15 @@ def _nli_task(name: str, tfds_name: str, tfds_module: str, test_split: str) -> T
               mlm_template=_NLI_MLM, causal_template=_NLI_CAUSAL, label_words=("Yes", "Maybe", "No"),
               text_fields=PAIR, tfds_name=tfds_name, tfds_module=tfds_module,
               tfds_splits=(("train", "train"), ("test", test_split)), tfds_fields=("premise", "hypothesis"))
+
+
+def _yes_no_task(name: str, text_fields: tuple[str, ...], causal_template: str, catalog: str = "",
+                 catalog_fields: tuple[str, ...] = ()) -> Task:
+  """A SuperGLUE task whose label is False/True (0/1), answered No/Yes by a causal LM; the TFDS catalog's
+  super_glue/<catalog or name>, tested on its validation split (the test labels are hidden)."""
+  return Task(name=name, label_names=("false", "true"), causal_template=causal_template, label_words=_NO_YES,
+              text_fields=text_fields, tfds_name=f"super_glue/{catalog or name}", tfds_module=_SUPER_GLUE,
+              tfds_splits=(("train", "train"), ("test", "validation")), tfds_fields=catalog_fields)
 
 
 TASKS = {
@@ -114,6 +126,23 @@ TASKS = {
         # LM-BFF's mapping; ABBR is "Expression".
         label_words=("Description", "Entity", "Expression", "Human", "Location", "Number"),
     ),
+    # SuperGLUE, for causal LMs, with the prompts of MeZO's large_models/templates.py (PromptSource's);
+    # GLUE's and SuperGLUE's test labels are hidden, so the test split is validation (MeZO samples 1000 of it).
+    "cb": dataclasses.replace(_nli_task("cb", "super_glue/cb", _SUPER_GLUE, "validation"),
+                              label_names=("entailment", "contradiction", "neutral"),  # super_glue/cb order
+                              label_descriptions=(), label_words=("Yes", "No", "Maybe")),
+    "boolq": _yes_no_task("boolq", ("passage", "question"),
+                          "{passage} {question_upperfirst}?\n"),  # BoolQTemplateV3 (its questions have no "?")
+    "wic": _yes_no_task("wic", ("word", "sentence1", "sentence2"),
+                        'Does the word "{word}" have the same meaning in these two sentences? Yes, No?\n'
+                        "{sentence1}\n{sentence2}\n"),
+    # MeZO lowercases the pronoun (span2); its spans are single pronouns, so the first letter is all of it.
+    "wsc": _yes_no_task("wsc", ("text", "span1", "span2"),
+                        '{text}\nIn the previous sentence, does the pronoun "{span2_lowerfirst}" refer to {span1}? '
+                        "Yes or No?\n", catalog="wsc.fixed", catalog_fields=("text", "span1_text", "span2_text")),
+    "multirc": _yes_no_task("multirc", ("paragraph", "question", "answer"),
+                            '{paragraph}\nQuestion: {question}\nI found this answer "{answer}". Is that correct? '
+                            "Yes or No?\n"),
     "mnli": _nli_task("mnli", "glue/mnli", _GLUE, "validation_matched"),  # LM-BFF tests on dev-matched
     # SNLI rows without a gold label (-1) are dropped.
     "snli": _nli_task("snli", "snli", "tensorflow_datasets.datasets.snli.snli_dataset_builder", "test"),
@@ -151,7 +180,8 @@ def template_fields(text_fields: tuple[str, ...], row) -> dict:
   for name, text in zip(text_fields, row, strict=True):
     text = text.strip()
     trimmed = text[:-1].rstrip() if text and text[-1] in string.punctuation else text
-    fields.update({name: text, f"{name}_trimmed": trimmed, f"{name}_lowerfirst": text[:1].lower() + text[1:]})
+    fields.update({name: text, f"{name}_trimmed": trimmed, f"{name}_lowerfirst": text[:1].lower() + text[1:],
+                   f"{name}_upperfirst": text[:1].upper() + text[1:]})
   return fields
 
 

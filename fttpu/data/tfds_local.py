@@ -70,6 +70,16 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+_NESTED_INDEX = ("paragraph", "passage", "question", "query", "answer")  # outermost first
+
+
+def _position(index) -> tuple[int, ...]:
+  """A row's place in its file: an int, or SuperGLUE MultiRC's {"paragraph", "question", "answer"} numbers."""
+  if isinstance(index, dict):
+    return tuple(int(index[name]) for name in _NESTED_INDEX if name in index)
+  return (int(index),)
+
+
 def _read_all(source, fields) -> tuple[list[tuple[str, ...]], np.ndarray]:
   """All labelled rows of a split in file order (TFDS shuffles on prepare; ours carry `index`, GLUE's `idx`).
 
@@ -78,7 +88,7 @@ def _read_all(source, fields) -> tuple[list[tuple[str, ...]], np.ndarray]:
   rows = source.__getitems__(range(len(source)))
   order_key = next((k for k in ("index", "idx") if rows and k in rows[0]), None)
   if order_key:
-    rows = sorted(rows, key=lambda r: int(r[order_key]))
+    rows = sorted(rows, key=lambda r: _position(r[order_key]))
   rows = [r for r in rows if int(r["label"]) >= 0]
   return [tuple(_text(r[f]) for f in fields) for r in rows], np.asarray([r["label"] for r in rows], np.int32)
 

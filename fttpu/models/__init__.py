@@ -48,6 +48,15 @@ class LoadedModel:
   checkpoint_dir: str
 
 
+def check_length(config: ModelConfig, max_length: int) -> None:
+  """Fails unless `max_length` tokens fit the model's learned (or rotary) positions."""
+  usable = config.max_positions - config.position_offset
+  if max_length > usable:
+    from fttpu.config import ConfigError
+    raise ConfigError(f"config.data.max_length={max_length} is invalid; valid: 8..{usable} tokens "
+                      f"(the checkpoint's {usable} positions)")
+
+
 def get_family(name: str) -> Family:
   if name not in FAMILIES:
     raise ValueError(f"unknown model.family {name!r}; valid: {sorted(FAMILIES)}")
