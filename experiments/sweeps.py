@@ -44,6 +44,7 @@ class Cell:
   task: str
   seed: int
   hparams: tuple  # ((config key, value), ...): one combination of row.grid
+  task_fixed: tuple = ()  # the task's own settings (its prompts, its sequence length); the row's come after
 
   def workdir(self, root: str) -> str:
     hp = "_".join(f"{k.split('.')[-1]}={v}" for k, v in self.hparams) or "default"
@@ -52,8 +53,12 @@ class Cell:
   def config_arg(self, base_arg: str) -> str:
     return f"{base_arg},task={self.task},method={self.row.method},seed={self.seed}".lstrip(",")
 
+  def settings(self) -> tuple:
+    """((config key, value), ...): the task's, then the row's fixed ones, then the hyperparameters."""
+    return self.task_fixed + self.row.fixed + self.hparams
+
   def overrides(self) -> list[str]:
-    return [f"--config.{k}={v}" for k, v in self.row.fixed + self.hparams]
+    return [f"--config.{k}={v}" for k, v in self.settings()]
 
   def launch_command(self, launcher: str, root: str, base_arg: str, data_dir: str) -> str:
     """The shell command that runs this cell through launch/<launcher>.sh (a pod or a cluster per cell)."""
@@ -68,15 +73,17 @@ class Cell:
     from fttpu import config as config_lib
     config = fewshot.get_config(self.config_arg(base_arg))
     config.data.dir = data_dir
-    return config_lib.set_fields(config, {k: str(v) for k, v in self.row.fixed + self.hparams})
+    return config_lib.set_fields(config, {k: str(v) for k, v in self.settings()})
 
 
 def slug(name: str) -> str:
   return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def cells(rows, tasks, seeds) -> list[Cell]:
-  return [Cell(row, task, seed, hp) for row in rows for task in tasks for hp in row.settings() for seed in seeds]
+def cells(rows, tasks, seeds, task_settings: dict | None = None) -> list[Cell]:
+  """Every (row, task, hyperparameters, seed); `task_settings` maps a task to its own ((key, value), ...)."""
+  return [Cell(row, task, seed, hp, tuple((task_settings or {}).get(task, ()))) for row in rows for task in tasks
+          for hp in row.settings() for seed in seeds]
 
 
 def finished(cell: Cell, root: str) -> bool:
@@ -104,8 +111,13 @@ def run_cell(cell: Cell, root: str, base_arg: str, data_dir: str) -> str | None:
     handler.close()
 
 
-def _worker_init():
-  """A worker's log lines go to each cell's run.log; its console shows errors only (the parent shows progress)."""
+def _worker_init(cores):
+  """A worker takes its share of the cores (so XLA sizes its thread pools to it: two 2-thread workers on 2
+  cores ran a step at 0.6x the speed of one); its log lines go to each cell's run.log, its console shows
+  errors only (the parent shows progress)."""
+  share = cores.get()
+  if share:
+    os.sched_setaffinity(0, share)
   console = logging.StreamHandler()
   console.setLevel(logging.ERROR)
   logging.getLogger().addHandler(console)  # also keeps libraries' logging.basicConfig() from adding an INFO one
@@ -123,7 +135,11 @@ def run_cells(todo: list[Cell], root: str, base_arg: str, data_dir: str, jobs: i
                len(pending), jobs)
   failed, started = [], time.perf_counter()
   context = multiprocessing.get_context("spawn")  # JAX does not survive fork
-  with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init) as pool:
+  cores = context.SimpleQueue()
+  for share in _core_shares(jobs):
+    cores.put(share)
+  with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
+                                              initargs=(cores,)) as pool:
     futures = {pool.submit(run_cell, cell, root, base_arg, data_dir): cell for cell in pending}
     remaining = sum(map(_cost, pending))
     spent = 0.0
@@ -139,10 +155,21 @@ def run_cells(todo: list[Cell], root: str, base_arg: str, data_dir: str, jobs: i
   return failed
 
 
+def _core_shares(jobs: int) -> list[set]:
+  """This process's cores split evenly among `jobs` workers; empty sets (no pinning) when there are fewer."""
+  available = sorted(os.sched_getaffinity(0))
+  if jobs < 2 or len(available) < jobs:
+    return [set()] * jobs
+  return [set(available[i * len(available) // jobs:(i + 1) * len(available) // jobs]) for i in range(jobs)]
+
+
 def _cost(cell: Cell) -> float:
-  """A cell's relative cost for the ETA: a fixed part (load, compile, evaluation) plus examples trained."""
-  settings = dict(cell.row.fixed + cell.hparams)
-  return 1.0 + settings.get("train.steps", 0) * settings.get("train.batch_size", 8) / 400
+  """A cell's relative cost for the ETA: a fixed part (load, compile, evaluation) plus the tokens it trains,
+  a zeroth-order token at 0.3 of a backpropagated one. fttpu.bench, MiniLM on 2 cores: a full step of 8 x 64
+  tokens 0.42 s, a MeZO step of 16 x 64 0.25 s; the fixed part, ~15 s, is what 18K backpropagated tokens take."""
+  settings = dict(cell.settings())
+  tokens = settings.get("train.steps", 0) * settings.get("train.batch_size", 8) * settings.get("data.max_length", 64)
+  return 1.0 + tokens * (0.3 if cell.row.method in ("mezo", "zo") else 1.0) / 18_000
 
 
 def _minutes(seconds: float) -> str:
@@ -293,7 +320,7 @@ def run_cli(grid) -> None:
       raise app.UsageError(f"--only: unknown rows {sorted(unknown)}; rows: {[r.name for r in grid.ROWS]}")
     extra = tuple(tuple(item.split("=", 1)) for item in f.set)
     rows = [dataclasses.replace(r, fixed=r.fixed + extra) for r in grid.ROWS if not f.only or r.name in f.only]
-    todo = cells(rows, f.tasks, [int(s) for s in f.seeds])
+    todo = cells(rows, f.tasks, [int(s) for s in f.seeds], getattr(grid, "TASK_SETTINGS", {}))
     if f.launcher:
       print("\n".join(c.launch_command(f.launcher, f.workdir, f.base, f.data_dir) for c in todo
                       if not finished(c, f.workdir)))
@@ -306,7 +333,7 @@ def run_cli(grid) -> None:
 
 def write_tables(grid, root: str, out: str) -> list[dict]:
   """OUT/table.{md,csv,tex,png} from the finished cells of the grid module under ROOT."""
-  chosen = choose(collect(cells(grid.ROWS, grid.TASKS, grid.SEEDS), root))
+  chosen = choose(collect(cells(grid.ROWS, grid.TASKS, grid.SEEDS, getattr(grid, "TASK_SETTINGS", {})), root))
   lines = summary(chosen, list(grid.ROWS), list(grid.TASKS), grid.PAPER)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "table.md"), "w") as f:
