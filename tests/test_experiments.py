@@ -1,6 +1,6 @@
 """The sweep machinery of experiments/ on a tiny grid: cells run once (a second sweep skips them),
 hyperparameters are chosen by mean dev accuracy, and the tables and the plot are written. The task is
-a new folder in the TSV format, given only its prompt settings (no code)."""
+a new folder in the TSV format, given only its entry of task settings (its prompts; no code)."""
 import dataclasses
 import logging
 import os
@@ -13,8 +13,8 @@ from tests.conftest import data_dir
 
 PROMPT = (("data.mlm_template", "{sentence} It was {mask} ."), ("data.label_words", ("terrible", "great")))
 STEPS = (("train.steps", 3), ("train.eval_every", 3))
-ROWS = [sweeps.Row("zero-shot", "zero_shot", fixed=PROMPT),
-        sweeps.Row("FT", "full", fixed=PROMPT + STEPS, grid=(("optimizer.learning_rate", (1e-5, 3e-2)),))]
+ROWS = [sweeps.Row("zero-shot", "zero_shot"),
+        sweeps.Row("FT", "full", fixed=STEPS, grid=(("optimizer.learning_rate", (1e-5, 3e-2)),))]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def swept(tiny_roberta, tmp_path_factory):
   folder.mkdir(parents=True)
   for split, part in (("train", rows[:200]), ("test", rows[200:260])):
     (folder / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(part) + "\n")
-  cells = sweeps.cells(ROWS, ["reviews"], [13, 21])
+  cells = sweeps.cells(ROWS, ["reviews"], [13, 21], {"reviews": PROMPT})  # the task's entry: its prompts
   base = f"family=roberta,checkpoint={tiny_roberta},k=4"
   failed = sweeps.run_cells(cells, str(root / "runs"), base, str(root / "data"), jobs=1)
   return root, cells, base, failed
@@ -72,7 +72,10 @@ def test_the_mezo_k16_grid_names_every_row_of_the_issue_with_the_paper_beside_it
   config = sweeps.Cell(grid.ROWS[7], "trec", 13, grid.ROWS[7].settings()[0]).config(f"k={grid.K}", data_dir())
   assert (config.method, config.zo.base, config.train.steps, config.data.task) == ("zo", "lora", grid.ZO_STEPS, "trec")
   assert set(grid.PAPER) <= set(names) and config.zo.noise == "rademacher"
-  assert len(sweeps.cells(grid.ROWS, grid.TASKS, grid.SEEDS)) == 100
+  every = sweeps.cells(grid.ROWS, grid.TASKS, grid.SEEDS, grid.TASK_SETTINGS)
+  assert len(every) == 90
+  lengths = {c.task: c.config(f"k={grid.K}", data_dir()).data.max_length for c in every if c.row.name == "MeZO"}
+  assert lengths == {"sst2": 56, "trec": 32}
 
 
 def test_every_row_of_the_roberta_large_grid_runs_on_a_tiny_roberta(tiny_roberta, tmp_path):
@@ -90,3 +93,27 @@ def test_every_row_of_the_roberta_large_grid_runs_on_a_tiny_roberta(tiny_roberta
   assert records[2]["hparams"] == (("optimizer.learning_rate", 1e-7),)
   assert large.TASKS == ("sst2", "sst5", "snli", "mnli", "rte", "trec")
   assert len(sweeps.cells(large.ROWS, large.TASKS, large.SEEDS)) == 6 * 5 * (1 + 1 + 3 + 3 + 3 + 9)
+
+
+def test_every_row_of_the_opt13b_grid_runs_on_a_tiny_opt(tmp_path, tfds_dir):
+  """The OPT-13B grid's smoke run: one cell per row (its first setting) on a tiny random OPT, SST-2 with
+  the large-model protocol scaled down (rows drawn, not k per class), two steps, through the sweep."""
+  from experiments.mezo_opt13b import grid as opt13b
+  from fttpu.models import tiny
+  checkpoint = tiny.build("opt", str(tmp_path / "tiny-opt"), tiny.task_texts("sst2", data_dir(), tfds_dir))
+  smoke = (("train.steps", 2), ("train.batch_size", 4), ("train.eval_every", 2), ("train.checkpoint_every", 2),
+           ("data.num_train", 24), ("data.num_dev", 16), ("data.num_test", 40), ("data.max_length", 48),
+           ("zo.noise", "rademacher"))
+  rows = [dataclasses.replace(r, fixed=r.fixed + smoke) for r in opt13b.ROWS]
+  cells = [sweeps.Cell(r, "sst2", 0, r.settings()[0], opt13b.TASK_SETTINGS["sst2"]) for r in rows]
+  assert sweeps.run_cells(cells, str(tmp_path / "runs"), f"family=opt,checkpoint={checkpoint}", data_dir()) == []
+  records = sweeps.collect(cells, str(tmp_path / "runs"))
+  assert [r["row"] for r in records] == [r.name for r in opt13b.ROWS]
+  assert [r["steps"] for r in records] == [0, 0, 2, 2, 2, 2]
+  config = cells[2].config(f"family=opt,checkpoint={checkpoint}", data_dir())
+  assert (config.data.num_train, config.data.num_test, config.zo.eps, config.optimizer.learning_rate) == (24, 40, 1e-3, 1e-6)
+  assert (config.model.compute_dtype, config.model.param_dtype, config.mesh.fsdp) == ("bfloat16", "float32", -1)
+  full = sweeps.cells(opt13b.ROWS, opt13b.TASKS, opt13b.SEEDS, opt13b.TASK_SETTINGS)
+  assert len(full) == 7 * (1 + 1 + 2 + 2 + 2 + 3)
+  cb = next(c for c in full if c.task == "cb").config(opt13b.BASE.replace("/path/to/opt-13b", checkpoint), data_dir())
+  assert (cb.data.num_train, cb.data.num_dev, cb.data.num_test) == (150, 100, 1000)
