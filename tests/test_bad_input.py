@@ -68,7 +68,7 @@ CONFIG_CASES = [
     ("k of 0", {"data.k": 0}, "config.data.k=0 is invalid; valid: an integer >= 1"),
     ("max_length too short", {"data.max_length": 4}, "config.data.max_length=4 is invalid; valid: 8..the checkpoint's"),
     ("max_length past the positions", {"data.max_length": 4096},
-     "config.data.max_length=4096 is invalid; valid: 8..128 tokens (the checkpoint's 128 positions)"),
+     "config.data.max_length=4096 is invalid; valid: 8..130 tokens (the checkpoint's 130 positions)"),
     ("template without its field", {"data.mlm_template": "It was {mask}."}, "data.mlm_template='It was {mask}.' must contain"),
     ("negative steps", {"train.steps": -1}, "config.train.steps=-1 is invalid; valid: an integer >= 0"),
     ("batch size 0", {"train.batch_size": 0}, "config.train.batch_size=0 is invalid; valid: an integer >= 1"),
