@@ -31,7 +31,8 @@ ZO = (("train.steps", ZO_STEPS), ("train.eval_every", ZO_STEPS // 4), ("train.ch
 # measured on 2 cores (fttpu.bench, MiniLM, seq 64): full 0.42 s/step at batch 8, lora 0.22, sparse and
 # spiel 0.43; mezo (sign noise) 0.25 at batch 16, zo over lora 0.22, over prefix 0.23; plus ~15 s per cell
 # (load, compile, 4 dev and 1 test evaluation). A step's cost falls less than its length (AdamW's update
-# and the 11.7M-entry embedding table's gradient do not shrink): the 90 cells took WALL_TIME.
+# and the 11.7M-entry embedding table's gradient do not shrink): the 90 cells took 2 h 25 min with
+# --jobs=2 (README.md, Results).
 ROWS = (
     Row("zero-shot", "zero_shot"),
     Row("LP", "head", fixed=(("head.solver", "lbfgs"),)),
