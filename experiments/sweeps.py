@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import io
 import itertools
+import json
 import logging
 import os
 import re
@@ -277,14 +278,15 @@ def plot(lines: list[dict], chosen: dict, tasks: list[str], path: str, title: st
   axes[0].invert_yaxis()
   axes[0].set(xlabel="test accuracy (%)", title=title)
   axes[0].legend(fontsize=8)
+  curves = mean_curves(chosen)
   for ax, task in zip(axes[1:], tasks):
     for name in names:
-      curves = [r["curve"] for r in chosen.get((name, task), []) if len(r["curve"]) > 1]
-      if curves and len({len(c) for c in curves}) == 1:
-        steps = [s for s, _ in curves[0]]
-        ax.plot(steps, 100 * np.mean([[a for _, a in c] for c in curves], axis=0), marker=".", label=name)
+      if (name, task) in curves:
+        steps, accuracies = zip(*curves[(name, task)])
+        ax.plot(steps, 100 * np.array(accuracies), marker=".", label=name)
     ax.set(xlabel="step", ylabel="dev accuracy (%)", title=f"{task}: dev accuracy during training")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
   for ax in axes:
     ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -331,19 +333,70 @@ def run_cli(grid) -> None:
   app.run(main)
 
 
-def write_tables(grid, root: str, out: str) -> list[dict]:
-  """OUT/table.{md,csv,tex,png} from the finished cells of the grid module under ROOT."""
-  chosen = choose(collect(cells(grid.ROWS, grid.TASKS, grid.SEEDS, getattr(grid, "TASK_SETTINGS", {})), root))
-  lines = summary(chosen, list(grid.ROWS), list(grid.TASKS), grid.PAPER)
+def write_tables(grid, root: str, out: str, only=()) -> list[dict]:
+  """OUT/table.{md,csv,tex,png,json} from the finished cells of the grid module under ROOT.
+
+  With `only` (row names), those rows come from ROOT and every other row keeps its line (and dev curve)
+  from the table already in OUT: OUT/table.json, or for a table written before table.json existed,
+  OUT/table.csv (means, stds, seeds) and OUT/table.md (chosen hyperparameters). So a few rows can be
+  re-run into a fresh ROOT without the other rows' cells."""
+  tasks = list(grid.TASKS)
+  rows = [r for r in grid.ROWS if not only or r.name in only]
+  chosen = choose(collect(cells(rows, tasks, grid.SEEDS, getattr(grid, "TASK_SETTINGS", {})), root))
+  lines = summary(chosen, list(grid.ROWS), tasks, grid.PAPER)
+  if only:
+    kept, curves = previous_table(out, tasks)
+    for line in lines:
+      if line["row"] not in only and line["row"] in kept:
+        line.update({t: {**kept[line["row"]][t], "paper": line[t]["paper"]} for t in tasks})
+    chosen.update({key: [{"curve": curve}] for key, curve in curves.items() if key[0] not in only})
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "table.md"), "w") as f:
-    f.write(grid.CAPTION + "\n\n" + markdown(lines, list(grid.TASKS), "paper"))
+    f.write(grid.CAPTION + "\n\n" + markdown(lines, tasks, "paper"))
   with open(os.path.join(out, "table.csv"), "w") as f:
-    f.write(csv_text(lines, list(grid.TASKS)))
+    f.write(csv_text(lines, tasks))
   with open(os.path.join(out, "table.tex"), "w") as f:
-    f.write(latex(lines, list(grid.TASKS), grid.CAPTION))
-  plot(lines, chosen, list(grid.TASKS), os.path.join(out, "table.png"), grid.NAME)
+    f.write(latex(lines, tasks, grid.CAPTION))
+  with open(os.path.join(out, "table.json"), "w") as f:
+    json.dump({"lines": lines, "curves": [{"row": row, "task": task, "curve": curve}
+                                          for (row, task), curve in mean_curves(chosen).items()]}, f, indent=1)
+  plot(lines, chosen, tasks, os.path.join(out, "table.png"), grid.NAME)
   return lines
+
+
+def mean_curves(chosen: dict) -> dict:
+  """{(row, task): [(step, mean dev accuracy over the seeds), ...]} where the seeds' curves line up."""
+  out = {}
+  for key, records in chosen.items():
+    curves = [r["curve"] for r in records if len(r["curve"]) > 1]
+    if curves and len({len(c) for c in curves}) == 1:
+      out[key] = [(s, float(np.mean([c[i][1] for c in curves]))) for i, (s, _) in enumerate(curves[0])]
+  return out
+
+
+def previous_table(out: str, tasks: list[str]) -> tuple[dict, dict]:
+  """The table already in OUT: ({row: {task: {mean, std, seeds, hparams}}}, {(row, task): mean dev curve})."""
+  path = os.path.join(out, "table.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    return ({l["row"]: {t: l[t] for t in tasks} for l in saved["lines"]},
+            {(c["row"], c["task"]): [tuple(p) for p in c["curve"]] for c in saved["curves"]})
+  kept = {}
+  with open(os.path.join(out, "table.csv")) as f:
+    for r in csv.DictReader(f):
+      kept[r["row"]] = {t: {"mean": float(r[f"{t}_mean"]), "std": float(r[f"{t}_std"]), "seeds": int(r[f"{t}_seeds"]),
+                            "hparams": {}} for t in tasks}
+  with open(os.path.join(out, "table.md")) as f:
+    table = [l for l in f.read().splitlines() if l.startswith("| ")]
+  head = [c.strip() for c in table[0].strip("|").split("|")]
+  for line in table[1:]:
+    values = [c.strip() for c in line.strip("|").split("|")]
+    for t in tasks:
+      hparams = values[head.index(f"{t} chosen")]
+      if values[0] in kept and hparams != "-":
+        kept[values[0]][t]["hparams"] = dict(item.split("=", 1) for item in hparams.split(", "))
+  return kept, {}
 
 
 def aggregate_cli(grid) -> None:
@@ -351,10 +404,15 @@ def aggregate_cli(grid) -> None:
   from absl import app, flags
   flags.DEFINE_string("workdir", f"workdirs/{grid.NAME}", "Root of the cells' workdirs.")
   flags.DEFINE_string("out", f"experiments/{grid.NAME}/results", "Where the tables and the plot go.")
+  flags.DEFINE_list("only", [], "Aggregate only these rows (names in grid.ROWS) from --workdir; every other row "
+                    "keeps its line from the table already in --out (re-running a few rows of a finished table).")
 
   def main(argv):
     del argv
-    write_tables(grid, flags.FLAGS.workdir, flags.FLAGS.out)
+    unknown = set(flags.FLAGS.only) - {r.name for r in grid.ROWS}
+    if unknown:
+      raise app.UsageError(f"--only: unknown rows {sorted(unknown)}; rows: {[r.name for r in grid.ROWS]}")
+    write_tables(grid, flags.FLAGS.workdir, flags.FLAGS.out, flags.FLAGS.only)
     with open(os.path.join(flags.FLAGS.out, "table.md")) as f:
       print(f.read())
   app.run(main)

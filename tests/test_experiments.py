@@ -4,6 +4,8 @@ a new folder in the TSV format, given only its entry of task settings (its promp
 import dataclasses
 import logging
 import os
+import shutil
+import types
 
 import pytest
 
@@ -73,9 +75,48 @@ def test_the_mezo_k16_grid_names_every_row_of_the_issue_with_the_paper_beside_it
   assert (config.method, config.zo.base, config.train.steps, config.data.task) == ("zo", "lora", grid.ZO_STEPS, "trec")
   assert set(grid.PAPER) <= set(names) and config.zo.noise == "rademacher"
   every = sweeps.cells(grid.ROWS, grid.TASKS, grid.SEEDS, grid.TASK_SETTINGS)
-  assert len(every) == 90
+  assert len(every) == 70 + 2 * 2 * 5 * 2  # the LoRA and prefix rows: two rates each
   lengths = {c.task: c.config(f"k={grid.K}", data_dir()).data.max_length for c in every if c.row.name == "MeZO"}
   assert lengths == {"sst2": 56, "trec": 32}
+
+
+def test_the_cpu_zeroth_order_rows_carry_the_papers_eps_and_weight_decay_in_new_workdirs():
+  """MeZO eps 1e-3 without decay (its cells stand); LoRA eps 1e-3, decay 0.1; prefix eps 1e-1. The LoRA
+  and prefix cells' workdirs name eps and decay, so the earlier cells at eps 1e-3 without decay (in
+  .../learning_rate=0.001/) do not count as finished cells of this grid."""
+  rows = {r.name: r for r in grid.ROWS}
+  expected = {"MeZO": (1e-3, 0.0, [1e-5]), "MeZO (LoRA)": (1e-3, 0.1, [1e-4, 1e-3]),
+              "MeZO (prefix)": (1e-1, 0.0, [1e-2, 1e-1])}
+  for name, (eps, decay, rates) in expected.items():
+    configs = [sweeps.Cell(rows[name], "sst2", 13, hp).config(f"k={grid.K}", data_dir()) for hp in rows[name].settings()]
+    assert [(c.zo.eps, c.optimizer.weight_decay) for c in configs] == [(eps, decay)] * len(rates)
+    assert [c.optimizer.learning_rate for c in configs] == rates
+  lora = sweeps.Cell(rows["MeZO (LoRA)"], "sst2", 13, rows["MeZO (LoRA)"].settings()[1])
+  assert lora.workdir("R") == "R/sst2/mezo_lora/eps=0.001_weight_decay=0.1_learning_rate=0.001/seed13"
+  assert sweeps.Cell(rows["MeZO"], "sst2", 13, rows["MeZO"].settings()[0]).workdir("R") == \
+      "R/sst2/mezo/learning_rate=1e-05/seed13"  # unchanged: the cells run before stand
+  config = lora.config(f"k={grid.K}", data_dir())
+  assert (config.lora.rank, config.lora.alpha, config.lora.targets) == (8, 16.0, "query|value")
+
+
+def test_aggregating_only_some_rows_keeps_the_other_rows_of_the_table(swept, tmp_path):
+  """`aggregate --only=FT`: FT's line from the cells under a root that holds only FT's cells, the other
+  rows' lines from the table already there: its table.json, or table.csv and table.md (tables written
+  before table.json)."""
+  root, _, _, _ = swept
+  tiny = types.SimpleNamespace(ROWS=ROWS, TASKS=("reviews",), SEEDS=(13, 21), TASK_SETTINGS={"reviews": PROMPT},
+                               PAPER={}, CAPTION="tiny", NAME="tiny")
+  out = str(tmp_path / "results")
+  full = sweeps.write_tables(tiny, str(root / "runs"), out)
+  table = open(os.path.join(out, "table.md")).read()
+  shutil.copytree(root / "runs" / "reviews" / "ft", tmp_path / "rerun" / "reviews" / "ft")  # FT's cells only
+  for legacy in (False, True):
+    if legacy:
+      os.remove(os.path.join(out, "table.json"))
+    merged = sweeps.write_tables(tiny, str(tmp_path / "rerun"), out, only=["FT"])
+    assert open(os.path.join(out, "table.md")).read() == table
+    assert [l["reviews"]["mean"] for l in merged] == pytest.approx([l["reviews"]["mean"] for l in full], abs=0.01)
+  assert sweeps.write_tables(tiny, str(tmp_path / "rerun"), out)[0]["reviews"]["seeds"] == 0  # without --only
 
 
 def test_every_row_of_the_roberta_large_grid_runs_on_a_tiny_roberta(tiny_roberta, tmp_path):
@@ -112,7 +153,11 @@ def test_every_row_of_the_opt13b_grid_runs_on_a_tiny_opt(tmp_path, tfds_dir):
   assert [r["steps"] for r in records] == [0, 0, 2, 2, 2, 2]
   config = cells[2].config(f"family=opt,checkpoint={checkpoint}", data_dir())
   assert (config.data.num_train, config.data.num_test, config.zo.eps, config.optimizer.learning_rate) == (24, 40, 1e-3, 1e-6)
-  assert (config.model.compute_dtype, config.model.param_dtype, config.mesh.fsdp) == ("bfloat16", "float32", -1)
+  assert (config.model.compute_dtype, config.model.param_dtype, config.mesh.fsdp) == ("float16", "float16", -1)
+  ft = cells[5].config(f"family=opt,checkpoint={checkpoint}", data_dir())  # MeZO's --fp16: float32 weights
+  assert (ft.model.compute_dtype, ft.model.param_dtype, ft.optimizer.weight_decay) == ("bfloat16", "float32", 0.0)
+  eps = [c.config(f"family=opt,checkpoint={checkpoint}", data_dir()).zo.eps for c in cells[2:5]]
+  assert eps == [1e-3, 1e-2, 1e-1]
   full = sweeps.cells(opt13b.ROWS, opt13b.TASKS, opt13b.SEEDS, opt13b.TASK_SETTINGS)
   assert len(full) == 7 * (1 + 1 + 2 + 2 + 2 + 3)
   cb = next(c for c in full if c.task == "cb").config(opt13b.BASE.replace("/path/to/opt-13b", checkpoint), data_dir())

@@ -5,11 +5,13 @@ gives it). The protocol is MeZO's large_models: per task, 1000 training and 500 
 train split by the seed and 1000 test rows from the validation split (one draw for all seeds); each class
 is the log-likelihood of its word after the prompt of MeZO's templates.py. MeZO rows: 20K ZO-SGD steps at
 batch 16, constant rate, evaluated every 4K steps; FT: 5 epochs of AdamW at batch 8. The hyperparameter
-grids are the paper's (its OPT appendix table). Parameters are stored in float32 (a 1e-7 step vanishes in
-bfloat16) and sharded over every device (config.mesh fsdp); matmuls run in bfloat16.
-
-Not here: ICL (fttpu has no in-context demonstrations), COPA (its connective depends on the row's question
-field), ReCoRD (a variable candidate list per row) and SQuAD/DROP (generation and F1).
+grids are the paper's (its OPT appendix table; MeZO's large_models/README.md:58-64 and *.sh). The MeZO rows
+store and compute in float16, as MeZO ran them (large_models/mezo.sh:59 --load_float16); fttpu rounds a
+float16 weight's update stochastically (fttpu/methods/masks.py apply_updates), so a 1e-7 step moves the
+weights in expectation where MeZO's round-to-nearest drops most of it. FT keeps float32 weights with
+bfloat16 matmuls: MeZO ran it as transformers' --fp16 mixed precision (finetune.sh:67: float32 master
+weights, float16 autocast, dynamic loss scaling), and fttpu has no loss scaling, which a float16 backward
+pass needs; bfloat16 has float32's range. Parameters are sharded over every device (config.mesh fsdp).
 """
 from experiments.sweeps import Row
 
@@ -32,20 +34,30 @@ TASK_SETTINGS = {
     "multirc": SPLITS + (("data.max_length", 768),),
 }
 
-LARGE = (("model.compute_dtype", "bfloat16"), ("mesh.data", 1), ("mesh.fsdp", -1), ("train.eval_batch_size", 16))
+LARGE = (("mesh.data", 1), ("mesh.fsdp", -1), ("train.eval_batch_size", 16))
+FLOAT16 = (("model.param_dtype", "float16"), ("model.compute_dtype", "float16"))  # mezo.sh:59 --load_float16
+MIXED = (("model.param_dtype", "float32"), ("model.compute_dtype", "bfloat16"))   # for finetune.sh's --fp16
 MEZO_STEPS, FT_STEPS = 20_000, 5 * 1000 // 8  # FT: 5 epochs of 1000 rows at batch 8
-MEZO = LARGE + (("train.steps", MEZO_STEPS), ("train.batch_size", 16), ("train.eval_every", 4000),
-                ("train.checkpoint_every", 4000))
-FT = LARGE + (("train.steps", FT_STEPS), ("train.batch_size", 8), ("train.eval_every", 125),
-              ("train.checkpoint_every", 125))
+MEZO = LARGE + FLOAT16 + (("train.steps", MEZO_STEPS), ("train.batch_size", 16), ("train.eval_every", 4000),
+                          ("train.checkpoint_every", 4000))
+# FT: transformers' Trainer defaults as finetune.sh leaves them: AdamW, linear decay, no warmup, no weight decay.
+FT = LARGE + MIXED + (("train.steps", FT_STEPS), ("train.batch_size", 8), ("train.eval_every", 125),
+                      ("train.checkpoint_every", 125), ("optimizer.weight_decay", 0.0))
 
+# Per MeZO row: eps and rate grid from large_models/README.md:60-64 (the paper's OPT table); no weight decay
+# (mezo.sh passes none: transformers' default 0; trainer.py:804 would decay all but biases and norms, as
+# fttpu does); LoRA r=8, alpha=16 on q_proj and v_proj (run.py:72-73, lora.py); prefix 5 tokens per layer,
+# no reparametrization, initialised from real activations (mezo.sh:18; fttpu's prefix method is that).
 ROWS = (
-    Row("zero-shot", "zero_shot", fixed=LARGE),
-    Row("LP", "head", fixed=LARGE + (("head.solver", "lbfgs"),)),
-    Row("MeZO", "mezo", fixed=MEZO + (("zo.eps", 1e-3),), grid=(("optimizer.learning_rate", (1e-6, 1e-7)),)),
-    Row("MeZO (LoRA)", "zo", fixed=MEZO + (("zo.base", "lora"), ("zo.eps", 1e-2)),
+    Row("zero-shot", "zero_shot", fixed=LARGE + FLOAT16),  # icl.sh:3 --load_float16
+    Row("LP", "head", fixed=LARGE + MIXED + (("head.solver", "lbfgs"),)),
+    Row("MeZO", "mezo", fixed=MEZO + (("zo.eps", 1e-3), ("optimizer.weight_decay", 0.0)),
+        grid=(("optimizer.learning_rate", (1e-6, 1e-7)),)),
+    Row("MeZO (LoRA)", "zo", fixed=MEZO + (("zo.base", "lora"), ("zo.eps", 1e-2), ("optimizer.weight_decay", 0.0),
+                                           ("lora.rank", 8), ("lora.alpha", 16.0), ("lora.targets", "query|value")),
         grid=(("optimizer.learning_rate", (1e-4, 5e-5)),)),
-    Row("MeZO (prefix)", "zo", fixed=MEZO + (("zo.base", "prefix"), ("zo.eps", 1e-1)),
+    Row("MeZO (prefix)", "zo", fixed=MEZO + (("zo.base", "prefix"), ("zo.eps", 1e-1), ("optimizer.weight_decay", 0.0),
+                                             ("prefix.length", 5)),
         grid=(("optimizer.learning_rate", (1e-2, 1e-3)),)),
     Row("FT", "full", fixed=FT, grid=(("optimizer.learning_rate", (1e-5, 5e-5, 8e-5)),)),
 )
