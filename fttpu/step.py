@@ -43,6 +43,8 @@ def apply_gradients(state: TrainState, grads, labels, tx, finite=True) -> TrainS
   Where `finite` is false, params and optimizer state stay as they were (element-wise selects,
   which fuse into the update and keep it in place on donated buffers)."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  # float32 gradients of half-precision weights (zeroth-order's) must not promote the state's dtype
+  opt_state = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), opt_state, state.opt_state)
   key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step), ROUNDING_STREAM)
   params = masks.apply_updates(state.params, updates, labels, key)
   if finite is not True:

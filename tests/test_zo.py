@@ -33,18 +33,26 @@ def flat(tree) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", perturbation.KINDS)
 def test_noise_of_looked_up_rows_is_the_rows_of_the_whole_leaf(kind):
-  """An embedding draws noise for the rows it reads; the update draws the whole table (in blocks for
-  gaussian): both must be the same z, and z must be standard (mean 0, variance 1)."""
-  shape = (3000, 384)  # over perturbation.DRAW_BLOCK entries: the blocked draw, with a partial last block
+  """An embedding draws noise for the rows it reads, a scanned layer for its slice; the update draws the
+  whole leaf: all must be the same z. And z is standard and uncorrelated: mean 0, variance 1 (gaussian:
+  fourth moment 3), no correlation between neighbouring entries, rows or keys."""
+  shape = (3000, 384)
   key = jax.random.key(5, impl=perturbation.IMPL)
-  [noise] = (perturbation.rademacher_noise(key, [shape]) if kind == "rademacher"
-             else [perturbation.gaussian_noise(key, shape)])
-  whole = np.asarray(noise.value(shape))
+  noise = perturbation.leaf_noise(key, shape, kind)
+  whole = np.asarray(noise.value(shape), np.float64)
   rows = np.array([0, 1364, 1365, 2999, 7])
   np.testing.assert_array_equal(np.asarray(noise.take(rows).value((len(rows), 384))), whole[rows])
-  assert abs(whole.mean()) < 0.01 and abs(whole.var() - 1) < 0.01
+  layer = perturbation.Noise(noise.keys[1364], noise.scale[1364], kind)  # what nn.scan hands layer 1364
+  np.testing.assert_array_equal(np.asarray(layer.value((384,))), whole[1364])
+  size = whole.size
+  assert abs(whole.mean()) < 5 / np.sqrt(size) and abs(whole.var() - 1) < 5 * np.sqrt(2 / size)
   if kind == "rademacher":
     assert set(np.unique(whole)) == {-1.0, 1.0}
+  else:
+    assert abs(np.mean(whole ** 4) - 3) < 5 * np.sqrt(96 / size) and np.isfinite(whole).all()
+  other = np.asarray(perturbation.leaf_noise(jax.random.fold_in(key, 1), shape, kind).value(shape))
+  for a, b in ((whole[:, 1:], whole[:, :-1]), (whole[1:], whole[:-1]), (whole, other)):
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(a.size)
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from fttpu.config import ConfigError
+from fttpu.models import perturbation
 
 TRAIN, FREEZE = "train", "freeze"
 
@@ -89,27 +90,12 @@ def apply_updates(params, updates, labels, key):
       zip(jax.tree_util.tree_leaves(labels), leaves, treedef.flatten_up_to(updates), keys)])
 
 
-def _fmix32(x: jax.Array) -> jax.Array:
-  """MurmurHash3's 32-bit finalizer: every input bit flips each output bit with probability ~1/2."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x85EBCA6B)
-  x = x ^ (x >> 13)
-  x = x * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
-
-
 def hashed_uniform(key: jax.Array, shape: tuple) -> jax.Array:
   """Uniform [0, 1) floats (24 random bits) per entry, a hash of the entry's position and one draw of
-  `key`. Element-wise, so it fuses into its consumer: jax.random.uniform of a leaf's shape is a
-  stored array of the leaf's size on CPU (threefry runs as a loop), several GiB per step for a
-  billion-parameter model. Positions past 2^32 wrap (their dither repeats), harmless for rounding."""
-  seed = jax.random.bits(key, (2,), jnp.uint32)
-  index = jnp.zeros(shape, jnp.uint32)
-  stride = 1
-  for axis in reversed(range(len(shape))):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
-    stride *= shape[axis]
-  bits = _fmix32(_fmix32(index ^ seed[0]) + seed[1])
+  `key` (perturbation.entry_bits). Element-wise, so it fuses into its consumer: jax.random.uniform of a
+  leaf's shape is a stored array of the leaf's size on CPU (threefry runs as a loop), several GiB per
+  step for a billion-parameter model. Positions past 2^32 wrap (their dither repeats), harmless here."""
+  bits = perturbation.entry_bits(jax.random.bits(key, (2,), jnp.uint32), shape)
   return (bits >> 8).astype(jnp.float32) * (1.0 / 2**24)
 
 

@@ -47,24 +47,17 @@ def probe_key(rng: jax.Array, sample) -> jax.Array:
 
 
 def draw_noise(tree, labels, key: jax.Array, kind: str) -> list:
-  """[(path, unit-scale Noise)] for the trainable leaves in tree order. Gaussian: leaf i
-  draws from fold_in(key, i); rademacher: one draw packs the signs of all of them."""
-  paths, shapes, indices = [], [], []
-  for i, ((path, leaf), label) in enumerate(zip(jax.tree_util.tree_leaves_with_path(tree),
-                                                jax.tree_util.tree_leaves(labels))):
-    if label == masks.TRAIN:
-      paths.append(tuple(masks.path_name(path).split("/")))
-      shapes.append(leaf.shape)
-      indices.append(i)
-  if kind == "rademacher":
-    return list(zip(paths, perturbation.rademacher_noise(key, shapes)))
-  return [(path, perturbation.gaussian_noise(jax.random.fold_in(key, i), shape))
-          for path, shape, i in zip(paths, shapes, indices)]
+  """[(path, unit-scale Noise)] for the trainable leaves in tree order; leaf i's from fold_in(key, i)."""
+  return [(tuple(masks.path_name(path).split("/")), perturbation.leaf_noise(jax.random.fold_in(key, i), leaf.shape, kind))
+          for i, ((path, leaf), label) in enumerate(zip(jax.tree_util.tree_leaves_with_path(tree),
+                                                        jax.tree_util.tree_leaves(labels)))
+          if label == masks.TRAIN]
 
 
 def perturb(tree: dict, noise: list, scale) -> dict:
   """The tree at theta + scale * z. Model leaves get a `noise` collection that the model adds
-  as it reads them; the other leaves (head, sparse delta values: small) get z added here."""
+  as it reads them; the other leaves (head, sparse delta values: small) get z added here, in
+  float32 like the model's reads (a half-precision leaf would round a small perturbation away)."""
   flat = traverse_util.flatten_dict(tree)
   model_noise = {}
   for path, leaf_noise in noise:
@@ -72,7 +65,7 @@ def perturb(tree: dict, noise: list, scale) -> dict:
     if path[0] == "model":
       model_noise[path[1:]] = scaled
     else:
-      flat[path] = flat[path] + scaled.value(flat[path].shape, flat[path].dtype)
+      flat[path] = flat[path].astype(jnp.float32) + scaled.value(flat[path].shape)
   out = traverse_util.unflatten_dict(flat)
   if model_noise:
     out["noise"] = traverse_util.unflatten_dict(model_noise)
@@ -80,7 +73,7 @@ def perturb(tree: dict, noise: list, scale) -> dict:
 
 
 def gradient(tree, labels, rng: jax.Array, projected: jax.Array, kind: str):
-  """sum_i projected[i] z_i / n on the trainable leaves (zeros elsewhere), z_i regenerated.
+  """sum_i projected[i] z_i / n on the trainable leaves (zeros elsewhere), z_i regenerated, in float32.
 
   Element-wise in z, so the optimizer's update fuses with the draw and nothing of the
   parameters' size is stored.
@@ -90,14 +83,14 @@ def gradient(tree, labels, rng: jax.Array, projected: jax.Array, kind: str):
 
   def sample_grad(i):
     draw = draw_noise(tree, labels, probe_key(rng, i), kind)
-    return [noise.replace(scale=noise.scale * projected[i] / samples).value(leaf.shape, leaf.dtype)
+    return [noise.replace(scale=noise.scale * projected[i] / samples).value(leaf.shape)
             for (_, noise), leaf in zip(draw, trainable)]
 
   if samples == 1:
     values = sample_grad(0)
   else:  # n-SPSA: one accumulator of the trainable leaves' size
     values = jax.lax.fori_loop(0, samples, lambda i, total: [t + g for t, g in zip(total, sample_grad(i))],
-                               [jnp.zeros_like(leaf) for leaf in trainable])
+                               [jnp.zeros(leaf.shape, jnp.float32) for leaf in trainable])
   return masks.fill(tree, labels, values)
 
 

@@ -7,9 +7,16 @@ module adds its parameter's noise as it reads it. Under `nn.scan` the collection
 per layer like the params, so at most one layer's perturbed weights are alive, and an
 embedding table draws noise only for the rows it looks up.
 
-The noise of a leaf is regenerated per slice along axis 0 for leaves of two or more
-dimensions (a layer of a stacked weight, a row of an embedding table), as a whole otherwise.
-`Noise.value` gives it for the whole leaf, `Noise.take` for rows.
+z is a pure function of (row key, position in the row), computed element-wise by `Noise.unit`,
+the one place any z is made: the two losses, the embedding rows, the update and replay all
+call it. So z is the same vector bit for bit wherever it is drawn, whatever the weight's
+storage or compute dtype (it is always formed in float32) and however the leaf is sliced
+(a layer of a stacked weight, rows of a table, a device's shard). A leaf of two or more
+dimensions has one key per row along axis 0, a smaller one one key; each entry's 32 random
+bits are a keyed hash of its position (`entry_bits`), so nothing is stored: the draw fuses
+into its consumer (the perturbed read, the optimizer's update) on every backend. JAX's own
+threefry runs as a rolled loop on CPU whose bits are materialised at the size of the draw
+(twice a leaf's size for a whole stacked weight).
 """
 import flax.linen as nn
 import flax.struct
@@ -18,88 +25,86 @@ import jax.numpy as jnp
 import numpy as np
 
 KINDS = ("gaussian", "rademacher")
-# JAX's default generator. (philox4x32 draws normals 2.6x faster on CPU, but its mulhi fails to
-# compile in sharded CPU programs with jax 0.10.)
+# JAX's default generator, for the keys (one per leaf and row; the entries' bits are entry_bits).
 IMPL = "threefry2x32"
-DRAW_BLOCK = 1 << 19  # gaussian entries drawn at once (see Noise.unit)
 
 
-def words_per_row(shape: tuple) -> int:
-  """uint32 words of packed signs per row of a leaf (32 signs a word)."""
-  return -(-int(np.prod(shape[1:] if len(shape) >= 2 else shape)) // 32)
+def fmix32(x: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finalizer: a bijection in which every input bit flips each output bit
+  with probability ~1/2."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
 
 
-def unpack_signs(words: jax.Array, shape: tuple, dtype=jnp.float32) -> jax.Array:
-  """+-1 of `shape` from packed bits (bit i of word j is entry 32 j + i)."""
-  size = int(np.prod(shape))
-  bits = (words[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
-  return (1 - 2 * bits.reshape(-1)[:size].astype(dtype)).reshape(shape)
+def offset_positions(offset: jax.Array, shape: tuple) -> jax.Array:
+  """offset + the row-major position of each entry of `shape`, uint32 (wrapping past 2^32).
+
+  Summed onto the (per-row) offset axis by axis: a position array on its own is the same in every
+  layer of a scan, and XLA hoists it out of the loop as a stored array of the slice's size.
+  """
+  index, stride = offset, 1
+  for axis in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+    stride *= shape[axis]
+  return index
 
 
-def normal(key_data: jax.Array, shape: tuple, dtype=jnp.float32) -> jax.Array:
-  return jax.random.normal(jax.random.wrap_key_data(key_data, impl=IMPL), shape, dtype)
+def entry_bits(keys: jax.Array, shape: tuple) -> jax.Array:
+  """32 random bits per entry of `shape`: a keyed hash of the entry's position in its row.
+
+  keys: (2,) uint32 for the whole of `shape`, or (shape[0], 2) one per row along axis 0 (positions
+  then count within the row, so a row's bits do not depend on which other rows are drawn).
+  """
+  if keys.ndim == 1:
+    index, k1 = offset_positions(keys[0], shape), keys[1]
+  else:
+    per_row = lambda k: k.reshape(k.shape + (1,) * (len(shape) - 1))
+    index, k1 = offset_positions(per_row(keys[:, 0]), (1,) + tuple(shape[1:])), per_row(keys[:, 1])
+  return fmix32(fmix32(index) ^ k1)
+
+
+def unit_from_bits(bits: jax.Array, kind: str) -> jax.Array:
+  """z in float32 from 32 bits per entry: N(0, 1) (inverse CDF of 24 uniform bits) or +-1 (top bit)."""
+  if kind == "rademacher":
+    return 1.0 - 2.0 * (bits >> 31).astype(jnp.float32)
+  odd = (bits >> 8).astype(jnp.int32) * 2 + (1 - 2**24)  # odd integers in [1 - 2^24, 2^24 - 1]: exact in float32
+  uniform = odd.astype(jnp.float32) * (1.0 / 2**24)       # in (-1, 1), symmetric
+  return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(uniform)
 
 
 @flax.struct.dataclass
 class Noise:
-  """scale * z for one parameter leaf, regenerated from `bits` (see the module docstring).
+  """scale * z for one parameter leaf (or a slice of one), regenerated from its keys.
 
-  gaussian:   bits are raw keys, (2,) for the whole leaf or (rows, 2) one per slice along axis 0.
-  rademacher: bits are the signs themselves, packed 32 to a uint32 word: (words,) or (rows, words);
-              the whole model's signs take 1/32 of its size, so they are drawn once per step.
+  keys: (2,) uint32 for the whole leaf, or (rows, 2) one per slice along axis 0; scale: () or (rows,).
   """
-  bits: jax.Array
-  scale: jax.Array   # () or (rows,)
+  keys: jax.Array
+  scale: jax.Array
   kind: str = flax.struct.field(pytree_node=False, default="gaussian")
 
-  def unit(self, shape: tuple, dtype=jnp.float32) -> jax.Array:
-    """z itself, for a leaf of `shape`.
+  def unit(self, shape: tuple) -> jax.Array:
+    """z itself (float32), for a leaf or slice of `shape`."""
+    return unit_from_bits(entry_bits(self.keys, shape), self.kind)
 
-    Gaussian rows are drawn in blocks of about DRAW_BLOCK entries: on CPU JAX's threefry runs as
-    a loop whose random bits are stored, so a whole embedding table at once would store its size
-    in bits. (Signs are unpacked from words, element-wise, and fuse into their consumer.)
-    """
-    if self.kind == "rademacher":
-      if self.scale.ndim == 0:
-        return unpack_signs(self.bits, shape, dtype)
-      return jax.vmap(lambda words: unpack_signs(words, shape[1:], dtype))(self.bits)
-    if self.scale.ndim == 0:
-      return normal(self.bits, shape, dtype)
-    row = lambda key: normal(key, shape[1:], dtype)
-    rows_per_draw = max(1, DRAW_BLOCK // max(1, int(np.prod(shape[1:]))))
-    if rows_per_draw >= shape[0]:
-      return jax.vmap(row)(self.bits)
-    return jax.lax.map(row, self.bits, batch_size=rows_per_draw)
-
-  def value(self, shape: tuple, dtype=jnp.float32) -> jax.Array:
-    """scale * z (element-wise in z: signs fuse into whatever consumes them)."""
-    z = self.unit(shape, dtype)
-    scale = self.scale.astype(dtype)
-    return scale.reshape(scale.shape + (1,) * (len(shape) - scale.ndim)) * z
+  def value(self, shape: tuple) -> jax.Array:
+    """scale * z in float32 (element-wise: it fuses into whatever consumes it)."""
+    scale = self.scale.astype(jnp.float32)
+    return scale.reshape(scale.shape + (1,) * (len(shape) - scale.ndim)) * self.unit(shape)
 
   def take(self, rows: jax.Array) -> "Noise":
-    return Noise(jnp.take(self.bits, rows, axis=0), jnp.take(self.scale, rows, axis=0), self.kind)
+    """The noise of rows `rows` of the leaf (an embedding lookup)."""
+    return Noise(jnp.take(self.keys, rows, axis=0), jnp.take(self.scale, rows, axis=0), self.kind)
 
 
-def gaussian_noise(key: jax.Array, shape: tuple) -> Noise:
-  """Unit-scale normal noise of a leaf of `shape` from its key (of IMPL): keys per row for 2+ dims."""
+def leaf_noise(key: jax.Array, shape: tuple, kind: str) -> Noise:
+  """Unit-scale noise of a leaf of `shape` from its key (of IMPL): one key per row for 2+ dims."""
   if len(shape) < 2:
-    return Noise(jax.random.key_data(key), jnp.ones(()), "gaussian")
+    return Noise(jax.random.key_data(key), jnp.ones(()), kind)
   keys = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(key, i)))(jnp.arange(shape[0]))
-  return Noise(keys, jnp.ones((shape[0],)), "gaussian")
-
-
-def rademacher_noise(key: jax.Array, shapes: list) -> list:
-  """Unit-scale sign noise for leaves of `shapes`, all packed words drawn by one call."""
-  counts = [words_per_row(s) * (s[0] if len(s) >= 2 else 1) for s in shapes]
-  words = jax.random.bits(key, (sum(counts),), jnp.uint32)
-  out, start = [], 0
-  for shape, count in zip(shapes, counts):
-    chunk = words[start:start + count]
-    start += count
-    rows = (shape[0], words_per_row(shape)) if len(shape) >= 2 else (count,)
-    out.append(Noise(chunk.reshape(rows), jnp.ones(rows[:-1]), "rademacher"))
-  return out
+  return Noise(keys, jnp.ones((shape[0],)), kind)
 
 
 def perturbed(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
@@ -110,7 +115,7 @@ def perturbed(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
   """
   if not module.has_variable("noise", name):
     return value
-  return value.astype(jnp.float32) + module.get_variable("noise", name).value(value.shape, jnp.float32)
+  return value.astype(jnp.float32) + module.get_variable("noise", name).value(value.shape)
 
 
 def axes(init, names: tuple):
@@ -137,14 +142,20 @@ class Embed(nn.Module):
     rows = jnp.take(self.embedding, ids, axis=0)
     if self.has_variable("noise", "embedding"):
       noise = self.get_variable("noise", "embedding").take(ids.reshape(-1))
-      rows = rows.astype(jnp.float32) + noise.value((ids.size, self.features), jnp.float32).reshape(rows.shape)
+      rows = rows.astype(jnp.float32) + noise.value((ids.size, self.features)).reshape(rows.shape)
     return rows
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     return self.rows(ids).astype(self.dtype)
 
   def attend(self, x: jax.Array, ids: jax.Array | None = None) -> jax.Array:
-    """Logits x @ table.T over every row, or over rows `ids` only (a verbalizer's words), float32."""
+    """Logits x @ table.T over every row, or over rows `ids` only (a verbalizer's words), float32.
+
+    Over every row of a perturbed table (a causal LM's output layer) the perturbed table is formed
+    whole, the one perturbed weight larger than a layer's slice: 1.5 GiB of OPT-13B's 24 on one device,
+    a 1/t share under t-way tensor parallelism. (Blocks of rows cut it on one device, but a dynamic
+    slice of the vocabulary-sharded table makes XLA gather it: 7.0 against 4.2 GiB at tensor=8.)
+    """
     table = perturbed(self, "embedding", self.embedding) if ids is None else self.rows(ids)
     return jnp.einsum("...h,vh->...v", x.astype(self.dtype), table.astype(self.dtype),
                       preferred_element_type=jnp.float32)
