@@ -37,7 +37,7 @@ def test_noise_of_looked_up_rows_is_the_rows_of_the_whole_leaf(kind):
   whole leaf: all must be the same z. And z is standard and uncorrelated: mean 0, variance 1 (gaussian:
   fourth moment 3), no correlation between neighbouring entries, rows or keys."""
   shape = (3000, 384)
-  key = jax.random.key(5, impl=perturbation.IMPL)
+  key = jax.random.key_data(jax.random.key(5, impl=perturbation.IMPL))
   noise = perturbation.leaf_noise(key, shape, kind)
   whole = np.asarray(noise.value(shape), np.float64)
   rows = np.array([0, 1364, 1365, 2999, 7])
@@ -50,7 +50,7 @@ def test_noise_of_looked_up_rows_is_the_rows_of_the_whole_leaf(kind):
     assert set(np.unique(whole)) == {-1.0, 1.0}
   else:
     assert abs(np.mean(whole ** 4) - 3) < 5 * np.sqrt(96 / size) and np.isfinite(whole).all()
-  other = np.asarray(perturbation.leaf_noise(jax.random.fold_in(key, 1), shape, kind).value(shape))
+  other = np.asarray(perturbation.leaf_noise(perturbation.subkeys(key, 1), shape, kind).value(shape))
   for a, b in ((whole[:, 1:], whole[:, :-1]), (whole[1:], whole[:-1]), (whole, other)):
     assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(a.size)
 

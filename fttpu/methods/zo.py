@@ -47,8 +47,10 @@ def probe_key(rng: jax.Array, sample) -> jax.Array:
 
 
 def draw_noise(tree, labels, key: jax.Array, kind: str) -> list:
-  """[(path, unit-scale Noise)] for the trainable leaves in tree order; leaf i's from fold_in(key, i)."""
-  return [(tuple(masks.path_name(path).split("/")), perturbation.leaf_noise(jax.random.fold_in(key, i), leaf.shape, kind))
+  """[(path, unit-scale Noise)] for the trainable leaves in tree order; leaf i's key is subkey i of `key`."""
+  words = jax.random.key_data(key)
+  return [(tuple(masks.path_name(path).split("/")), perturbation.leaf_noise(perturbation.subkeys(words, i), leaf.shape,
+                                                                            kind))
           for i, ((path, leaf), label) in enumerate(zip(jax.tree_util.tree_leaves_with_path(tree),
                                                         jax.tree_util.tree_leaves(labels)))
           if label == masks.TRAIN]

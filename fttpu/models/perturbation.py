@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 KINDS = ("gaussian", "rademacher")
-# JAX's default generator, for the keys (one per leaf and row; the entries' bits are entry_bits).
+# JAX's default generator: a step's noise key of each sample (its leaves' and rows' keys are subkeys).
 IMPL = "threefry2x32"
 
 
@@ -99,12 +99,21 @@ class Noise:
     return Noise(jnp.take(self.keys, rows, axis=0), jnp.take(self.scale, rows, axis=0), self.kind)
 
 
+def subkeys(key: jax.Array, index: jax.Array) -> jax.Array:
+  """Keys (index.shape + (2,), uint32) of children `index` of `key` (2,) uint32: the leaves of a step's
+  key, the rows of a leaf's. A hash like entry_bits, element-wise: jax.random.fold_in is a threefry
+  loop on CPU, one per leaf and row set, which multiplied compile time."""
+  index = jnp.asarray(index, jnp.uint32)
+  first = fmix32(fmix32(index ^ key[0]) + key[1])
+  second = fmix32(fmix32(index ^ key[1]) + (key[0] ^ jnp.uint32(0x9E3779B9)))
+  return jnp.stack([first, second], axis=-1)
+
+
 def leaf_noise(key: jax.Array, shape: tuple, kind: str) -> Noise:
-  """Unit-scale noise of a leaf of `shape` from its key (of IMPL): one key per row for 2+ dims."""
+  """Unit-scale noise of a leaf of `shape` from its key ((2,) uint32): one key per row for 2+ dims."""
   if len(shape) < 2:
-    return Noise(jax.random.key_data(key), jnp.ones(()), kind)
-  keys = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(key, i)))(jnp.arange(shape[0]))
-  return Noise(keys, jnp.ones((shape[0],)), kind)
+    return Noise(key, jnp.ones(()), kind)
+  return Noise(subkeys(key, jnp.arange(shape[0], dtype=jnp.uint32)), jnp.ones((shape[0],)), kind)
 
 
 def perturbed(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
