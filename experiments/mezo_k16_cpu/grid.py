@@ -20,8 +20,8 @@ TASK_SETTINGS = {"sst2": (("data.max_length", 56),), "trec": (("data.max_length"
 FT_STEPS = 200      # autodiff rows: AdamW, linear decay, batch 8 (the paper: 1000 steps)
 ZO_STEPS = 500      # zeroth-order rows: ZO-SGD, constant rate, batch 16 (the paper: 100K steps, batch 64)
 FT = (("train.steps", FT_STEPS), ("train.eval_every", FT_STEPS // 4), ("train.checkpoint_every", FT_STEPS))
-# Sign (rademacher) noise: 2.2x a forward pass per step on this CPU against gaussian's 5.8x (threefry's CPU
-# lowering); the estimate is unbiased with either (tests/test_zo.py checks both against the true gradient).
+# Sign (rademacher) noise, as the table's cells were run: 2.2x a forward pass per step on this CPU against
+# gaussian's 3.4x (fttpu.bench, 2026-12-02); the estimate is unbiased with either (tests/test_zo_consistency.py).
 ZO = (("train.steps", ZO_STEPS), ("train.eval_every", ZO_STEPS // 4), ("train.checkpoint_every", ZO_STEPS),
       ("train.batch_size", 16), ("zo.noise", "rademacher"))
 
