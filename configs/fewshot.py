@@ -65,7 +65,7 @@ def get_config(arg=None):
 
   zeroth_order = arg.method in zo.METHOD_NAMES
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "sgd" if zeroth_order else "adamw"  # adamw | sgd | momentum | sign
+  config.optimizer.name = "sgd" if zeroth_order else "adamw"  # adamw | sgd | momentum | sign | zo_sgd_sign (ZO only)
   # Per method, chosen on dev (see LEARNING_RATES).
   config.optimizer.learning_rate = (ZO_LEARNING_RATES[arg.zo_base if arg.method == "zo" else "full"] if zeroth_order
                                     else LEARNING_RATES.get(arg.method, 2e-5))

@@ -10,7 +10,7 @@ import re
 import ml_collections
 
 SCHEDULES = ("constant", "linear", "cosine")
-OPTIMIZERS = ("adamw", "sgd", "momentum", "sign")
+OPTIMIZERS = ("adamw", "sgd", "momentum", "sign", "zo_sgd_sign")
 NONFINITE = ("stop", "skip")  # train.nonfinite: what a NaN/Inf loss or gradient does
 
 
@@ -87,6 +87,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(t.nonfinite in NONFINITE, "train.nonfinite", t.nonfinite, str(list(NONFINITE)))
   o = config.optimizer
   _check(o.name in OPTIMIZERS, "optimizer.name", o.name, str(list(OPTIMIZERS)))
+  _check(o.name != methods.zo.SIGN_OF_PROJECTION or config.method in methods.zo.METHOD_NAMES, "optimizer.name",
+         o.name, f"{[n for n in OPTIMIZERS if n != methods.zo.SIGN_OF_PROJECTION]} for method={config.method!r} "
+         "(zo_sgd_sign steps along the sign of a zeroth-order projected gradient: method mezo or zo)")
   _check(o.schedule in SCHEDULES, "optimizer.schedule", o.schedule, str(list(SCHEDULES)))
   _check(o.learning_rate > 0, "optimizer.learning_rate", o.learning_rate, "a number > 0")
   _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "a number >= 0")

@@ -21,12 +21,13 @@ def _decay_mask(params):
 
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-  """adamw; or sgd, momentum (heavy ball, coefficient b1) and sign (sign of the decayed gradient) after
-  weight decay: the zeroth-order papers' ZO-SGD, ZO-SGD-momentum and ZO-sign on the estimated gradient."""
+  """adamw; or, after weight decay, sgd, momentum (heavy ball, coefficient b1) and sign (element-wise sign
+  of the decayed gradient: signSGD): on a zeroth-order estimate, ZO-SGD, ZO-SGD-momentum and ZO-signSGD.
+  zo_sgd_sign is sgd here; the zeroth-order estimate hands it sign(g_i) z_i (fttpu.methods.zo)."""
   schedule = learning_rate_schedule(config, total_steps)
   if config.name == "adamw":
     return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
                        mask=_decay_mask)
-  rule = {"sgd": lambda: optax.sgd(schedule), "momentum": lambda: optax.sgd(schedule, momentum=config.b1),
+  rule = {"sgd": lambda: optax.sgd(schedule), "zo_sgd_sign": lambda: optax.sgd(schedule), "momentum": lambda: optax.sgd(schedule, momentum=config.b1),
           "sign": lambda: optax.sign_sgd(schedule)}[config.name]()
   return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask), rule)

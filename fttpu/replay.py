@@ -28,9 +28,14 @@ def replay_workdir(workdir: str) -> dict:
     config = ml_collections.ConfigDict(json.load(f))
   model = models.load_for(config.model)
   method = methods.get_method(config, optim.make_optimizer(config.optimizer, config.train.steps), model)
+  if method.refresh:
+    raise SystemExit(f"{workdir}: cannot replay a {method.name} run: it re-chooses its trainable set every "
+                     f"{method.refresh_every} steps from the run's state (e.g. LISA's layers under zo.base=layers, "
+                     "layers.sample > 0), which the trajectory does not record; only runs with a fixed trainable "
+                     "set replay")
   tree, rng, projected = zo.load_trajectory(os.path.join(workdir, "trajectory.safetensors"), model.params)
   labels = method.labels(tree)
-  replayed = zo.replay(tree, labels, method.tx, rng, projected, config.zo.noise)
+  replayed = zo.replay(tree, labels, method.tx, rng, projected, config.zo.noise, config.optimizer.name)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
   step = manager.latest_step()
   if step != len(projected):

@@ -31,7 +31,7 @@ def test_bad_config_arguments(arg, message):
     ("train.steps", -5, r"train.steps=-5 is invalid"),
     ("train.batch_size", 0, r"train.batch_size=0 is invalid"),
     ("train.eval_every", 0, r"train.eval_every=0 is invalid"),
-    ("optimizer.name", "lion", r"optimizer.name='lion' is invalid; valid: \['adamw', 'sgd', 'momentum', 'sign'\]"),
+    ("optimizer.name", "lion", r"optimizer.name='lion' is invalid; valid: \['adamw', 'sgd', 'momentum', 'sign', 'zo_sgd_sign'\]"),
     ("optimizer.schedule", "step", r"optimizer.schedule='step' is invalid; valid: \['constant', 'linear', 'cosine'\]"),
     ("optimizer.learning_rate", 0.0, r"optimizer.learning_rate=0.0 is invalid; valid: a number > 0"),
     ("model.logit_scale", -1.0, r"model.logit_scale=-1.0 is invalid"),

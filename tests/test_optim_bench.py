@@ -42,6 +42,19 @@ def test_weight_decay_spares_biases_and_norm_scales(name):
     np.testing.assert_array_equal(leaf, 1.0)
 
 
+def test_sign_steps_by_the_element_wise_sign_of_the_decayed_gradient():
+  """optimizer.name=sign is signSGD: every entry moves by exactly lr, against the sign of its own
+  (decayed) gradient entry, not by a shared sign."""
+  params = {"dense": {"kernel": np.array([[1.0, -2.0], [0.5, 3.0]], np.float32), "bias": np.ones(2, np.float32)}}
+  grads = {"dense": {"kernel": np.array([[0.3, -1e-6], [-0.2, -0.7]], np.float32),
+                     "bias": np.array([-4.0, 1e-5], np.float32)}}
+  tx = optim.make_optimizer(optimizer_config(name="sign", schedule="constant", weight_decay=0.1), total_steps=10)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  decayed_kernel = grads["dense"]["kernel"] + 0.1 * params["dense"]["kernel"]  # [[0.4, 0.2], [-0.15, -0.4]]
+  np.testing.assert_allclose(updates["dense"]["kernel"], -1e-3 * np.sign(decayed_kernel), rtol=1e-6)
+  np.testing.assert_allclose(updates["dense"]["bias"], [1e-3, -1e-3], rtol=1e-6)  # no decay on biases
+
+
 def test_mesh_needs_the_devices_it_names():
   assert dict(sharding.make_mesh({"data": -1}).shape) == {"data": len(jax.devices())}
   with pytest.raises(ValueError, match=r"needs 2 devices; 1 are available"):

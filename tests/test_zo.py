@@ -75,8 +75,11 @@ def test_estimate_averaged_over_samples_aligns_with_the_true_gradient(tiny, nois
   assert aux["projected_grad"].shape == (samples,)
 
 
-def test_zo_sgd_converges_on_a_convex_problem():
-  """Least squares in 10 dimensions (optimum loss 0): ZO-SGD through the one train step."""
+@pytest.mark.parametrize("optimizer_name,schedule", [("sgd", optax.constant_schedule(0.02)),
+                                                     ("zo_sgd_sign", optax.cosine_decay_schedule(0.05, 1500))])
+def test_zo_sgd_converges_on_a_convex_problem(optimizer_name, schedule):
+  """Least squares in 10 dimensions (optimum loss 0): ZO-SGD, and ZO-SGD-Sign (steps of fixed size
+  |z|, so with a decaying rate), through the one train step."""
   rng = np.random.default_rng(0)
   features = rng.normal(size=(64, 10)).astype(np.float32)
   batch = {"x": features, "y": features @ rng.normal(size=10).astype(np.float32)}
@@ -86,11 +89,37 @@ def test_zo_sgd_converges_on_a_convex_problem():
     return 0.5 * jnp.mean(jnp.square(residual)), {"accuracy": jnp.zeros(())}
 
   labels = functools.partial(masks.label_all, label=masks.TRAIN)
-  method = base.make_method("toy", base.wrap, labels, masks.partition(labels, optax.sgd(0.02)),
-                            estimate=zo.spsa(1e-3, 1, "gaussian", "loss"))
+  method = base.make_method("toy", base.wrap, labels, masks.partition(labels, optax.sgd(schedule)),
+                            estimate=zo.spsa(1e-3, 1, "gaussian", "loss", optimizer_name))
   tree = {"model": {}, "head": {"kernel": np.zeros(10, np.float32)}}
   state = train(method, tree, loss_fn, 1500, batches=lambda step: batch)
   assert loss_fn(state.params, batch)[0] < 1e-4 * loss_fn(tree, batch)[0]
+
+
+def test_zo_sgd_sign_steps_along_the_sign_of_each_projection_times_its_z(tiny):
+  """ZO-Bench's ZO-SGD-Sign: sum_i sign(g_i) z_i / n with the same z and g as ZO-SGD's sum_i g_i z_i / n."""
+  samples = 3
+  estimates = {}
+  for name in ("sgd", "zo_sgd_sign"):
+    method, tree, loss_fn = build(tiny, zo_config(optimizer=name, samples=samples))
+    labels = method.labels(tree)
+    estimates[name] = jax.jit(lambda t: method.estimate(loss_fn, t, labels, tiny_batch(0), jax.random.key(3)))(tree)
+  projected = np.asarray(estimates["sgd"][1]["projected_grad"])
+  np.testing.assert_array_equal(projected, estimates["zo_sgd_sign"][1]["projected_grad"])
+  assert np.all(np.abs(projected) > 1e-3) and len(set(np.sign(projected))) == 2, projected  # signs differ, |g| != 1
+  z = [flat(zo.gradient(tree, labels, jax.random.key(3), jnp.eye(samples)[i] * samples, "gaussian"))
+       for i in range(samples)]
+  np.testing.assert_allclose(flat(estimates["zo_sgd_sign"][2]), np.sign(projected) @ np.stack(z) / samples,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(flat(estimates["sgd"][2]), projected @ np.stack(z) / samples, rtol=1e-5, atol=1e-6)
+
+
+def test_zo_sgd_sign_is_a_zeroth_order_rule_only():
+  config = fewshot.get_config("method=full")
+  config.optimizer.name = "zo_sgd_sign"
+  with pytest.raises(config_lib.ConfigError, match="config.optimizer.name='zo_sgd_sign' is invalid; valid: "
+                                                   r"\['adamw', 'sgd', 'momentum', 'sign'\] for method='full'"):
+    config_lib.validate(config)
 
 
 @pytest.mark.parametrize("base_name", zo.BASES)
@@ -124,6 +153,7 @@ def test_accuracy_objective_estimates_from_differences_of_correct_counts(tiny):
     ("full", "sgd", {"noise": "rademacher"}),
     ("lora", "momentum", {"samples": 2}),
     ("sparse", "adamw", {}),
+    ("full", "zo_sgd_sign", {}),
 ])
 def test_replaying_the_trajectory_reproduces_the_trained_parameters(tiny, base_name, optimizer, settings):
   """Bit for bit with ZO-SGD and momentum; with Adam up to float32 rounding (XLA fuses its
@@ -136,7 +166,7 @@ def test_replaying_the_trajectory_reproduces_the_trained_parameters(tiny, base_n
     state, metrics = step(state, tiny_batch(i))
     projected.append(np.asarray(metrics["train/projected_grad"]))
   replayed = zo.replay(tree, method.labels(tree), method.tx, TrainState.create(tree, method.tx, 7).rng,
-                       np.stack(projected), settings.get("noise", "gaussian"))
+                       np.stack(projected), settings.get("noise", "gaussian"), optimizer)
   for a, b in zip(jax.tree_util.tree_leaves(replayed), jax.tree_util.tree_leaves(state.params)):
     if optimizer == "adamw":
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-9)

@@ -60,3 +60,18 @@ def test_a_mezo_run_replays_from_its_trajectory(tmp_path, tfds_dir):
   assert replay.returncode == 0, replay.stderr[-3000:]
   out = json.loads(replay.stdout.strip().splitlines()[-1])
   assert out == {"steps": 12, "max_abs_diff": 0.0, "identical": True}, out
+
+
+def test_replay_refuses_a_run_that_rechooses_its_trainable_set(tmp_path, tfds_dir):
+  """LISA under zo.base=layers resamples its layers from the run's state every layers.every steps;
+  the trajectory does not hold that choice, so replay says why it cannot rebuild the run."""
+  workdir = tmp_path / "lisa"
+  result = run_main("--config=configs/fewshot.py:task=sst2,method=zo,zo_base=layers,k=16,seed=42,steps=4",
+                    f"--config.data.dir={data_dir()}", "--config.layers.sample=1", "--config.layers.every=2",
+                    "--config.train.checkpoint_every=4", workdir=workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  replay = subprocess.run([sys.executable, "-m", "fttpu.replay", f"--workdir={workdir}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  assert replay.returncode != 0
+  assert "cannot replay a zo_layers run: it re-chooses its trainable set every 2 steps" in replay.stderr
+  assert "Traceback" not in replay.stderr

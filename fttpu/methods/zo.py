@@ -8,9 +8,11 @@ sample i, with z_i drawn from a seed over the trainable leaves (dropout off):
 
 `method=mezo` trains every parameter; `method=zo` wraps the method `zo.base` names (lora,
 prefix, sparse, head, ...) and keeps its labels, so frozen leaves stay frozen. The optimizer
-is config.optimizer: sgd is ZO-SGD, momentum, adamw (ZO-Adam) and sign (ZO-sign) run on `grad`.
-ZO-SGD and ZO-sign keep no optimizer state; momentum keeps one buffer the size of the trainable
-set, Adam two (and n-SPSA, n > 1, one accumulator).
+is config.optimizer: sgd is ZO-SGD, momentum, adamw (ZO-Adam) and sign (element-wise signSGD,
+Liu et al. 2019's ZO-signSGD) run on `grad`. `zo_sgd_sign` is ZO-Bench's ZO-SGD-Sign (Zhang et al.,
+2024): SGD on sum_i sign(g_i) z_i / n, the projected gradient's sign in place of its value.
+ZO-SGD and the sign rules keep no optimizer state; momentum keeps one buffer the size of the
+trainable set, Adam two (and n-SPSA, n > 1, one accumulator).
 
 Memory: z is never stored. The two losses read the noise where each weight is used (the model's
 `noise` collection, see fttpu/models/perturbation.py; an embedding table draws it for the rows it
@@ -37,6 +39,12 @@ from fttpu.models import perturbation
 METHOD_NAMES = ("mezo", "zo")  # the config.method values that train by this estimate
 BASES = ("full", "lora", "prefix", "sparse", "head", "bitfit", "layers")
 OBJECTIVES = ("loss", "accuracy")
+SIGN_OF_PROJECTION = "zo_sgd_sign"  # the config.optimizer.name that steps along sign(g_i) z_i
+
+
+def coefficients(projected: jax.Array, optimizer_name: str) -> jax.Array:
+  """What multiplies z_i in the update: the projected gradients, or their signs under ZO-SGD-Sign."""
+  return jnp.sign(projected) if optimizer_name == SIGN_OF_PROJECTION else projected
 
 
 def probe_key(rng: jax.Array, sample) -> jax.Array:
@@ -96,8 +104,9 @@ def gradient(tree, labels, rng: jax.Array, projected: jax.Array, kind: str):
   return masks.fill(tree, labels, values)
 
 
-def spsa(eps: float, samples: int, kind: str, objective: str):
-  """The estimate of a zeroth-order method: (loss, aux, grad) as autodiff returns them."""
+def spsa(eps: float, samples: int, kind: str, objective: str, optimizer_name: str = "sgd"):
+  """The estimate of a zeroth-order method: (loss, aux, grad) as autodiff returns them; aux's
+  projected_grad is the value (the trajectory), what the update uses follows `coefficients`."""
 
   def estimate(loss_fn, tree, labels, batch, rng):
     def evaluate(probe):
@@ -110,7 +119,7 @@ def spsa(eps: float, samples: int, kind: str, objective: str):
     # One loop over the 2n evaluations: the model is compiled once and each pass is unbatched.
     losses, accuracies, values = jax.lax.map(evaluate, jnp.arange(2 * samples))
     projected = (values[0::2] - values[1::2]) / (2 * eps)
-    grads = gradient(tree, labels, rng, projected, kind)
+    grads = gradient(tree, labels, rng, coefficients(projected, optimizer_name), kind)
     return losses.mean(), {"accuracy": accuracies.mean(), "projected_grad": projected}, grads
 
   return estimate
@@ -131,7 +140,8 @@ def make(config, optimizer, model, base_maker):
     check_resolution(tree, base.labels(tree), z.eps, compute_dtype)
     return tree
 
-  return base._replace(name=name, prepare=prepare, estimate=spsa(z.eps, z.samples, z.noise, z.objective))
+  return base._replace(name=name, prepare=prepare, estimate=spsa(z.eps, z.samples, z.noise, z.objective,
+                                                                 config.optimizer.name))
 
 
 SAMPLED_ENTRIES = 1 << 20  # per leaf, for the start-up resolution check
@@ -183,7 +193,7 @@ def load_trajectory(path: str, pretrained: dict) -> tuple[dict, np.ndarray, np.n
   return checkpoint.onto_pretrained(initial, pretrained), saved["rng"], saved["projected_grad"]
 
 
-def replay(tree: dict, labels, tx, rng, projected: np.ndarray, kind: str) -> dict:
+def replay(tree: dict, labels, tx, rng, projected: np.ndarray, kind: str, optimizer_name: str = "sgd") -> dict:
   """The parameters after len(projected) steps, rebuilt from the trajectory without any loss."""
   from fttpu import step as step_lib
   from fttpu.state import TrainState
@@ -191,7 +201,7 @@ def replay(tree: dict, labels, tx, rng, projected: np.ndarray, kind: str) -> dic
   @functools.partial(jax.jit, donate_argnums=0)
   def replay_step(state, projected_grad):
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grads = gradient(state.params, labels, step_rng, projected_grad, kind)
+    grads = gradient(state.params, labels, step_rng, coefficients(projected_grad, optimizer_name), kind)
     # a step the run skipped for a non-finite value (train.nonfinite=skip) changed nothing
     return step_lib.apply_gradients(state, grads, labels, tx, finite=jnp.all(jnp.isfinite(projected_grad)))
 
