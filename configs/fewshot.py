@@ -86,6 +86,9 @@ def get_config(arg=None):
   config.train.keep_checkpoints = 2   # the newest ones, plus the best by best_metric
   config.train.best_metric = "accuracy"  # dev metric whose best checkpoint is kept: accuracy | loss | "" (none)
   config.train.nonfinite = "stop"     # NaN/Inf loss or gradient: stop (keeping the last good state) | skip the batch
+  config.train.divergence = "stop"    # a diverged run (below): stop (keeping the last good state) | continue
+  config.train.divergence_ratio = 100.0  # diverged: a training loss above this x max(first step's loss, 1); 0: off
+  config.train.stuck_steps = 20       # diverged (zo.objective=loss): projected gradient exactly 0 this many steps; 0: off
 
   # Update rules (each read only when it is config.method).
   config.head = ml_collections.ConfigDict()

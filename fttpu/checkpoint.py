@@ -23,6 +23,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from fttpu import workdir as workdir_lib
+
 MANIFEST = "fttpu_manifest.json"
 BEST_METRICS = {"accuracy": True, "loss": False}  # dev metric -> higher is better
 
@@ -65,6 +67,17 @@ def restore(manager: ocp.CheckpointManager, step: int, target) -> tuple:
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                            run=ocp.args.JsonRestore()))
   return restored["state"], dict(restored["run"] or {})
+
+
+def saved_config(manager: ocp.CheckpointManager) -> tuple[int, dict] | None:
+  """(step, config) of the newest checkpoint whose saved config reads, or None without checkpoints."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, dict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    except Exception as e:  # a damaged checkpoint: restore_latest moves it aside later
+      logging.warning("checkpoint %s: its saved config does not read (%s)", step_path(manager, step),
+                      f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__)
+  return None
 
 
 def restore_untyped(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -145,9 +158,7 @@ def _file_sizes(path: str) -> dict:
 
 
 def _write_json(path: str, value) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  workdir_lib.write_atomic(path, json.dumps(value, indent=1, sort_keys=True))
 
 
 def save_artifact(path: str, tree: dict, method: str):
@@ -160,7 +171,7 @@ def save_artifact(path: str, tree: dict, method: str):
   flat = {"/".join(k): np.asarray(jax.device_get(v)) for k, v in traverse_util.flatten_dict(tree).items()}
   if not flat:
     return None
-  safetensors.numpy.save_file(flat, path, metadata={"method": method})
+  workdir_lib.write_atomic(path, safetensors.numpy.save(flat, metadata={"method": method}))
   return path, os.path.getsize(path) / 2**20
 
 

@@ -12,6 +12,7 @@ import ml_collections
 SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd", "momentum", "sign", "zo_sgd_sign")
 NONFINITE = ("stop", "skip")  # train.nonfinite: what a NaN/Inf loss or gradient does
+DIVERGENCE = ("stop", "continue")  # train.divergence: what a diverged run does (fttpu.train.DivergenceGuard)
 
 
 class ConfigError(ValueError):
@@ -85,6 +86,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(t.best_metric in ("", *BEST_METRICS), "train.best_metric", t.best_metric,
          f"one of {sorted(BEST_METRICS)} or '' (none)")
   _check(t.nonfinite in NONFINITE, "train.nonfinite", t.nonfinite, str(list(NONFINITE)))
+  _check(t.divergence in DIVERGENCE, "train.divergence", t.divergence, str(list(DIVERGENCE)))
+  _check(t.divergence_ratio == 0 or t.divergence_ratio > 1, "train.divergence_ratio", t.divergence_ratio,
+         "a number > 1 (a multiple of the first step's loss), or 0 (off)")
+  _check(t.stuck_steps >= 0, "train.stuck_steps", t.stuck_steps, "an integer >= 0 (0: off)")
   o = config.optimizer
   _check(o.name in OPTIMIZERS, "optimizer.name", o.name, str(list(OPTIMIZERS)))
   _check(o.name != methods.zo.SIGN_OF_PROJECTION or config.method in methods.zo.METHOD_NAMES, "optimizer.name",

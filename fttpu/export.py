@@ -6,38 +6,107 @@ OUT gets model.safetensors, config.json and the tokenizer files of the merged mo
 folded, sparse deltas scattered: `transformers` loads it as it loads the source checkpoint), plus
 what the method adds on its own: artifact.safetensors (adapters, sparse deltas, head, prefixes) and,
 for zeroth-order runs, trajectory.safetensors. The checkpoint is the newest whole one unless --step.
+
+Export never destroys: OUT may not be the workdir, the run's pretrained checkpoint or inside either,
+and must be empty or new unless --overwrite, which replaces it as a whole (written beside it, then
+swapped in), so no file of an earlier export survives.
 """
 import json
 import os
 import shutil
 import sys
+import tempfile
 
 from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "Workdir of a run (config.json, checkpoints/).")
 flags.DEFINE_string("to", None, "Output directory for the Hugging Face model and the method's artifact.")
 flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the newest whole checkpoint).")
+flags.DEFINE_bool("overwrite", False, "Replace a non-empty OUT as a whole (never the workdir or the base checkpoint).")
 flags.mark_flags_as_required(["workdir", "to"])
 
 
-def export_workdir(workdir: str, out_dir: str, step: int | None = None) -> dict:
+def _inside(path: str, directory: str) -> bool:
+  path, directory = os.path.realpath(path), os.path.realpath(directory)
+  return os.path.commonpath([path, directory]) == directory
+
+
+def check_destination(out_dir: str, protected: dict, overwrite: bool) -> None:
+  """Fails unless OUT may be written: not one of (or inside) the `protected` {what: directory}, and
+  empty or new unless `overwrite`."""
+  from fttpu.config import ConfigError
+  for what, directory in protected.items():
+    if _inside(out_dir, directory):
+      raise ConfigError(f"--to={out_dir} is {'' if os.path.realpath(out_dir) == os.path.realpath(directory) else 'inside '}"
+                        f"{what} {directory}: exporting there would overwrite it; choose another --to")
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ConfigError(f"--to={out_dir} is a file; choose a directory")
+  if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+    raise ConfigError(f"--to={out_dir} is not empty ({len(os.listdir(out_dir))} entries, e.g. "
+                      f"{sorted(os.listdir(out_dir))[0]}); pass --overwrite to replace it, or choose a new directory")
+
+
+def check_trajectory(path: str, step: int) -> None:
+  """A zeroth-order run's trajectory reads and covers `step` steps, else CheckpointError."""
+  from fttpu.models import hf
+  from fttpu.models.hf import CheckpointError
+  import safetensors.numpy
+  try:
+    steps = len(safetensors.numpy.load_file(path)["projected_grad"])
+  except Exception as e:  # safetensors raises its own error kinds for truncated or foreign files
+    raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {str(e)[:160]}); the export would ship a "
+                          "trajectory that cannot replay: resume the run to rewrite it") from None
+  if steps < step:
+    raise CheckpointError(f"{path} holds {steps} steps but checkpoint {step} needs {step}: it is damaged or stale; "
+                          "resume the run to rewrite it")
+
+
+def replace_directory(build, out_dir: str) -> None:
+  """`build(tmp)` writes the new contents; they then take OUT's place whole (the old OUT, if any, is
+  removed only once the new one is complete)."""
+  parent = os.path.dirname(os.path.abspath(out_dir)) or "."
+  os.makedirs(parent, exist_ok=True)
+  new = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.new-")
+  try:
+    build(new)
+  except BaseException:
+    shutil.rmtree(new, ignore_errors=True)
+    raise
+  old = None
+  if os.path.exists(out_dir):
+    old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.old-")
+    os.replace(out_dir, os.path.join(old, "out"))
+  os.replace(new, out_dir)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrite: bool = False) -> dict:
   """Writes OUT as the module docstring says; returns {"step", "files"}."""
   import jax
   import ml_collections
   from flax import traverse_util
-  from fttpu import checkpoint, methods, models, optim
+  from fttpu import checkpoint, methods, models, optim, workdir as workdir_lib
+  from fttpu.models import hf
   from fttpu.models.hf import CheckpointError
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
+  if not os.path.isfile(os.path.join(workdir, "config.json")):
     raise CheckpointError(f"{workdir} is not a run's workdir: it has no config.json")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  saved, problem = workdir_lib.read_config_json(workdir)
+  if saved is None:
+    raise CheckpointError(f"{problem}; run the same training command on this workdir once to rewrite it "
+                          "(it is checked against the config saved in the checkpoint)")
+  config = ml_collections.ConfigDict(saved)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints, config.train.best_metric)
   steps = manager.all_steps()
   if not steps or (step is not None and step not in steps):
     raise CheckpointError(f"{manager.directory} has no checkpoint {step if step is not None else ''}".rstrip()
                           + f"; its checkpoints: {sorted(steps)}")
   step = max(steps) if step is None else step
+  model_dir = hf.resolve_checkpoint_dir(config.model.checkpoint)
+  check_destination(out_dir, {"the run's workdir": workdir, "the run's pretrained checkpoint": model_dir}, overwrite)
+  trajectory = os.path.join(workdir, "trajectory.safetensors")
+  if os.path.exists(trajectory):
+    check_trajectory(trajectory, step)
   restored = checkpoint.restore_untyped(manager, step)
   tree = jax.tree_util.tree_map(jax.numpy.asarray, restored["params"])
   model = models.load_for(config.model)
@@ -45,12 +114,14 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None) -> dict:
   merged = method.merge(tree)["model"]
   base_paths = traverse_util.flatten_dict(model.params).keys()  # prefixes stay in the artifact
   merged = traverse_util.unflatten_dict({p: v for p, v in traverse_util.flatten_dict(merged).items() if p in base_paths})
-  os.makedirs(out_dir, exist_ok=True)
-  models.export(model, merged, out_dir)
-  checkpoint.save_artifact(os.path.join(out_dir, "artifact.safetensors"), method.artifact(tree), method.name)
-  trajectory = os.path.join(workdir, "trajectory.safetensors")
-  if os.path.exists(trajectory):
-    shutil.copy(trajectory, out_dir)
+
+  def build(directory):
+    models.export(model, merged, directory)
+    checkpoint.save_artifact(os.path.join(directory, "artifact.safetensors"), method.artifact(tree), method.name)
+    if os.path.exists(trajectory):
+      shutil.copy(trajectory, directory)
+
+  replace_directory(build, out_dir)
   manager.close()
   return {"step": step, "files": sorted(os.listdir(out_dir))}
 
@@ -60,7 +131,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from fttpu.train import USER_ERRORS
   try:
-    result = export_workdir(flags.FLAGS.workdir, flags.FLAGS.to, flags.FLAGS.step)
+    result = export_workdir(flags.FLAGS.workdir, flags.FLAGS.to, flags.FLAGS.step, flags.FLAGS.overwrite)
   except USER_ERRORS as e:
     sys.exit(f"error: {e}")
   print(json.dumps({"to": flags.FLAGS.to, **result}))

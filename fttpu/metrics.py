@@ -7,6 +7,9 @@ import time
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from fttpu import workdir as workdir_lib
+from fttpu.data.tsv import DataError
+
 
 def quiet_library_logs():
   """Keeps fttpu's INFO lines; orbax's per-save INFO lines go to WARNING and up."""
@@ -35,18 +38,17 @@ class MetricWriter:
     self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge) if enabled else None
 
   def _truncate(self, last_step: int):
-    with open(self.path) as f:
-      records = [json.loads(line) for line in f if line.strip()]
-    with open(self.path, "w") as f:
-      for record in records:
-        if record["step"] <= last_step and not record.get("final"):
-          f.write(json.dumps(record) + "\n")
+    records, torn = parse_records(self.path)
+    if torn:
+      logging.warning("%s: dropped its torn last line %r (a crash or a full disk cut it short)", self.path, torn[:80])
+    kept = [r for r in records if r["step"] <= last_step and not r.get("final")]
+    workdir_lib.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def write(self, step: int, scalars: dict, **extra) -> dict:
     record = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}, **extra}
     if self.enabled:
       with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(record) + "\n")  # one write: a line is torn only by a crash or a full disk
       split = extra.get("split")
       for key, value in scalars.items():
         tag = key.replace("eval/", f"{split}/", 1) if split else key  # dev/accuracy, test/accuracy
@@ -59,13 +61,28 @@ class MetricWriter:
       self._tensorboard.close()
 
 
+def parse_records(path: str) -> tuple[list[dict], str]:
+  """(records, torn last line or '') of a metrics.jsonl; a damaged line before the last fails naming it."""
+  with open(path, "rb") as f:
+    lines = [line for line in f.read().decode("utf-8", errors="replace").split("\n") if line.strip()]
+  records = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      if number == len(lines):
+        return records, line
+      raise DataError(f"{path}:{number}: not a JSON metrics record ({line[:80]!r}); remove or repair that line")
+  return records, ""
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  """The records of WORKDIR/metrics.jsonl ([] when the run has not written any)."""
+  """The records of WORKDIR/metrics.jsonl ([] when the run has not written any; a torn last line,
+  as a running or crashed run leaves, is left out)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return parse_records(path)[0]
 
 
 def _duration(seconds: float) -> str:

@@ -8,6 +8,7 @@ every step; replaying it applies the same updates without evaluating a single lo
 """
 import json
 import os
+import sys
 
 import jax
 import ml_collections
@@ -21,25 +22,40 @@ FLAGS = flags.FLAGS
 
 def replay_workdir(workdir: str) -> dict:
   """{"steps", "max_abs_diff", "identical"}: the replayed parameters against the last checkpoint."""
-  from fttpu import checkpoint, methods, models, optim
+  from fttpu import checkpoint, methods, models, optim, workdir as workdir_lib
+  from fttpu.config import ConfigError
   from fttpu.methods import zo
+  from fttpu.models.hf import CheckpointError
   from fttpu.state import TrainState
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  saved, problem = workdir_lib.read_config_json(workdir)
+  if saved is None:
+    raise CheckpointError(f"{workdir} is not a run's workdir: {problem}")
+  config = ml_collections.ConfigDict(saved)
+  if config.method not in zo.METHOD_NAMES:
+    raise ConfigError(f"{workdir} is a method={config.method} run; only zeroth-order runs (method "
+                      f"{' or '.join(zo.METHOD_NAMES)}) have a trajectory to replay")
+  trajectory = os.path.join(workdir, "trajectory.safetensors")
+  if not os.path.isfile(trajectory):
+    raise CheckpointError(f"{trajectory} is missing: the run has not saved a checkpoint yet")
   model = models.load_for(config.model)
   method = methods.get_method(config, optim.make_optimizer(config.optimizer, config.train.steps), model)
   if method.refresh:
-    raise SystemExit(f"{workdir}: cannot replay a {method.name} run: it re-chooses its trainable set every "
+    raise ConfigError(f"{workdir}: cannot replay a {method.name} run: it re-chooses its trainable set every "
                      f"{method.refresh_every} steps from the run's state (e.g. LISA's layers under zo.base=layers, "
                      "layers.sample > 0), which the trajectory does not record; only runs with a fixed trainable "
                      "set replay")
-  tree, rng, projected = zo.load_trajectory(os.path.join(workdir, "trajectory.safetensors"), model.params)
+  try:
+    tree, rng, projected = zo.load_trajectory(trajectory, model.params)
+  except Exception as e:  # safetensors raises its own error kinds for truncated or foreign files
+    raise CheckpointError(f"{trajectory} is damaged ({type(e).__name__}: {str(e)[:160]}); resume the run to "
+                          "rewrite it") from None
   labels = method.labels(tree)
   replayed = zo.replay(tree, labels, method.tx, rng, projected, config.zo.noise, config.optimizer.name)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
   step = manager.latest_step()
   if step != len(projected):
-    raise SystemExit(f"{workdir}: the last checkpoint is step {step} but the trajectory has {len(projected)} steps")
+    raise CheckpointError(f"{workdir}: the last checkpoint is step {step} but the trajectory has {len(projected)} "
+                          "steps; resume the run to bring them in line")
   trained = checkpoint.restore(manager, step, TrainState.create(tree, method.tx, config.seed))[0].params
   diffs = [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0))
            for a, b in zip(jax.tree_util.tree_leaves(replayed), jax.tree_util.tree_leaves(trained))]
@@ -47,8 +63,13 @@ def replay_workdir(workdir: str) -> dict:
 
 
 def main(argv):
-  del argv
-  print(json.dumps(replay_workdir(FLAGS.workdir)))
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from fttpu.train import USER_ERRORS
+  try:
+    print(json.dumps(replay_workdir(FLAGS.workdir)))
+  except USER_ERRORS as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

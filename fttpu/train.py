@@ -2,19 +2,20 @@
 
 `run(config, workdir)` is the whole program; main.py only parses flags.
 """
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import os
-import signal
-import threading
 import time
 
 import jax
 import ml_collections
 import numpy as np
 
-from fttpu import checkpoint, classifier, config as config_lib, methods, metrics, models, optim, sharding, step as step_lib
+from fttpu import (checkpoint, classifier, config as config_lib, guards, methods, metrics, models, optim, sharding,
+                   step as step_lib, workdir as workdir_lib)
 from fttpu.data import pipeline
 from fttpu.data.tsv import DataError
 from fttpu.models.hf import CheckpointError
@@ -22,7 +23,7 @@ from fttpu.methods import base as method_base, masks, zo
 
 
 # Errors that mean bad input or a failed run, not a bug in fttpu: the CLIs show them as one line, no traceback.
-USER_ERRORS = (config_lib.ConfigError, DataError, CheckpointError, FileNotFoundError, FloatingPointError)
+USER_ERRORS = (config_lib.ConfigError, DataError, CheckpointError, OSError, FloatingPointError)
 
 
 def evaluate(eval_fn, params, data: pipeline.Encoded, prompts: dict, batch_size: int, mesh) -> dict:
@@ -40,83 +41,58 @@ def model_shardings(module, rules: dict, mesh) -> dict:
   return sharding.named(mesh, specs["model"])
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in config.items():
-    out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-  return out
-
-
-# Settings a resumed run may change: they do not change what the run computes.
-RESUMABLE_CHANGES = ("train.nonfinite", "train.log_every")
-
-
-def check_same_run(config: ml_collections.ConfigDict, path: str) -> None:
-  """A workdir with checkpoints resumes only the config that made them (up to RESUMABLE_CHANGES)."""
-  with open(path) as f:
-    old = _flat(json.load(f))
-  new = _flat(json.loads(config.to_json()))
-  differs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
-  if differs:
-    details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differs[:8])
-    raise config_lib.ConfigError(f"{os.path.dirname(path)} holds checkpoints of a run with another config "
-                                 f"({details}); resume with the same config or use a new --workdir")
-
-
-class Preemption:
-  """SIGTERM (what Cloud TPU and SLURM send before preempting) asks the loop to checkpoint and return.
-  One process: a Python signal handler. Several: JAX's preemption service notices the signal and
-  orbax's sync point (`reached_preemption`) makes every process stop at the same step."""
-
-  def __enter__(self):
-    self.signalled, self.previous = False, None
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self.previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    if self.previous is not None:
-      signal.signal(signal.SIGTERM, self.previous)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.signalled = True
-
-  def requested(self, manager, step: int) -> bool:
-    return manager.reached_preemption(step) if jax.process_count() > 1 else self.signalled
-
-
-def describe_nonfinite(step_metrics: dict) -> str:
-  parts = [f"training loss is {float(step_metrics['train/loss'])}"]
-  if "train/grad_norm" in step_metrics:
-    parts.append(f"gradient norm is {float(step_metrics['train/grad_norm'])}")
-  if "train/projected_grad" in step_metrics:
-    parts.append(f"projected gradient is {np.asarray(step_metrics['train/projected_grad']).tolist()}")
-  return ", ".join(parts)
-
-
 def run(config, workdir: str) -> dict:
   """Trains and evaluates as `config` says; writes config.json, metrics.jsonl, TensorBoard, checkpoints.
-  On SIGTERM it checkpoints at the next step boundary and returns {"preempted": True, ...}."""
-  with Preemption() as preemption:
-    return _run(config, workdir, preemption)
-
-
-def _run(config, workdir: str, preemption: Preemption) -> dict:
-  # ---------------------------------------------------------------- setup
+  On SIGTERM or a first Ctrl-C it checkpoints at the next step boundary and returns
+  {"preempted": "SIGTERM" or "Ctrl-C", ...}. One run at a time holds `workdir`."""
   config_lib.validate(config)
+  with workdir_lib.exclusive(workdir), guards.Preemption() as preemption, contextlib.ExitStack() as closing:
+    return _run(config, workdir, preemption, closing)
+
+
+def check_resumable(config, workdir: str, manager) -> None:
+  """Checkpoints in `workdir` resume only the config they were saved with (config.json is a copy)."""
+  saved = checkpoint.saved_config(manager)
+  if saved is None:
+    return
+  step, saved_config = saved
+  name = f"checkpoint {step}"
+  workdir_lib.check_config(workdir, name, saved_config, json.loads(config.to_json()))
+  workdir_lib.note_config_json(workdir, name)
+
+
+def data_fingerprints(data: pipeline.FewShotData) -> dict:
+  """{split: fingerprint} of the sampled, tokenized splits."""
+  return {name: workdir_lib.fingerprint(*(x for x in dataclasses.astuple(getattr(data, name)) if x is not None))
+          for name in ("train", "dev", "test")}
+
+
+def stop_diverged(manager, step: int, saved_step: int | None, what: str) -> str:
+  """The message of a run stopped at `step` for divergence. A checkpoint of this very step holds the
+  weights whose loss diverged: it moves to DIR/damaged/, so the newest one left is the last state
+  whose loss was within the bound."""
+  checkpoint.finish(manager)
+  if saved_step == step and step in manager.all_steps():
+    checkpoint.quarantine(manager, step)
+  kept = manager.latest_step()
+  where = f"the last good state is checkpoint {kept} in {manager.directory}" if kept is not None else "no checkpoint kept"
+  return f"step {step + 1}: {what}; stopped ({where}; set train.divergence=continue to train on)"
+
+
+def _run(config, workdir: str, preemption: guards.Preemption, closing: contextlib.ExitStack) -> dict:
+  """The run; `closing` closes the checkpoint manager (waiting for its saves) and the metric writer
+  however the run ends, so a failure keeps every checkpoint it had started."""
+  # ---------------------------------------------------------------- setup
   mesh = sharding.make_mesh(config.mesh)
   logging.info("mesh %s over %d %s devices", dict(mesh.shape), mesh.size, jax.default_backend())
   sharding.check_batch_sizes(mesh, config.train.batch_size, config.train.eval_batch_size)
-  os.makedirs(workdir, exist_ok=True)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints, config.train.best_metric)
-  config_path = os.path.join(workdir, "config.json")
-  if manager.latest_step() is not None and os.path.exists(config_path):
-    check_same_run(config, config_path)
+  closing.callback(manager.close)
+  closing.callback(checkpoint.finish, manager)  # first: started saves complete, with their manifests
+  check_resumable(config, workdir, manager)
   is_lead = jax.process_index() == 0
   if is_lead:
-    with open(config_path, "w") as f:
-      f.write(config.to_json(indent=2))
+    workdir_lib.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
   # ---------------------------------------------------------------- model and data
   rules = dict(config.sharding_rules)
@@ -167,14 +143,19 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
 
   # ---------------------------------------------------------------- restore
   trajectory_path = os.path.join(workdir, "trajectory.safetensors")
-  progress_record = {"projected_grad": [], "skipped_batches": 0}  # saved beside the state in each checkpoint
+  # saved beside the state in each checkpoint
+  progress_record = {"projected_grad": [], "skipped_batches": 0, "divergence": {}}
+  fingerprints = data_fingerprints(data)
   restored = checkpoint.restore_latest(manager, state)
   resume_step = None
   if restored is not None:
     resume_step, state, saved_record = restored
+    workdir_lib.check_data(workdir, f"checkpoint {resume_step}", saved_record.get("data_fingerprint", fingerprints),
+                           fingerprints)
     progress_record.update({k: saved_record[k] for k in progress_record if k in saved_record})
     logging.info("resumed from %s at step %d", checkpoint.step_path(manager, resume_step), int(state.step))
   writer = metrics.MetricWriter(workdir, enabled=is_lead, resume_step=resume_step)
+  closing.callback(writer.close)
   projected = progress_record["projected_grad"]  # zeroth-order: the projected gradients of every step so far
   if zeroth_order and len(projected) != int(jax.device_get(state.step)):
     raise CheckpointError(f"checkpoint {resume_step} in {manager.directory} holds {len(projected)} projected gradients "
@@ -183,7 +164,8 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
   def save_checkpoint(dev: dict | None = None):
     step = int(jax.device_get(state.step))
     # copies: orbax serializes the record in the background while the loop appends to `projected`
-    record = {**progress_record, "projected_grad": list(projected), "data_position": step, "seed": config.seed}
+    record = {**progress_record, "projected_grad": list(projected), "divergence": dict(progress_record["divergence"]),
+              "data_position": step, "seed": config.seed, "data_fingerprint": fingerprints}
     checkpoint.save(manager, state, record, json.loads(config.to_json()),
                     metrics={config.train.best_metric: dev[config.train.best_metric]} if dev and config.train.best_metric else None)
     if zeroth_order and is_lead and projected:
@@ -211,11 +193,10 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
       if saved_step != step:
         saved_step = save_checkpoint()
       checkpoint.finish(manager)
-      logging.warning("preempted (SIGTERM): saved checkpoint %d in %s; run again with the same --workdir to resume",
-                      step, manager.directory)
-      writer.close()
-      manager.close()
-      return {"step": step, "preempted": True, "checkpoint": checkpoint.step_path(manager, step)}
+      reason = preemption.signalled or "SIGTERM"
+      logging.warning("%s: saved checkpoint %d in %s; run again with the same --workdir to resume",
+                      "interrupted (Ctrl-C)" if reason == "Ctrl-C" else "preempted (SIGTERM)", step, manager.directory)
+      return {"step": step, "preempted": reason, "checkpoint": checkpoint.step_path(manager, step)}
     if method.refresh and step and step % method.refresh_every == 0:
       state = refresh(state, step)
     batch = batch_at(step)
@@ -225,7 +206,7 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
     step_times.append(time.perf_counter() - started)
     done = step + 1
     if step_metrics.pop("train/nonfinite"):
-      what = describe_nonfinite(step_metrics)
+      what = guards.describe_nonfinite(step_metrics)
       if not skip_nonfinite:  # the state is still the one before this step: keep it, then stop
         if saved_step != step:
           saved_step = save_checkpoint()
@@ -241,6 +222,11 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
     if done % config.train.log_every == 0 or done == total_steps:
       writer.write(done, step_metrics)
       progress.log(done, step_metrics)
+    diverged = guards.divergence(progress_record["divergence"], float(step_metrics["train/loss"]),
+                                 projected[-1] if zeroth_order and config.zo.objective == "loss" else None,
+                                 config.train.divergence_ratio, config.train.stuck_steps)
+    if diverged and config.train.divergence == "stop":
+      raise guards.Diverged(stop_diverged(manager, step, saved_step, diverged))
     dev = None
     if done % config.train.eval_every == 0 or done == total_steps:
       dev = evaluate_on(state.params, data.dev)
@@ -263,6 +249,4 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
                         {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **timings},
                         split="test", examples=len(data.test), final=True)
   logging.info("final test accuracy %.4f on %d examples", test["accuracy"], len(data.test))
-  writer.close()
-  manager.close()
   return record

@@ -141,6 +141,33 @@ def test_k_larger_than_a_class_says_how_many_rows_it_has(tiny_roberta, tmp_path)
   assert f"class 0 has {GOOD_TRAIN_ROWS} training rows; k=30 needs 60 (k train + k dev)" in message
 
 
+def write_folder_task(root, classes: int) -> str:
+  """A data.dir holding mytask/ whose train.tsv and test.tsv have `classes` classes of real SST-2 sentences."""
+  rows = [r.rsplit("\t", 1)[0] for r in sst2_rows()]
+  lines = "sentence\tlabel\n" + "".join(f"{row}\t{i % classes}\n" for i, row in enumerate(rows))
+  folder = root / "data" / "mytask"
+  folder.mkdir(parents=True)
+  for name in ("train.tsv", "test.tsv"):
+    (folder / name).write_text(lines)
+  return str(root / "data")
+
+
+@pytest.mark.parametrize("protocol", [{"data.k": 4}, {"data.num_train": 24, "data.num_dev": 8}],
+                         ids=["k-shot", "MeZO rows"])
+def test_label_words_must_match_the_classes_the_data_shows(tiny_roberta, tmp_path, protocol):
+  """Three label words on two-class files is refused under every sampling protocol, naming both counts
+  (it used to train a three-way classifier, or to say 'lower data.k'); two words on three classes too."""
+  prompts = {"data.task": "mytask", "data.mlm_template": "{sentence} It was {mask}.", **protocol}
+  two_classes = make_config(tiny_roberta, tmp_path, **{"data.dir": write_folder_task(tmp_path / "two", 2),
+                                                       "data.label_words": ("bad", "okay", "good"), **prompts})
+  assert ("task 'mytask': its data files show 2 classes (labels 0..1 in its test and train splits) but the task "
+          "has 3 ['0', '1', '2']") in user_error(two_classes, tmp_path / "run")
+  three_classes = make_config(tiny_roberta, tmp_path, **{"data.dir": write_folder_task(tmp_path / "three", 3),
+                                                         "data.label_words": ("bad", "good"), **prompts})
+  assert ("label '2' is not an integer in 0..1 (the task has 2 classes, one per label word or description"
+          in user_error(three_classes, tmp_path / "run"))
+
+
 @pytest.mark.parametrize("arg, expected", [
     ("stepz=3", "unknown config argument 'stepz'; valid keys: ["),
     ("steps=abc", "config argument steps='abc' is not a valid int"),

@@ -209,6 +209,17 @@ def prompts(tokenizer, task: tasks.Task, style: str = "similarity") -> dict:
   return {"label_input_ids": label_ids, "label_attention_mask": label_mask}
 
 
+def check_classes(task: tasks.Task, labels: dict) -> None:
+  """The task's classes (one per label word, description or choice) are the classes its data files
+  show (labels 0..C-1 over its splits), whichever sampling protocol then draws from them."""
+  shown = max(int(np.max(split_labels)) + 1 for split_labels in labels.values() if len(split_labels))
+  if shown != task.num_classes:
+    raise ConfigError(f"task {task.name!r}: its data files show {shown} classes (labels 0..{shown - 1} in its "
+                      f"{' and '.join(sorted(labels))} splits) but the task has {task.num_classes} "
+                      f"{list(task.label_names)}, one per label word or description; give one per class "
+                      "(data.label_words, data.label_descriptions, data.label_names)")
+
+
 def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") -> FewShotData:
   """The task of `data_config`, k-shot sampled with `seed` and tokenized for `style`."""
   optional = lambda key, default: getattr(data_config, key, default)  # keys a config may not have
@@ -217,6 +228,7 @@ def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") 
                         mlm_template=optional("mlm_template", ""), causal_template=optional("causal_template", ""),
                         label_words=tuple(optional("label_words", ())), style=style)
   splits = tfds_local.load_splits(task, data_config.dir, data_config.cache_dir)
+  check_classes(task, {name: labels for name, (_, labels) in splits.items()})
   train_rows, train_labels = splits["train"]
   if optional("num_train", 0):  # MeZO's large-model protocol
     train_idx, dev_idx = fewshot.sample_rows(len(train_labels), data_config.num_train, data_config.num_dev, seed)

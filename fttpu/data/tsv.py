@@ -76,7 +76,8 @@ def read_tsv(path: str, num_classes: int,
                       f"({', '.join(fields + ('label',))}), got {len(columns)}")
     *texts, label = columns
     if not label.strip().lstrip("-").isdigit() or not 0 <= int(label) < num_classes:
-      raise DataError(f"{path}:{number}: label {label!r} is not an integer in 0..{num_classes - 1}")
+      raise DataError(f"{path}:{number}: label {label!r} is not an integer in 0..{num_classes - 1} (the task has "
+                      f"{num_classes} classes, one per label word or description; give one per class)")
     rows.append(tuple(texts))
     labels.append(int(label))
   if not rows:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from fttpu import workdir as workdir_lib
 from fttpu.config import ConfigError
 from fttpu.methods import masks
 from fttpu.models import perturbation
@@ -180,8 +181,8 @@ def save_trajectory(path: str, initial_artifact: dict, rng, projected: np.ndarra
   """The run as its initial trainable tree plus the projected gradients per step (steps, samples)."""
   import safetensors.numpy
   flat = {"initial/" + "/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(initial_artifact).items()}
-  safetensors.numpy.save_file({**flat, "rng": np.asarray(rng), "projected_grad": np.asarray(projected, np.float32)},
-                              path, metadata={"method": method})
+  workdir_lib.write_atomic(path, safetensors.numpy.save(
+      {**flat, "rng": np.asarray(rng), "projected_grad": np.asarray(projected, np.float32)}, metadata={"method": method}))
 
 
 def load_trajectory(path: str, pretrained: dict) -> tuple[dict, np.ndarray, np.ndarray]:

@@ -1,0 +1,71 @@
+"""What stops a run before its last step: a signal (SIGTERM, Ctrl-C), a non-finite step, divergence."""
+import math
+import signal
+import threading
+
+import jax
+import numpy as np
+
+SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
+
+
+class Preemption:
+  """SIGTERM (what Cloud TPU and SLURM send before preempting) and the first Ctrl-C ask the loop to
+  checkpoint and return; a second Ctrl-C stops at once (KeyboardInterrupt). One process: Python
+  signal handlers. Several: JAX's preemption service notices SIGTERM (a Ctrl-C is turned into one)
+  and orbax's sync point (`reached_preemption`) makes every process stop at the same step."""
+
+  def __enter__(self):
+    self.signalled, self.previous = None, {}
+    if threading.current_thread() is threading.main_thread():
+      if jax.process_count() == 1:
+        self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+      self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self.previous.items():
+      signal.signal(signum, handler)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signalled = SIGNAL_NAMES[signum]
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C interrupts at once
+      if jax.process_count() > 1:
+        signal.raise_signal(signal.SIGTERM)  # JAX's preemption service tells the other processes
+
+  def requested(self, manager, step: int) -> bool:
+    return manager.reached_preemption(step) if jax.process_count() > 1 else self.signalled is not None
+
+
+def describe_nonfinite(step_metrics: dict) -> str:
+  parts = [f"training loss is {float(step_metrics['train/loss'])}"]
+  if "train/grad_norm" in step_metrics:
+    parts.append(f"gradient norm is {float(step_metrics['train/grad_norm'])}")
+  if "train/projected_grad" in step_metrics:
+    parts.append(f"projected gradient is {np.asarray(step_metrics['train/projected_grad']).tolist()}")
+  return ", ".join(parts)
+
+
+class Diverged(FloatingPointError):
+  """A run whose loss stays finite but has left any sane range, or whose estimate is stuck at 0."""
+
+
+def divergence(record: dict, loss: float, projected, ratio: float, stuck_steps: int) -> str | None:
+  """What says the step of `loss` diverged, or None. `record` (saved in each checkpoint, so a resumed run
+  judges as the uninterrupted one) keeps the first step's loss and the current run of steps whose
+  projected gradient (zeroth-order runs; None otherwise) was exactly 0."""
+  if math.isfinite(loss):
+    record.setdefault("first_loss", loss)
+  bound = ratio * max(record.get("first_loss", math.inf), 1.0)
+  if ratio and math.isfinite(loss) and loss > bound:
+    return (f"training loss {loss:.4g} is above train.divergence_ratio={ratio:g} x max(first step's loss "
+            f"{record['first_loss']:.4g}, 1) = {bound:.4g}")
+  if projected is not None:
+    record["zero_projections"] = record.get("zero_projections", 0) + 1 if not np.any(projected) else 0
+    if stuck_steps and record["zero_projections"] >= stuck_steps:
+      return (f"the projected gradient has been exactly 0 for {record['zero_projections']} steps in a row "
+              f"(train.stuck_steps={stuck_steps}): the two losses are equal, so nothing trains (zo.eps below the "
+              "compute dtype's resolution, or a saturated loss)")
+  return None
