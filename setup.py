@@ -28,6 +28,7 @@ setup(
         "tensorboardX",
         "matplotlib",
         "absl-py",
+        "filelock>=3.12",  # one run per workdir
     ],
     extras_require={
         # Test-only references: PyTorch (the local CPU build) and HF transformers for parity.

@@ -1,6 +1,8 @@
 """What stops a run before its last step: a signal (SIGTERM, Ctrl-C), a non-finite step, divergence."""
 import math
+import os
 import signal
+import sys
 import threading
 
 import jax
@@ -11,7 +13,7 @@ SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
 class Preemption:
   """SIGTERM (what Cloud TPU and SLURM send before preempting) and the first Ctrl-C ask the loop to
-  checkpoint and return; a second Ctrl-C stops at once (KeyboardInterrupt). One process: Python
+  checkpoint and return; a second Ctrl-C exits at once. One process: Python
   signal handlers. Several: JAX's preemption service notices SIGTERM (a Ctrl-C is turned into one)
   and orbax's sync point (`reached_preemption`) makes every process stop at the same step."""
 
@@ -31,12 +33,25 @@ class Preemption:
     del frame
     self.signalled = SIGNAL_NAMES[signum]
     if signum == signal.SIGINT:
-      signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C interrupts at once
+      signal.signal(signal.SIGINT, _stop_at_once)
       if jax.process_count() > 1:
         signal.raise_signal(signal.SIGTERM)  # JAX's preemption service tells the other processes
 
   def requested(self, manager, step: int) -> bool:
     return manager.reached_preemption(step) if jax.process_count() > 1 else self.signalled is not None
+
+
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT), checkpointed or not
+
+
+def _stop_at_once(signum, frame):
+  """A second Ctrl-C: exit now, from the handler, so no library prints a traceback on the way out;
+  a save in progress is left unfinished, which orbax ignores (its commit never happened)."""
+  del signum, frame
+  sys.stdout.flush()
+  print("error: interrupted twice (Ctrl-C): stopped at once; the checkpoints saved so far are kept, run again "
+        "with the same --workdir to resume", file=sys.stderr, flush=True)
+  os._exit(INTERRUPTED)
 
 
 def describe_nonfinite(step_metrics: dict) -> str:

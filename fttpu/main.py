@@ -8,7 +8,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fttpu import distributed, metrics, train
+from fttpu import distributed, guards, metrics, train
 from fttpu.config import ConfigError, check_overrides
 from fttpu.train import USER_ERRORS
 
@@ -21,7 +21,6 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (else JAX_PROCESS_ID).")
 flags.DEFINE_integer("heartbeat_timeout", 100, "Multi-host: seconds without a peer's heartbeat before the run fails.")
 flags.mark_flags_as_required(["config", "workdir"])
-INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT), checkpointed or not
 
 
 def _load_config_file(argv):
@@ -57,14 +56,12 @@ def main(argv):
   except USER_ERRORS as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {e}")
-  except KeyboardInterrupt:  # a second Ctrl-C: the first asked for a checkpoint, this one stops at once
-    print(f"error: interrupted twice (Ctrl-C): stopped at once; the checkpoints in {flags.FLAGS.workdir} are kept, "
-          "run again to resume", file=sys.stderr)
-    sys.exit(INTERRUPTED)
+  except KeyboardInterrupt:  # Ctrl-C before the run's handler is in place (while validating or locking)
+    sys.exit("error: interrupted (Ctrl-C) while starting, before any checkpoint was written")
   if jax.process_index() == 0:
     print(json.dumps(result))
   if result.get("preempted") == "Ctrl-C":
-    sys.exit(INTERRUPTED)
+    sys.exit(guards.INTERRUPTED)
 
 
 if __name__ == "__main__":

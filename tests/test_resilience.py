@@ -111,17 +111,37 @@ def test_a_killed_run_resumes_to_the_uninterrupted_parameters_bit_for_bit(method
     assert load(tmp_path).shape == (STEPS, 1) and np.array_equal(load(tmp_path), load(reference))
 
 
-def test_sigterm_checkpoints_at_the_next_step_and_exits_0_then_resumes(references, tiny_roberta, tmp_path):
+@pytest.mark.parametrize("sig,status,said", [(signal.SIGTERM, 0, "preempted (SIGTERM)"),
+                                             (signal.SIGINT, 130, "interrupted (Ctrl-C)")], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_or_ctrl_c_checkpoints_at_the_next_step_and_exits_then_resumes(references, tiny_roberta, tmp_path,
+                                                                               sig, status, said):
+  """The signal checkpoints at the next step boundary and exits with one line (Ctrl-C used to print a
+  KeyboardInterrupt traceback and save nothing); the resumed run ends as the uninterrupted one."""
   args = main_args(tiny_roberta, "full", tmp_path)
-  process, waited, stderr = start_and_signal(args, signal.SIGTERM)
-  assert process.returncode == 0, stderr[-3000:]
+  process, waited, stderr = start_and_signal(args, sig)
+  assert process.returncode == status, stderr[-3000:]
   assert waited < 15, waited  # one step plus a checkpoint of 0.8 MB; measured ~0.3 s
-  line = next(l for l in stderr.splitlines() if "preempted (SIGTERM): saved checkpoint" in l)
+  assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+  line = next(l for l in stderr.splitlines() if f"{said}: saved checkpoint" in l)
   step = int(line.split("saved checkpoint ", 1)[1].split()[0])
   assert KILL_AT <= step < STEPS and os.path.isdir(tmp_path / "checkpoints" / str(step))
   resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0 and f"at step {step}" in resumed.stderr, resumed.stderr[-3000:]
   assert all(np.array_equal(a, b) for a, b in zip(saved_state(tmp_path, STEPS), saved_state(references.get("full"), STEPS)))
+
+
+def test_a_second_ctrl_c_stops_at_once_with_one_line(tiny_roberta, tmp_path):
+  args = main_args(tiny_roberta, "full", tmp_path)
+  process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in process.stderr:
+    if f"step {KILL_AT}/{STEPS}" in line:
+      process.send_signal(signal.SIGINT)
+      time.sleep(0.05)  # two signals before Python's handler runs would be one
+      process.send_signal(signal.SIGINT)
+      break
+  _, rest = process.communicate(timeout=120)
+  assert process.returncode == 130, rest[-3000:]
+  assert "error: interrupted twice (Ctrl-C): stopped at once" in rest and "Traceback" not in rest, rest[-3000:]
 
 
 def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_finishes_the_same(references, tiny_roberta,
