@@ -4,7 +4,12 @@
 
 DIR is a workdir of `method=mezo` or `method=zo` (config.json, trajectory.safetensors,
 checkpoints/). The trajectory holds the initial trainable tree and the projected gradient of
-every step; replaying it applies the same updates without evaluating a single loss.
+every step; replaying it applies the same updates without evaluating a single loss. It prints
+{"steps", "max_abs_diff" (replayed vs checkpoint), "max_abs_update" (checkpoint vs start), "identical"}.
+
+What is exact: with rademacher noise the replay equals the checkpoint bit for bit. Gaussian z goes
+through erf_inv (a log and a polynomial), which XLA compiles into the train step's fusions and the
+replay's differently, so the two differ by float32 rounding (measured: 3e-8 after 12 steps).
 """
 import json
 import os
@@ -50,6 +55,7 @@ def replay_workdir(workdir: str) -> dict:
     raise CheckpointError(f"{trajectory} is damaged ({type(e).__name__}: {str(e)[:160]}); resume the run to "
                           "rewrite it") from None
   labels = method.labels(tree)
+  initial = [np.array(x, np.float64) for x in jax.tree_util.tree_leaves(tree)]  # copies: replay donates tree
   replayed = zo.replay(tree, labels, method.tx, rng, projected, config.zo.noise, config.optimizer.name)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
   step = manager.latest_step()
@@ -57,9 +63,12 @@ def replay_workdir(workdir: str) -> dict:
     raise CheckpointError(f"{workdir}: the last checkpoint is step {step} but the trajectory has {len(projected)} "
                           "steps; resume the run to bring them in line")
   trained = checkpoint.restore(manager, step, TrainState.create(tree, method.tx, config.seed))[0].params
-  diffs = [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0))
-           for a, b in zip(jax.tree_util.tree_leaves(replayed), jax.tree_util.tree_leaves(trained))]
-  return {"steps": len(projected), "max_abs_diff": max(diffs), "identical": max(diffs) == 0.0}
+  largest = lambda pairs: max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)),
+                                             initial=0.0)) for a, b in pairs)
+  trained = jax.tree_util.tree_leaves(trained)
+  diff = largest(zip(jax.tree_util.tree_leaves(replayed), trained))
+  return {"steps": len(projected), "max_abs_diff": diff, "max_abs_update": largest(zip(trained, initial)),
+          "identical": diff == 0.0}
 
 
 def main(argv):
