@@ -8,10 +8,10 @@ Writes WORKDIR/results.md and WORKDIR/results.png.
 """
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from configs import fewshot
-from fttpu import metrics, train
+from fttpu import cli, metrics, train
 
 flags.DEFINE_string("data_dir", "../shared/data", "Folder with <task>/train.tsv and test.tsv.")
 flags.DEFINE_string("workdir", "workdirs/demo", "Where the runs, the table and the plot go.")
@@ -88,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

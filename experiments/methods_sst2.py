@@ -10,9 +10,9 @@ import os
 import subprocess
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from fttpu import metrics
+from fttpu import cli, metrics
 
 flags.DEFINE_string("data_dir", "../shared/data", "Folder with <task>/train.tsv and test.tsv.")
 flags.DEFINE_string("workdir", "workdirs/methods_sst2", "Where the runs, the table and the plot go.")
@@ -109,4 +109,4 @@ def plot(rows: dict) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

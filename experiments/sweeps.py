@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-from fttpu import metrics
+from fttpu import cli, metrics
+from fttpu.config import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,7 +331,7 @@ def run_cli(grid) -> None:
     failed = run_cells(todo, f.workdir, f.base, f.data_dir, f.jobs)
     if failed:
       raise SystemExit(f"{len(failed)} cells failed: " + "; ".join(f"{c.workdir(f.workdir)}: {e}" for c, e in failed))
-  app.run(main)
+  cli.run(main)
 
 
 def write_tables(grid, root: str, out: str, only=()) -> list[dict]:
@@ -342,7 +343,12 @@ def write_tables(grid, root: str, out: str, only=()) -> list[dict]:
   re-run into a fresh ROOT without the other rows' cells."""
   tasks = list(grid.TASKS)
   rows = [r for r in grid.ROWS if not only or r.name in only]
-  chosen = choose(collect(cells(rows, tasks, grid.SEEDS, getattr(grid, "TASK_SETTINGS", {})), root))
+  records = collect(cells(rows, tasks, grid.SEEDS, getattr(grid, "TASK_SETTINGS", {})), root)
+  if not records:  # a table of NaNs would replace the real one in OUT
+    raise ConfigError(f"--workdir={root} holds no finished cell of {grid.NAME}"
+                      f"{' rows ' + ', '.join(only) if only else ''}: nothing to aggregate; run "
+                      f"`python -m experiments.{grid.NAME}.run --workdir={root}` first (OUT is left as it was)")
+  chosen = choose(records)
   lines = summary(chosen, list(grid.ROWS), tasks, grid.PAPER)
   if only:
     kept, curves = previous_table(out, tasks)
@@ -415,4 +421,4 @@ def aggregate_cli(grid) -> None:
     write_tables(grid, flags.FLAGS.workdir, flags.FLAGS.out, flags.FLAGS.only)
     with open(os.path.join(flags.FLAGS.out, "table.md")) as f:
       print(f.read())
-  app.run(main)
+  cli.run(main)

@@ -145,7 +145,10 @@ def main(argv):
                  f"--checkpoint={FLAGS.checkpoint}"]
       result = subprocess.run(command, capture_output=True, text=True)
       if result.returncode:
-        raise SystemExit(f"benchmark of {method} on mesh {mesh} failed:\n{result.stderr[-3000:]}")
+        last = (result.stderr.strip().splitlines() or [""])[-1]
+        raise SystemExit(f"error: benchmark of {method} on mesh {mesh}: {last[len('error: '):]}" if
+                         last.startswith("error: ") else f"benchmark of {method} on mesh {mesh} failed:\n"
+                         f"{result.stderr[-3000:]}")
       out[method if len(meshes) == 1 else f"{method}@{mesh}"] = json.loads(result.stdout.strip().splitlines()[-1])
   if len(meshes) > 1:
     out["step_ratios_to_first_mesh"] = {m: {mesh: round(out[f"{m}@{mesh}"]["step_s"] / out[f"{m}@{meshes[0]}"]["step_s"], 2)
@@ -158,4 +161,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from fttpu import cli
+  cli.run(main)

@@ -14,7 +14,6 @@ swapped in), so no file of an earlier export survives.
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 from absl import app, flags
@@ -129,13 +128,10 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from fttpu.train import USER_ERRORS
-  try:
-    result = export_workdir(flags.FLAGS.workdir, flags.FLAGS.to, flags.FLAGS.step, flags.FLAGS.overwrite)
-  except USER_ERRORS as e:
-    sys.exit(f"error: {e}")
+  result = export_workdir(flags.FLAGS.workdir, flags.FLAGS.to, flags.FLAGS.step, flags.FLAGS.overwrite)
   print(json.dumps({"to": flags.FLAGS.to, **result}))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from fttpu import cli
+  cli.run(main)

@@ -8,9 +8,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fttpu import distributed, guards, metrics, train
+from fttpu import cli, distributed, guards, metrics, train
 from fttpu.config import ConfigError, check_overrides
-from fttpu.train import USER_ERRORS
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :key=value,... arguments.",
                                 lock_config=True)
@@ -53,9 +52,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     result = train.run(flags.FLAGS.config, flags.FLAGS.workdir)
-  except USER_ERRORS as e:
+  except cli.USER_ERRORS as e:
     logging.error("%s: %s", type(e).__name__, e)
-    sys.exit(f"error: {e}")
+    sys.exit(f"error: {cli.describe(e)}")
   except KeyboardInterrupt:  # Ctrl-C before the run's handler is in place (while validating or locking)
     sys.exit("error: interrupted (Ctrl-C) while starting, before any checkpoint was written")
   if jax.process_index() == 0:

@@ -13,7 +13,6 @@ replay's differently, so the two differ by float32 rounding (measured: 3e-8 afte
 """
 import json
 import os
-import sys
 
 import jax
 import ml_collections
@@ -74,12 +73,9 @@ def replay_workdir(workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from fttpu.train import USER_ERRORS
-  try:
-    print(json.dumps(replay_workdir(FLAGS.workdir)))
-  except USER_ERRORS as e:
-    sys.exit(f"error: {e}")
+  print(json.dumps(replay_workdir(FLAGS.workdir)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from fttpu import cli
+  cli.run(main)

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fttpu import (checkpoint, classifier, config as config_lib, guards, methods, metrics, models, optim, sharding,
+from fttpu import (checkpoint, classifier, cli, config as config_lib, guards, methods, metrics, models, optim, sharding,
                    step as step_lib, workdir as workdir_lib)
 from fttpu.data import pipeline
 from fttpu.data.tsv import DataError
@@ -22,8 +22,7 @@ from fttpu.models.hf import CheckpointError
 from fttpu.methods import base as method_base, masks, zo
 
 
-# Errors that mean bad input or a failed run, not a bug in fttpu: the CLIs show them as one line, no traceback.
-USER_ERRORS = (config_lib.ConfigError, DataError, CheckpointError, OSError, FloatingPointError)
+USER_ERRORS = cli.USER_ERRORS  # what the CLIs show as one line, no traceback
 
 
 def evaluate(eval_fn, params, data: pipeline.Encoded, prompts: dict, batch_size: int, mesh) -> dict:

@@ -38,7 +38,7 @@ def write_atomic(path: str, content: str | bytes) -> None:
     with contextlib.suppress(OSError):
       os.unlink(temporary)
     if isinstance(e, OSError) and e.filename is None:
-      raise OSError(e.errno, f"{e.strerror} (writing {path})", path) from None
+      raise OSError(e.errno, e.strerror, path) from None  # name the file, not the temporary
     raise
 
 

@@ -77,4 +77,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from fttpu import cli
+  cli.run(main)
