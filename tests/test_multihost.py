@@ -121,3 +121,47 @@ def free_port() -> int:
   sys.path.insert(0, str(REPO / "launch"))
   from multiprocess import free_port as port
   return port()
+
+
+PREEMPT_STEPS = 200
+
+
+def launch_two(tiny_roberta, workdir) -> list:
+  return [sys.executable, "launch/multiprocess.py", "--processes=2", "--devices_per_process=2", "--",
+          *main_args(tiny_roberta, steps=PREEMPT_STEPS), f"--workdir={workdir}", "--config.train.checkpoint_every=50"]
+
+
+def test_sigterm_to_one_process_checkpoints_every_process_at_one_step_and_the_resume_is_exact(tiny_roberta,
+                                                                                              tmp_path):
+  """SIGTERM to process 1 only (what a preempted host gets): JAX's preemption service and orbax's
+  sync point make both processes save the same step and exit 0, and the resumed 2-process run
+  ends bit-identical to an uninterrupted one."""
+  reference = subprocess.Popen(launch_two(tiny_roberta, tmp_path / "uninterrupted"), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  workdir = tmp_path / "preempted"
+  run = subprocess.Popen(launch_two(tiny_roberta, workdir), cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+  output, pids = [], {}
+  for line in run.stdout:
+    output.append(line)
+    if line.startswith("[launch] process "):
+      pids[int(line.split()[2].rstrip(":"))] = int(line.rsplit(" ", 1)[1])
+    if line.startswith("[0] ") and "step 60/" in line:
+      os.kill(pids[1], signal.SIGTERM)
+      break
+  output.extend(run.stdout)
+  assert run.wait(timeout=300) == 0, "".join(output[-40:])
+  saved = [int(l.split("saved checkpoint ", 1)[1].split()[0]) for l in output
+           if "preempted (SIGTERM): saved checkpoint" in l]
+  assert len(saved) == 2 and len(set(saved)) == 1 and 60 <= saved[0] < PREEMPT_STEPS, "".join(output[-40:])
+  assert "[launch] process 0 exited with 0" in "".join(output) and "[launch] process 1 exited with 0" in "".join(output)
+  assert os.path.isdir(workdir / "checkpoints" / str(saved[0]))
+  resumed = subprocess.run(launch_two(tiny_roberta, workdir), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0 and f"at step {saved[0]}" in resumed.stdout, resumed.stdout[-4000:]
+  assert reference.wait(timeout=600) == 0, reference.stdout.read()[-4000:]
+  from fttpu import checkpoint
+  read = lambda w: checkpoint.restore_untyped(checkpoint.make_manager(str(w), 2), PREEMPT_STEPS)  # onto 1 device
+  ours, theirs = read(workdir), read(tmp_path / "uninterrupted")
+  for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert losses(workdir) == losses(tmp_path / "uninterrupted")
