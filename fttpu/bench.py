@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 flags.DEFINE_list("methods", ["forward", "full"], "forward, or any method name of fttpu.methods, "
                   "optionally with config overrides: name:key=value+key=value.")

@@ -23,7 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from fttpu import workdir as workdir_lib
+from fttpu import files
 
 MANIFEST = "fttpu_manifest.json"
 BEST_METRICS = {"accuracy": True, "loss": False}  # dev metric -> higher is better
@@ -149,8 +149,8 @@ def damaged_dir(manager: ocp.CheckpointManager) -> str:
 
 def _file_sizes(path: str) -> dict:
   sizes = {}
-  for root, _, files in os.walk(path):
-    for name in files:
+  for root, _, names in os.walk(path):
+    for name in names:
       full = os.path.join(root, name)
       if name != MANIFEST:
         sizes[os.path.relpath(full, path)] = os.path.getsize(full)
@@ -158,7 +158,7 @@ def _file_sizes(path: str) -> dict:
 
 
 def _write_json(path: str, value) -> None:
-  workdir_lib.write_atomic(path, json.dumps(value, indent=1, sort_keys=True))
+  files.write_atomic(path, json.dumps(value, indent=1, sort_keys=True))
 
 
 def save_artifact(path: str, tree: dict, method: str):
@@ -171,7 +171,7 @@ def save_artifact(path: str, tree: dict, method: str):
   flat = {"/".join(k): np.asarray(jax.device_get(v)) for k, v in traverse_util.flatten_dict(tree).items()}
   if not flat:
     return None
-  workdir_lib.write_atomic(path, safetensors.numpy.save(flat, metadata={"method": method}))
+  files.write_atomic(path, safetensors.numpy.save(flat, metadata={"method": method}))
   return path, os.path.getsize(path) / 2**20
 
 

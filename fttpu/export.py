@@ -47,7 +47,6 @@ def check_destination(out_dir: str, protected: dict, overwrite: bool) -> None:
 
 def check_trajectory(path: str, step: int) -> None:
   """A zeroth-order run's trajectory reads and covers `step` steps, else CheckpointError."""
-  from fttpu.models import hf
   from fttpu.models.hf import CheckpointError
   import safetensors.numpy
   try:

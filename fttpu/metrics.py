@@ -7,7 +7,7 @@ import time
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from fttpu import workdir as workdir_lib
+from fttpu import files
 from fttpu.data.tsv import DataError
 
 
@@ -42,7 +42,7 @@ class MetricWriter:
     if torn:
       logging.warning("%s: dropped its torn last line %r (a crash or a full disk cut it short)", self.path, torn[:80])
     kept = [r for r in records if r["step"] <= last_step and not r.get("final")]
-    workdir_lib.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+    files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def write(self, step: int, scalars: dict, **extra) -> dict:
     record = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}, **extra}

@@ -11,13 +11,11 @@ import os
 import time
 
 import jax
-import ml_collections
 import numpy as np
 
-from fttpu import (checkpoint, classifier, cli, config as config_lib, guards, methods, metrics, models, optim, sharding,
-                   step as step_lib, workdir as workdir_lib)
+from fttpu import (checkpoint, classifier, cli, config as config_lib, files, guards, methods, metrics, models, optim,
+                   sharding, step as step_lib, workdir as workdir_lib)
 from fttpu.data import pipeline
-from fttpu.data.tsv import DataError
 from fttpu.models.hf import CheckpointError
 from fttpu.methods import base as method_base, masks, zo
 
@@ -91,7 +89,7 @@ def _run(config, workdir: str, preemption: guards.Preemption, closing: contextli
   check_resumable(config, workdir, manager)
   is_lead = jax.process_index() == 0
   if is_lead:
-    workdir_lib.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    files.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
   # ---------------------------------------------------------------- model and data
   rules = dict(config.sharding_rules)

@@ -1,19 +1,18 @@
-"""A run's workdir: one run at a time (a lock that dies with its process), files that are either
-old or new (write to a temporary, fsync, rename), and what a resume must match (the config saved
-in the checkpoint and the fingerprint of the sampled data)."""
+"""A run's workdir: one run at a time (a lock that dies with its process), and what a resume must
+match (the config saved in the checkpoint and the fingerprint of the sampled data)."""
 import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
-import tempfile
 
 import filelock
 import jax
 import numpy as np
 
 from fttpu.config import ConfigError
+from fttpu import files
 
 LOCK = ".fttpu.lock"
 HOLDER = ".fttpu.lock.holder"  # who holds LOCK: {"pid", "host"}, written once it is held
@@ -21,25 +20,6 @@ HOLDER = ".fttpu.lock.holder"  # who holds LOCK: {"pid", "host"}, written once i
 
 class WorkdirBusy(ConfigError):
   """Another run holds the workdir."""
-
-
-def write_atomic(path: str, content: str | bytes) -> None:
-  """`path` holds the old content or all of `content`, never a part of it (a crash or a full disk
-  leaves the previous file); fails with an OSError naming `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(content.encode() if isinstance(content, str) else content)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temporary, path)
-  except BaseException as e:
-    with contextlib.suppress(OSError):
-      os.unlink(temporary)
-    if isinstance(e, OSError) and e.filename is None:
-      raise OSError(e.errno, e.strerror, path) from None  # name the file, not the temporary
-    raise
 
 
 def _holder(workdir: str) -> str:
@@ -62,7 +42,7 @@ def exclusive(workdir: str):
   if jax.process_index() == 0:
     try:
       lock.acquire()
-      write_atomic(os.path.join(workdir, HOLDER), json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+      files.write_atomic(os.path.join(workdir, HOLDER), json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     except filelock.Timeout:
       problem = (f"workdir {workdir} is in use by another run ({_holder(workdir)}); wait for it to finish, "
                  "stop it, or use another --workdir")

@@ -11,18 +11,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 
-import numpy as np
 import pytest
 
-from fttpu import checkpoint, export, guards, metrics, train, workdir as workdir_lib
+from fttpu import checkpoint, export, files, guards, metrics, train, workdir as workdir_lib
 from fttpu.config import ConfigError
 from fttpu.metrics import read_metrics
 from fttpu.models.hf import CheckpointError
 from tests.conftest import REPO, data_dir
 from tests.test_bad_input import make_config
-from tests.test_resilience import main_args, saved_state
+from tests.test_resilience import main_args
 
 
 def run(tiny_roberta, workdir, **fields) -> dict:
@@ -136,7 +134,7 @@ def test_write_atomic_leaves_the_old_file_when_the_write_fails(tmp_path, monkeyp
 
   monkeypatch.setattr(os, "fsync", no_space)
   with pytest.raises(OSError, match=f"No space left on device: '{path}'"):
-    workdir_lib.write_atomic(str(path), "new")
+    files.write_atomic(str(path), "new")
   assert path.read_text() == "old" and os.listdir(tmp_path) == ["config.json"]
 
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from fttpu import workdir as workdir_lib
+from fttpu import files
 from fttpu.config import ConfigError
 from fttpu.methods import masks
 from fttpu.models import perturbation
@@ -181,7 +181,7 @@ def save_trajectory(path: str, initial_artifact: dict, rng, projected: np.ndarra
   """The run as its initial trainable tree plus the projected gradients per step (steps, samples)."""
   import safetensors.numpy
   flat = {"initial/" + "/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(initial_artifact).items()}
-  workdir_lib.write_atomic(path, safetensors.numpy.save(
+  files.write_atomic(path, safetensors.numpy.save(
       {**flat, "rng": np.asarray(rng), "projected_grad": np.asarray(projected, np.float32)}, metadata={"method": method}))
 
 

@@ -11,7 +11,7 @@ import json
 import os
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from fttpu import models
 from fttpu.data import tasks, tfds_local, vocab
