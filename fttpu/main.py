@@ -18,6 +18,8 @@ flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of proce
                     "TPU pods and SLURM steps are detected without it).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes (else JAX_NUM_PROCESSES).")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (else JAX_PROCESS_ID).")
+flags.DEFINE_integer("local_devices", None, "Devices each process must drive (else FTTPU_LOCAL_DEVICES, as the "
+                     "launchers set it); a process that sees another number stops.")
 flags.DEFINE_integer("heartbeat_timeout", 100, "Multi-host: seconds without a peer's heartbeat before the run fails.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -45,7 +47,7 @@ def main(argv):
   metrics.quiet_library_logs()
   f = flags.FLAGS
   try:
-    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_timeout)
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_timeout, f.local_devices)
   except ValueError as e:
     sys.exit(f"error: {e}")
   if jax.process_index() != 0:  # process 0 logs and writes metrics for the run

@@ -29,7 +29,7 @@ def process_env(index: int, processes: int, port: int, devices: int) -> dict:
   """The environment of process `index`: the coordinator, its index, its fake CPU devices."""
   flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
   return {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(processes),
-          "JAX_PROCESS_ID": str(index), "JAX_PLATFORMS": "cpu",
+          "JAX_PROCESS_ID": str(index), "JAX_PLATFORMS": "cpu", "FTTPU_LOCAL_DEVICES": str(devices),
           "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}".strip()}
 
 

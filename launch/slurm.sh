@@ -100,6 +100,7 @@ script=$(
   echo "cd $(q "$repo")"
   echo 'coordinator=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)'
   echo "port=${port:-\$((65535 - 4095 + SLURM_JOB_ID % 4096))}"
+  echo "export FTTPU_LOCAL_DEVICES=$gpus  # each process drives every GPU of its node; fttpu checks it sees them"
   echo 'echo "job $SLURM_JOB_ID: $SLURM_JOB_NUM_NODES nodes, coordinator $coordinator:$port"'
   echo '# Single quotes: each task expands its own $SLURM_PROCID (and $SLURM_NTASKS).'
   echo "$(q "${srun[@]}") bash -c 'exec \"\$@\" --num_processes=\$SLURM_NTASKS --process_id=\$SLURM_PROCID' fttpu \\"

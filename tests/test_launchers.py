@@ -190,6 +190,7 @@ def test_slurm_dry_run_prints_the_batch_script(fake, tmp_path):
   assert "'exec \"$@\" --num_processes=$SLURM_NTASKS --process_id=$SLURM_PROCID'" in srun  # single-quoted
   assert f"-m fttpu.main --config=configs/fewshot.py:{CONFIG} --workdir={workdir} --config.train.steps=7" in out
   assert "scontrol show hostnames" in out and "SLURM_JOB_ID % 4096" in out
+  assert any(l.startswith("export FTTPU_LOCAL_DEVICES=4 ") for l in out.splitlines())  # fttpu checks it sees 4
   assert printed(result, "sbatch")[0].startswith(f"+ sbatch {workdir}/sbatch-")
   assert calls("sbatch") == [] and not workdir.exists()  # nothing written or submitted
 

@@ -165,3 +165,74 @@ def test_sigterm_to_one_process_checkpoints_every_process_at_one_step_and_the_re
   for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert losses(workdir) == losses(tmp_path / "uninterrupted")
+
+
+# ---------------------------------------------------------------- joining: every device, the right count
+
+SLURM_STEP = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1",
+              "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_NODELIST": "gpu[07-08]"}
+
+
+@pytest.fixture
+def joins(monkeypatch):
+  """The arguments fttpu hands jax.distributed.initialize (recorded, not run), in a clean environment."""
+  from fttpu import distributed
+  for name in [*SLURM_STEP, "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "FTTPU_LOCAL_DEVICES"]:
+    monkeypatch.delenv(name, raising=False)
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *args, **kwargs: calls.append((args, kwargs)))
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax.config, "update", lambda *args: None)
+  return distributed, calls, monkeypatch
+
+
+def test_explicit_coordinates_turn_cluster_detection_off_so_a_process_drives_every_gpu_of_its_node(joins):
+  """launch/slurm.sh's one task per node, inside an srun step: JAX's SLURM detection would hand the
+  process only GPU SLURM_LOCALID (a 2 x 8 job trained on 2 GPUs)."""
+  distributed, calls, env = joins
+  for name, value in SLURM_STEP.items():
+    env.setenv(name, value)
+  distributed.initialize("gpu07:1234", 2, 1)
+  ((args, kwargs),) = calls
+  assert args == ("gpu07:1234", 2, 1) and kwargs["cluster_detection_method"] == "deactivate"
+
+
+def test_an_srun_step_without_coordinates_is_left_to_jax_detection(joins):
+  distributed, calls, env = joins
+  for name, value in SLURM_STEP.items():
+    env.setenv(name, value)
+  assert distributed.initialize() == 2
+  ((args, kwargs),) = calls
+  assert args == (None, None, None) and "cluster_detection_method" not in kwargs
+
+
+def test_a_lone_process_in_a_multi_task_sbatch_shell_runs_alone(joins):
+  """sbatch/salloc set SLURM_NTASKS=2 in the shell, but only srun starts tasks: a plain `python -m
+  fttpu.main` there is one process (it used to fail: 'coordinator_address should be defined')."""
+  distributed, calls, env = joins
+  env.setenv("SLURM_JOB_ID", "4242")
+  env.setenv("SLURM_NTASKS", "2")
+  assert distributed.initialize() == 1 and calls == []
+
+
+def test_a_process_that_sees_another_device_count_than_its_launcher_asked_for_stops(joins):
+  distributed, _, env = joins
+  env.setattr(jax, "local_device_count", lambda: 1)
+  env.setattr(jax, "process_index", lambda: 0)
+  distributed.check_local_devices(1)
+  distributed.check_local_devices(None)
+  with pytest.raises(ValueError, match="process 0 sees 1 local cpu devices but the launcher asked for 8"):
+    distributed.check_local_devices(8)
+
+
+def test_two_processes_check_their_device_count_through_the_real_runtime(tiny_roberta, tmp_path):
+  """The same code path as a pod or a SLURM job: 2 processes x 2 fake devices, told to expect 4 each."""
+  env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "2",
+         "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "FTTPU_LOCAL_DEVICES": "4"}
+  command = [*main_args(tiny_roberta), f"--workdir={tmp_path}"]
+  processes = [subprocess.Popen(command, cwd=REPO, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+  outputs = [p.communicate(timeout=300)[0] for p in processes]
+  for index, (process, output) in enumerate(zip(processes, outputs)):
+    assert process.returncode != 0 and "Traceback" not in output, output[-3000:]
+    assert (f"error: process {index} sees 2 local cpu devices but the launcher asked for 4" in output), output[-3000:]
