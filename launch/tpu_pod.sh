@@ -22,10 +22,14 @@ Commands:
 
 Options (--opt=V or --opt V; the environment variable in brackets is the default):
   --name=NAME            TPU VM name [TPU_NAME]; required
-  --zone=ZONE            e.g. us-central2-b [ZONE]; required
+  --zone=ZONE            [ZONE]; required. One that has the generation: v4 us-central2-b, v5e (v5litepod)
+                         us-west4-a, v5p us-east5-a (Cloud TPU docs, "TPU regions and zones")
   --project=PROJECT      gcloud project [PROJECT]; default: gcloud's configured project
-  --accelerator-type=T   [ACCELERATOR_TYPE] default v4-32, the smallest v4 pod (4 hosts); v4-8 is one host
-  --version=V            TPU software version [TPU_VERSION] default tpu-ubuntu2204-base
+  --accelerator-type=T   [ACCELERATOR_TYPE] default v4-16 (2 hosts, 4 chips each); v4-8 is one host,
+                         v5litepod-16 and v5p-64 are v5e and v5p pods
+  --version=V            TPU software version [TPU_VERSION]; default by generation, as the Cloud TPU docs
+                         give them: v4 tpu-ubuntu2204-base, v5e v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5,
+                         v6e v2-alpha-tpuv6e
   --workdir=DIR          run: checkpoints, metrics, TensorBoard [WORKDIR]; required. Must be one path that
                          every worker sees: a shared mount (Filestore NFS, a gcsfuse-mounted bucket), never
                          a worker's local disk (each worker would write its own half-checkpoint)
@@ -58,7 +62,7 @@ x() {
 }
 
 name=${TPU_NAME:-} zone=${ZONE:-} project=${PROJECT:-}
-accel=${ACCELERATOR_TYPE:-v4-32} version=${TPU_VERSION:-tpu-ubuntu2204-base}
+accel=${ACCELERATOR_TYPE:-v4-16} version=${TPU_VERSION:-}
 workdir=${WORKDIR:-} data_dir=${DATA_DIR:-} log=${LOG:-} worker=0 dry_run=0
 cmd="" args=()
 while (($#)); do
@@ -90,6 +94,15 @@ case $cmd in create|setup|run|logs|delete) ;; *) die "unknown command $cmd" ;; e
 [[ -n $zone ]] || die "no zone: --zone=ZONE or ZONE"
 ((${#args[@]} == 0)) || [[ $cmd == run || $cmd == create ]] || die "$cmd takes no arguments after --"
 
+if [[ -z $version ]]; then  # the runtime that the accelerator's generation runs
+  case $accel in
+    v4-*) version=tpu-ubuntu2204-base ;;
+    v5litepod-*|v5e-*) version=v2-alpha-tpuv5-lite ;;
+    v5p-*) version=v2-alpha-tpuv5 ;;
+    v6e-*) version=v2-alpha-tpuv6e ;;
+    *) die "no default --version for --accelerator-type=$accel (known: v4-N, v5litepod-N, v5p-N, v6e-N); give --version" ;;
+  esac
+fi
 tpu=(gcloud compute tpus tpu-vm)
 where=("--zone=$zone")
 if [[ -n $project ]]; then where+=("--project=$project"); fi

@@ -79,7 +79,7 @@ def test_tpu_dry_run_prints_every_step_and_runs_nothing(fake, tmp_path):
   create = launch(TPU, "create", *POD, "--project=my-proj", "--dry-run", env=env)
   assert printed(create, "gcloud") == [
       "+ gcloud compute tpus tpu-vm create ft-pod --zone=us-central2-b --project=my-proj "
-      "--accelerator-type=v4-32 --version=tpu-ubuntu2204-base"]
+      "--accelerator-type=v4-16 --version=tpu-ubuntu2204-base"]
   delete = launch(TPU, "delete", *POD, "--dry-run", env=env)
   assert printed(delete, "gcloud") == ["+ gcloud compute tpus tpu-vm delete ft-pod --zone=us-central2-b --quiet"]
 
@@ -100,6 +100,16 @@ def test_tpu_dry_run_prints_every_step_and_runs_nothing(fake, tmp_path):
 
   assert calls("gcloud") == []  # nothing ran
   assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]  # no tarball or log left behind
+
+
+@pytest.mark.parametrize("accelerator, version", [("v4-16", "tpu-ubuntu2204-base"), ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+                                                  ("v5p-64", "v2-alpha-tpuv5"), ("v6e-16", "v2-alpha-tpuv6e")])
+def test_tpu_runtime_version_follows_the_accelerator_generation(fake, accelerator, version):
+  """tpu-ubuntu2204-base is v4's runtime only: a v5e or v5p pod created with it fails (Cloud TPU docs)."""
+  env, _ = fake
+  result = launch(TPU, "create", *POD, f"--accelerator-type={accelerator}", "--dry-run", env=env)
+  assert printed(result, "gcloud") == [f"+ gcloud compute tpus tpu-vm create ft-pod --zone=us-central2-b "
+                                       f"--accelerator-type={accelerator} --version={version}"]
 
 
 def test_tpu_options_from_environment(fake):
@@ -159,6 +169,7 @@ def test_tpu_run_streams_to_a_log_and_each_worker_gets_the_exact_arguments(fake,
     (("create", *POD, "--bogus"), "unknown option --bogus"),
     (("delete", *POD, "--", "x"), "no arguments"),
     (("create", "--name"), "needs a value"),
+    (("create", *POD, "--accelerator-type=v3-8"), "no default --version for --accelerator-type=v3-8"),
 ])
 def test_tpu_bad_usage(fake, args, message):
   env, calls = fake
