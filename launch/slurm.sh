@@ -16,7 +16,13 @@ workdir and the data dir must be on a filesystem every node sees.
 
 Options (--opt=V or --opt V; the environment variable in brackets is the default):
   --nodes=N              nodes, one process each (default 2)
-  --gpus-per-node=N      GPUs per node (default 8); each process drives all GPUs of its node
+  --gpus-per-node=N      GPUs per node (default 8); each process drives all GPUs of its node, and fttpu
+                         stops if it sees another number (FTTPU_LOCAL_DEVICES)
+  --gres                 ask for the GPUs as --gres=gpu:N (clusters without --gpus-per-node support)
+  --signal-seconds=N     SIGTERM every task N seconds before the time limit (--signal=TERM@N, default 300):
+                         fttpu checkpoints at the next step and exits 0, so save time must fit in N
+  --no-requeue           do not requeue the job when it is preempted (default: --requeue; the requeued
+                         job resumes from the workdir's newest checkpoint)
   --cpus-per-task=N      CPUs per process (default: the cluster's, often 1; tokenization and XLA
                          compilation want more, e.g. 16)
   --partition=P          SLURM partition (default: the cluster's)
@@ -40,11 +46,11 @@ EOF
 # shellcheck source=launch/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-nodes=2 gpus=8 cpus="" partition="" time_limit="" port="" job_name=fttpu
+nodes=2 gpus=8 cpus="" partition="" time_limit="" port="" job_name=fttpu gres=0 signal_seconds=300 requeue=1
 workdir=${WORKDIR:-} data_dir=${DATA_DIR:-} dry_run=0 extra=() args=()
 while (($#)); do
   case $1 in
-    --nodes|--gpus-per-node|--cpus-per-task|--partition|--time|--port|--workdir|--data-dir|--job-name|--sbatch)
+    --nodes|--gpus-per-node|--cpus-per-task|--partition|--time|--port|--workdir|--data-dir|--job-name|--sbatch|--signal-seconds)
       (($# >= 2)) || die "$1 needs a value"
       set -- "$1=$2" "${@:3}"; continue ;;
     --nodes=*) nodes=${1#*=} ;;
@@ -57,6 +63,9 @@ while (($#)); do
     --data-dir=*) data_dir=${1#*=} ;;
     --job-name=*) job_name=${1#*=} ;;
     --sbatch=*) extra+=("${1#*=}") ;;
+    --signal-seconds=*) signal_seconds=${1#*=} ;;
+    --gres) gres=1 ;;
+    --no-requeue) requeue=0 ;;
     --dry-run) dry_run=1 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; args=("$@"); break ;;
@@ -68,7 +77,7 @@ done
 
 ((${#args[@]} >= 1)) || die "no config argument: launch/slurm.sh [OPTIONS] -- task=sst2,method=full [--config.x=V ...]"
 [[ -n ${args[0]} && ${args[0]} != -* ]] || die "the first argument after -- is the config argument (task=...), not '${args[0]}'"
-for n in "$nodes" "$gpus" ${cpus:+"$cpus"} ${port:+"$port"}; do
+for n in "$nodes" "$gpus" "$signal_seconds" ${cpus:+"$cpus"} ${port:+"$port"}; do
   [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive integer, got '$n'"
 done
 
@@ -89,7 +98,9 @@ script=$(
   echo "#SBATCH --job-name=$(q "$job_name")"
   echo "#SBATCH --nodes=$nodes"
   echo "#SBATCH --ntasks-per-node=1"
-  echo "#SBATCH --gpus-per-node=$gpus"
+  if ((gres)); then echo "#SBATCH --gres=gpu:$gpus"; else echo "#SBATCH --gpus-per-node=$gpus"; fi
+  echo "#SBATCH --signal=TERM@$signal_seconds"  # to every task (no B:): fttpu's SIGTERM path checkpoints
+  if ((requeue)); then echo "#SBATCH --requeue"; fi
   if [[ -n $cpus ]]; then echo "#SBATCH --cpus-per-task=$cpus"; fi
   if [[ -n $partition ]]; then echo "#SBATCH --partition=$(q "$partition")"; fi
   if [[ -n $time_limit ]]; then echo "#SBATCH --time=$(q "$time_limit")"; fi

@@ -202,6 +202,11 @@ def test_slurm_dry_run_prints_the_batch_script(fake, tmp_path):
   assert f"-m fttpu.main --config=configs/fewshot.py:{CONFIG} --workdir={workdir} --config.train.steps=7" in out
   assert "scontrol show hostnames" in out and "SLURM_JOB_ID % 4096" in out
   assert any(l.startswith("export FTTPU_LOCAL_DEVICES=4 ") for l in out.splitlines())  # fttpu checks it sees 4
+  assert "#SBATCH --signal=TERM@300" in out.splitlines() and "#SBATCH --requeue" in out.splitlines()
+  other = launch(SLURM, "--gpus-per-node=8", "--gres", "--signal-seconds=900", "--no-requeue", "--dry-run", "--",
+                 CONFIG, env=env).stdout.splitlines()
+  assert "#SBATCH --gres=gpu:8" in other and not any("--gpus-per-node" in l or "--requeue" in l for l in other)
+  assert "#SBATCH --signal=TERM@900" in other
   assert printed(result, "sbatch")[0].startswith(f"+ sbatch {workdir}/sbatch-")
   assert calls("sbatch") == [] and not workdir.exists()  # nothing written or submitted
 
