@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cloud TPU VM pod lifecycle with gcloud: create, setup, run (every worker at once), logs, delete.
+# Cloud TPU VM pod lifecycle with gcloud: create, setup, run (every worker at once), logs, stop, delete.
 # launch/tpu_pod.sh --help for everything.
 set -euo pipefail
 
@@ -15,9 +15,14 @@ Commands:
   run -- CONFIG_ARG [--config.x.y=V ...]
                     on every worker at once: python -m fttpu.main --config=configs/fewshot.py:CONFIG_ARG
                     ... --workdir=WORKDIR. jax.distributed finds the other workers itself (no flags).
-                    Output streams here and is appended to a local log (--log); each worker also keeps
-                    its own in ~/fttpu/logs/run.log
-  logs              follow a worker's ~/fttpu/logs/run.log (--worker, default 0), e.g. from another terminal
+                    Detached (nohup): the run outlives this shell and a sleeping laptop; each worker
+                    appends its output to ~/fttpu/logs/run.log (follow it with `logs`). A worker whose
+                    previous run is still going refuses to start another (`stop` it first).
+                    --attach streams the output here instead, appended to a local log (--log) too,
+                    and says how to delete the pod when the run fails
+  logs              follow a worker's ~/fttpu/logs/run.log (--worker, default 0)
+  stop              SIGTERM the run on every worker: fttpu checkpoints at the next step and exits 0
+                    (run again with the same --workdir to resume)
   delete            delete the TPU VM (--quiet: no prompt)
 
 Options (--opt=V or --opt V; the environment variable in brackets is the default):
@@ -36,6 +41,7 @@ Options (--opt=V or --opt V; the environment variable in brackets is the default
   --data-dir=DIR         run: --config.data.dir, a path present on every worker (shared mount or copied)
                          [DATA_DIR]; default: the config's (SST-2 from the TFDS catalog when online)
   --worker=N             logs: which worker (default 0)
+  --attach               run: stream the output here (the run ends with this shell) instead of detaching
   --log=FILE             run: local log [LOG] default workdirs/tpu_pod/NAME-YYYYmmdd-HHMMSS.log
   --dry-run              print the gcloud commands, run nothing
   -h, --help             this help
@@ -63,7 +69,7 @@ x() {
 
 name=${TPU_NAME:-} zone=${ZONE:-} project=${PROJECT:-}
 accel=${ACCELERATOR_TYPE:-v4-16} version=${TPU_VERSION:-}
-workdir=${WORKDIR:-} data_dir=${DATA_DIR:-} log=${LOG:-} worker=0 dry_run=0
+workdir=${WORKDIR:-} data_dir=${DATA_DIR:-} log=${LOG:-} worker=0 dry_run=0 attach=0
 cmd="" args=()
 while (($#)); do
   case $1 in
@@ -80,6 +86,7 @@ while (($#)); do
     --worker=*) worker=${1#*=} ;;
     --log=*) log=${1#*=} ;;
     --dry-run) dry_run=1 ;;
+    --attach) attach=1 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; args=("$@"); break ;;
     -*) die "unknown option $1" ;;
@@ -89,7 +96,7 @@ while (($#)); do
 done
 
 [[ -n $cmd ]] || { usage >&2; exit 2; }
-case $cmd in create|setup|run|logs|delete) ;; *) die "unknown command $cmd" ;; esac
+case $cmd in create|setup|run|logs|stop|delete) ;; *) die "unknown command $cmd" ;; esac
 [[ -n $name ]] || die "no TPU name: --name=NAME or TPU_NAME"
 [[ -n $zone ]] || die "no zone: --zone=ZONE or ZONE"
 ((${#args[@]} == 0)) || [[ $cmd == run || $cmd == create ]] || die "$cmd takes no arguments after --"
@@ -107,6 +114,8 @@ tpu=(gcloud compute tpus tpu-vm)
 where=("--zone=$zone")
 if [[ -n $project ]]; then where+=("--project=$project"); fi
 remote=fttpu  # the repository's copy on each worker, under the home directory
+# On a worker: the pid file's process is alive (not a zombie) and is fttpu, so a recycled pid is no run.
+running="[ -f logs/run.pid ] && ps -o stat=,args= -p \$(cat logs/run.pid) 2>/dev/null | grep -v '^Z' | grep -q fttpu.main"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
 case $cmd in
@@ -141,19 +150,35 @@ command -v python3.11 >/dev/null || { sudo apt-get -o DPkg::Lock::Timeout=600 up
     main=(.venv/bin/python -m fttpu.main "--config=configs/fewshot.py:${args[0]}")
     if [[ -n $data_dir ]]; then main+=("--config.data.dir=$data_dir"); fi
     main+=("--workdir=$workdir" "${args[@]:1}")
-    command="set -o pipefail; cd $remote && mkdir -p logs && $(q "${main[@]}") 2>&1 | tee logs/run.log"
+    busy="if $running; then
+  echo \"\$(hostname): run \$(cat logs/run.pid) is still going: launch/tpu_pod.sh stop first\" >&2; exit 1; fi"
+    header="echo \"=== \$(date -u +%FT%TZ) \$(hostname): a new run\" >> logs/run.log"
+    if ((attach)); then
+      command="set -o pipefail; cd $remote && mkdir -p logs && $busy
+$header; $(q "${main[@]}") 2>&1 | tee -a logs/run.log"
+    else
+      command="cd $remote && mkdir -p logs && $busy
+$header; nohup $(q "${main[@]}") >> logs/run.log 2>&1 < /dev/null & echo \$! > logs/run.pid
+echo \"started on \$(hostname) (pid \$!): launch/tpu_pod.sh logs to follow, stop to end it\""
+    fi
     ssh=("${tpu[@]}" ssh "$name" "${where[@]}" --worker=all "--command=$command")
-    if ((dry_run)); then
+    if ((dry_run || !attach)); then
       x "${ssh[@]}"
     else
       log=${log:-$repo/workdirs/tpu_pod/$name-$(date +%Y%m%d-%H%M%S).log}
       mkdir -p "$(dirname "$log")"
       echo "log: $log"
-      x "${ssh[@]}" 2>&1 | tee -a "$log"
+      x "${ssh[@]}" 2>&1 | tee -a "$log" || {
+        echo "the run failed (log: $log); the pod is still billing: launch/tpu_pod.sh delete --name=$name --zone=$zone" >&2
+        exit 1; }
     fi
     ;;
   logs)
     x "${tpu[@]}" ssh "$name" "${where[@]}" "--worker=$worker" "--command=tail -n 100 -F $remote/logs/run.log"
+    ;;
+  stop)
+    x "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all \
+      "--command=cd $remote && if $running; then kill -TERM \$(cat logs/run.pid) && echo \"\$(hostname): stopping run \$(cat logs/run.pid)\"; else echo \"\$(hostname): no run\"; fi"
     ;;
   delete)
     x "${tpu[@]}" delete "$name" "${where[@]}" --quiet

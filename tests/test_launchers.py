@@ -1,8 +1,10 @@
 """The multi-host launchers: launch/tpu_pod.sh and launch/slurm.sh, run under bash with fake gcloud,
 sbatch, srun, scontrol and python on PATH (no network, nothing real is started)."""
 import os
+import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -96,7 +98,8 @@ def test_tpu_dry_run_prints_every_step_and_runs_nothing(fake, tmp_path):
                env=env)
   (line,) = printed(run, "gcloud")
   assert line.startswith("+ gcloud compute tpus tpu-vm ssh ft-pod --zone=us-central2-b --worker=all ")
-  assert f"-m fttpu.main --config=configs/fewshot.py:{CONFIG} --workdir=/mnt/nfs/sst2 --config.train.steps=7" in line
+  assert f"nohup .venv/bin/python -m fttpu.main --config=configs/fewshot.py:{CONFIG} --workdir=/mnt/nfs/sst2 " \
+         "--config.train.steps=7 >> logs/run.log" in run.stdout
 
   assert calls("gcloud") == []  # nothing ran
   assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]  # no tarball or log left behind
@@ -110,6 +113,44 @@ def test_tpu_runtime_version_follows_the_accelerator_generation(fake, accelerato
   result = launch(TPU, "create", *POD, f"--accelerator-type={accelerator}", "--dry-run", env=env)
   assert printed(result, "gcloud") == [f"+ gcloud compute tpus tpu-vm create ft-pod --zone=us-central2-b "
                                        f"--accelerator-type={accelerator} --version={version}"]
+
+
+def worker_home(tmp_path, env):
+  """A fake worker's home with ~/fttpu/.venv/bin/python (the recording fake); the fake gcloud runs there."""
+  home = tmp_path / "worker_home"
+  (home / "fttpu" / ".venv" / "bin").mkdir(parents=True)
+  (home / "fttpu" / ".venv" / "bin" / "python").symlink_to(tmp_path / "bin" / "python")
+  env["FAKE_HOME"] = str(home)
+  return home / "fttpu"
+
+
+def test_tpu_run_detaches_appends_the_workers_log_refuses_a_busy_worker_and_stop_sends_sigterm(fake, tmp_path):
+  """The run outlives the launching shell (nohup, pid file), each run appends to the worker's log, a
+  worker still running refuses a second run, and `stop` SIGTERMs the run (fttpu's checkpointing path)."""
+  env, calls = fake
+  remote = worker_home(tmp_path, env)
+  for _ in range(2):
+    (tmp_path / "python.worker").unlink(missing_ok=True)
+    result = launch(TPU, "run", *POD, "--workdir=/mnt/nfs/run", "--", CONFIG, env=env)
+    assert "started on " in result.stdout and "(pid " in result.stdout
+    for _ in range(600):  # the detached fake python records its arguments (30 s at most)
+      if (tmp_path / "python.worker").exists():
+        break
+      time.sleep(0.05)
+    assert (tmp_path / "python.worker").read_text().splitlines()[:2] == ["-m", "fttpu.main"]
+    pid = int((remote / "logs" / "run.pid").read_text())
+    for _ in range(600):  # and ends (a zombie here: this container's init does not reap)
+      if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+        break
+      time.sleep(0.05)
+  assert (remote / "logs" / "run.log").read_text().count(": a new run") == 2  # appended, not overwritten
+  sleeper = subprocess.Popen(["bash", "-c", "exec -a fttpu.main sleep 60"])  # what ps shows of a run
+  (remote / "logs" / "run.pid").write_text(f"{sleeper.pid}\n")
+  busy = launch(TPU, "run", *POD, "--workdir=/mnt/nfs/run", "--", CONFIG, env=env, check=False)
+  assert busy.returncode != 0 and f"run {sleeper.pid} is still going: launch/tpu_pod.sh stop first" in busy.stderr
+  stop = launch(TPU, "stop", *POD, env=env)
+  assert f"stopping run {sleeper.pid}" in stop.stdout
+  assert sleeper.wait(timeout=10) == -signal.SIGTERM
 
 
 def test_tpu_options_from_environment(fake):
@@ -147,7 +188,7 @@ def test_tpu_run_streams_to_a_log_and_each_worker_gets_the_exact_arguments(fake,
   env["FAKE_HOME"] = str(home)
   log = tmp_path / "logs" / "run.log"
   result = launch(TPU, "run", *POD, "--project=p", "--workdir=/mnt/nfs/run 1", "--data-dir=/mnt/data",
-                  f"--log={log}", "--", CONFIG, TEMPLATE, env=env)
+                  f"--log={log}", "--attach", "--", CONFIG, TEMPLATE, env=env)
   ((*gcloud, command),) = calls("gcloud")
   assert gcloud == ["compute", "tpus", "tpu-vm", "ssh", "ft-pod", "--zone=us-central2-b", "--project=p",
                     "--worker=all"]
