@@ -8,7 +8,9 @@ usage() {
 Usage: launch/tpu_pod.sh COMMAND [OPTIONS] [-- ARGS]
 
 Commands:
-  create            gcloud compute tpus tpu-vm create NAME (ARGS after -- go to gcloud, e.g. -- --spot)
+  create            gcloud compute tpus tpu-vm create NAME (ARGS after -- go to gcloud, e.g. -- --spot);
+                    with --queued, a queued resource NAME whose node is NAME (waits for capacity:
+                    `-- --spot` for Spot capacity, `-- --valid-until-duration=6h`)
   setup             copy this repository's HEAD (git archive) to every worker and install it there:
                     python3.11 venv in ~/fttpu/.venv with fttpu and jax[tpu] (apt-installs python3.11
                     when missing); run it again after committing to update the workers
@@ -23,7 +25,7 @@ Commands:
   logs              follow a worker's ~/fttpu/logs/run.log (--worker, default 0)
   stop              SIGTERM the run on every worker: fttpu checkpoints at the next step and exits 0
                     (run again with the same --workdir to resume)
-  delete            delete the TPU VM (--quiet: no prompt)
+  delete            delete the TPU VM (--quiet: no prompt); with --queued, the queued resource and its node
 
 Options (--opt=V or --opt V; the environment variable in brackets is the default):
   --name=NAME            TPU VM name [TPU_NAME]; required
@@ -41,6 +43,7 @@ Options (--opt=V or --opt V; the environment variable in brackets is the default
   --data-dir=DIR         run: --config.data.dir, a path present on every worker (shared mount or copied)
                          [DATA_DIR]; default: the config's (SST-2 from the TFDS catalog when online)
   --worker=N             logs: which worker (default 0)
+  --queued               create/delete: through a queued resource (Spot capacity, waiting for capacity)
   --attach               run: stream the output here (the run ends with this shell) instead of detaching
   --log=FILE             run: local log [LOG] default workdirs/tpu_pod/NAME-YYYYmmdd-HHMMSS.log
   --dry-run              print the gcloud commands, run nothing
@@ -69,7 +72,7 @@ x() {
 
 name=${TPU_NAME:-} zone=${ZONE:-} project=${PROJECT:-}
 accel=${ACCELERATOR_TYPE:-v4-16} version=${TPU_VERSION:-}
-workdir=${WORKDIR:-} data_dir=${DATA_DIR:-} log=${LOG:-} worker=0 dry_run=0 attach=0
+workdir=${WORKDIR:-} data_dir=${DATA_DIR:-} log=${LOG:-} worker=0 dry_run=0 attach=0 queued=0
 cmd="" args=()
 while (($#)); do
   case $1 in
@@ -87,6 +90,7 @@ while (($#)); do
     --log=*) log=${1#*=} ;;
     --dry-run) dry_run=1 ;;
     --attach) attach=1 ;;
+    --queued) queued=1 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; args=("$@"); break ;;
     -*) die "unknown option $1" ;;
@@ -120,8 +124,13 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 
 case $cmd in
   create)
-    x "${tpu[@]}" create "$name" "${where[@]}" "--accelerator-type=$accel" "--version=$version" \
-      ${args[@]+"${args[@]}"}
+    if ((queued)); then
+      x gcloud compute tpus queued-resources create "$name" "--node-id=$name" "${where[@]}" "--accelerator-type=$accel" \
+        "--runtime-version=$version" ${args[@]+"${args[@]}"}
+    else
+      x "${tpu[@]}" create "$name" "${where[@]}" "--accelerator-type=$accel" "--version=$version" \
+        ${args[@]+"${args[@]}"}
+    fi
     ;;
   setup)
     cd "$repo"
@@ -181,6 +190,10 @@ echo \"started on \$(hostname) (pid \$!): launch/tpu_pod.sh logs to follow, stop
       "--command=cd $remote && if $running; then kill -TERM \$(cat logs/run.pid) && echo \"\$(hostname): stopping run \$(cat logs/run.pid)\"; else echo \"\$(hostname): no run\"; fi"
     ;;
   delete)
-    x "${tpu[@]}" delete "$name" "${where[@]}" --quiet
+    if ((queued)); then
+      x gcloud compute tpus queued-resources delete "$name" "${where[@]}" --force --quiet
+    else
+      x "${tpu[@]}" delete "$name" "${where[@]}" --quiet
+    fi
     ;;
 esac

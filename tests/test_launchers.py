@@ -153,6 +153,17 @@ def test_tpu_run_detaches_appends_the_workers_log_refuses_a_busy_worker_and_stop
   assert sleeper.wait(timeout=10) == -signal.SIGTERM
 
 
+def test_tpu_queued_resources_for_spot_capacity(fake):
+  env, _ = fake
+  create = launch(TPU, "create", *POD, "--accelerator-type=v5p-64", "--queued", "--dry-run", "--", "--spot", env=env)
+  assert printed(create, "gcloud") == [
+      "+ gcloud compute tpus queued-resources create ft-pod --node-id=ft-pod --zone=us-central2-b "
+      "--accelerator-type=v5p-64 --runtime-version=v2-alpha-tpuv5 --spot"]
+  delete = launch(TPU, "delete", *POD, "--queued", "--dry-run", env=env)
+  assert printed(delete, "gcloud") == [
+      "+ gcloud compute tpus queued-resources delete ft-pod --zone=us-central2-b --force --quiet"]
+
+
 def test_tpu_options_from_environment(fake):
   env, _ = fake
   env.update(TPU_NAME="pod2", ZONE="europe-west4-a", ACCELERATOR_TYPE="v5litepod-16", TPU_VERSION="v2-alpha-tpuv5-lite")
