@@ -14,7 +14,6 @@ swapped in), so no file of an earlier export survives.
 import json
 import os
 import shutil
-import tempfile
 
 from absl import app, flags
 
@@ -59,32 +58,12 @@ def check_trajectory(path: str, step: int) -> None:
                           "resume the run to rewrite it")
 
 
-def replace_directory(build, out_dir: str) -> None:
-  """`build(tmp)` writes the new contents; they then take OUT's place whole (the old OUT, if any, is
-  removed only once the new one is complete)."""
-  parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-  os.makedirs(parent, exist_ok=True)
-  new = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.new-")
-  try:
-    build(new)
-  except BaseException:
-    shutil.rmtree(new, ignore_errors=True)
-    raise
-  old = None
-  if os.path.exists(out_dir):
-    old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.old-")
-    os.replace(out_dir, os.path.join(old, "out"))
-  os.replace(new, out_dir)
-  if old:
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrite: bool = False) -> dict:
   """Writes OUT as the module docstring says; returns {"step", "files"}."""
   import jax
   import ml_collections
   from flax import traverse_util
-  from fttpu import checkpoint, methods, models, optim, workdir as workdir_lib
+  from fttpu import checkpoint, files, methods, models, optim, workdir as workdir_lib
   from fttpu.models import hf
   from fttpu.models.hf import CheckpointError
   if not os.path.isfile(os.path.join(workdir, "config.json")):
@@ -119,7 +98,7 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
     if os.path.exists(trajectory):
       shutil.copy(trajectory, directory)
 
-  replace_directory(build, out_dir)
+  files.replace_directory(build, out_dir)
   manager.close()
   return {"step": step, "files": sorted(os.listdir(out_dir))}
 

@@ -1,6 +1,7 @@
-"""Files that are either old or new: write to a temporary beside the target, fsync, rename."""
+"""Files and directories that are either old or new: written beside the target, then renamed over it."""
 import contextlib
 import os
+import shutil
 import tempfile
 
 
@@ -21,3 +22,23 @@ def write_atomic(path: str, content: str | bytes) -> None:
     if isinstance(e, OSError) and e.filename is None:
       raise OSError(e.errno, e.strerror, path) from None  # name the file, not the temporary
     raise
+
+
+def replace_directory(build, out_dir: str) -> None:
+  """`build(tmp)` writes the new contents; they then take OUT's place whole (the old OUT, if any, is
+  removed only once the new one is complete)."""
+  parent = os.path.dirname(os.path.abspath(out_dir)) or "."
+  os.makedirs(parent, exist_ok=True)
+  new = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.new-")
+  try:
+    build(new)
+  except BaseException:
+    shutil.rmtree(new, ignore_errors=True)
+    raise
+  old = None
+  if os.path.exists(out_dir):
+    old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.old-")
+    os.replace(out_dir, os.path.join(old, "out"))
+  os.replace(new, out_dir)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)

@@ -84,3 +84,43 @@ def test_a_checkpoint_of_another_family_is_rejected(minilm):
 def test_directory_without_config_is_rejected(tmp_path):
   with pytest.raises(hf.CheckpointError, match="no config.json"):
     models.load("bert", str(tmp_path))
+
+
+def test_staging_a_pytorch_checkpoint_gives_the_same_model_and_tokenizer(minilm, tmp_path):
+  """`python -m fttpu.models.stage` on what Hugging Face directories often hold: sharded
+  pytorch_model-*.bin with their index and a tokenizer without tokenizer.json (vocab.txt). The staged
+  directory loads into the same parameters, bit for bit, and tokenizes real sentences the same."""
+  import subprocess
+  import sys
+  import jax
+  import torch
+  from safetensors.torch import load_file as load_torch
+  from tests.conftest import REPO
+  legacy, staged = tmp_path / "hf", tmp_path / "staged"
+  legacy.mkdir()
+  source = minilm.checkpoint_dir
+  for name in ("config.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+    shutil.copy(f"{source}/{name}", legacy / name)  # a BERT tokenizer as vocab.txt, no tokenizer.json
+  tensors = load_torch(f"{source}/model.safetensors")
+  names = sorted(tensors)
+  shards = {"pytorch_model-00001-of-00002.bin": names[::2], "pytorch_model-00002-of-00002.bin": names[1::2]}
+  for shard, keys in shards.items():
+    torch.save({k: tensors[k] for k in keys}, legacy / shard)
+  (legacy / "pytorch_model.bin.index.json").write_text(
+      json.dumps({"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}}))
+  result = subprocess.run([sys.executable, "-m", "fttpu.models.stage", f"--from={legacy}", f"--to={staged}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  files = json.loads(result.stdout.strip().splitlines()[-1])["files"]
+  assert "model.safetensors.index.json" in files and "tokenizer.json" in files
+  assert len([f for f in files if f.endswith(".safetensors")]) >= 2 and not any(f.endswith(".bin") for f in files)
+  loaded = models.load("bert", str(staged))
+  for a, b in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(minilm.params)):
+    np.testing.assert_array_equal(a, b)
+  sentences = real_sentences()
+  tokens = lambda tokenizer: [[i for i, m in zip(e.ids, e.attention_mask) if m] for e in tokenizer.encode_batch(sentences)]
+  assert tokens(loaded.tokenizer) == tokens(minilm.tokenizer)  # the shipped file also pads to 128: fttpu pads itself
+  again = subprocess.run([sys.executable, "-m", "fttpu.models.stage", f"--from={legacy}", f"--to={staged}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert again.returncode != 0 and "exists and is not an empty directory" in again.stderr
+  assert "Traceback" not in again.stderr
