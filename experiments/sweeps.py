@@ -127,6 +127,16 @@ def _worker_init(cores):
   metrics.quiet_library_logs()
 
 
+def check_jobs(jobs: int, on_tpu: bool) -> None:
+  """Cells at once on one machine: a TPU VM's chips belong to one process, so there it is one."""
+  if jobs < 1:
+    raise ConfigError(f"--jobs={jobs}: give 1 or more cells at once")
+  if jobs > 1 and on_tpu:
+    raise ConfigError(f"--jobs={jobs} on a TPU VM: only one process may own its TPU chips (the others would fail "
+                      "with 'TPU is already in use'); use --jobs=1 (cells one after another), or one slice per cell "
+                      "with --launcher=tpu_pod")
+
+
 def run_cells(todo: list[Cell], root: str, base_arg: str, data_dir: str, jobs: int = 1) -> list[tuple]:
   """Runs the unfinished cells in `jobs` worker processes (each imports JAX and loads nothing twice);
   logs progress with an ETA; returns [(cell, error)] for the cells that failed (the others go on)."""
@@ -328,6 +338,8 @@ def run_cli(grid) -> None:
       print("\n".join(c.launch_command(f.launcher, f.workdir, f.base, f.data_dir) for c in todo
                       if not finished(c, f.workdir)))
       return
+    from fttpu import distributed
+    check_jobs(f.jobs, distributed.on_tpu_host())
     failed = run_cells(todo, f.workdir, f.base, f.data_dir, f.jobs)
     if failed:
       raise SystemExit(f"{len(failed)} cells failed: " + "; ".join(f"{c.workdir(f.workdir)}: {e}" for c, e in failed))

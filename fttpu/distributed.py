@@ -27,9 +27,14 @@ def _from_env(value, name: str, kind=str):
   return kind(raw) if raw not in (None, "") else None
 
 
+def on_tpu_host() -> bool:
+  """A Cloud TPU VM: libtpu is installed (jax[tpu])."""
+  return importlib.util.find_spec("libtpu") is not None
+
+
 def cluster_detected() -> bool:
   """A multi-worker environment that jax.distributed.initialize() configures without arguments."""
-  on_tpu_vm = importlib.util.find_spec("libtpu") is not None
+  on_tpu_vm = on_tpu_host()
   srun_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)  # srun sets it; an sbatch shell does not
   return on_tpu_vm or srun_tasks > 1
 

@@ -162,3 +162,14 @@ def test_every_row_of_the_opt13b_grid_runs_on_a_tiny_opt(tmp_path, tfds_dir):
   assert len(full) == 7 * (1 + 1 + 2 + 2 + 2 + 3)
   cb = next(c for c in full if c.task == "cb").config(opt13b.BASE.replace("/path/to/opt-13b", checkpoint), data_dir())
   assert (cb.data.num_train, cb.data.num_dev, cb.data.num_test) == (150, 100, 1000)
+
+
+def test_a_tpu_vm_runs_one_cell_at_a_time():
+  """Only one process may own a TPU VM's chips: --jobs=2 there is refused before any cell starts."""
+  from fttpu.config import ConfigError
+  sweeps.check_jobs(2, on_tpu=False)
+  sweeps.check_jobs(1, on_tpu=True)
+  with pytest.raises(ConfigError, match="--jobs=2 on a TPU VM: only one process may own its TPU chips"):
+    sweeps.check_jobs(2, on_tpu=True)
+  with pytest.raises(ConfigError, match="--jobs=0: give 1 or more"):
+    sweeps.check_jobs(0, on_tpu=False)

@@ -263,6 +263,19 @@ def test_slurm_dry_run_prints_the_batch_script(fake, tmp_path):
   assert calls("sbatch") == [] and not workdir.exists()  # nothing written or submitted
 
 
+def test_a_2_x_8_gpu_slurm_job_asks_for_every_gpu_and_checks_each_process_sees_8(fake, tmp_path):
+  """The issue's 2 x 8 job: 2 nodes, 1 task each driving 8 GPUs (FTTPU_LOCAL_DEVICES=8), explicit
+  coordinates, SIGTERM 300 s before the limit, requeued when preempted."""
+  env, _ = fake
+  out = launch(SLURM, "--nodes=2", "--gpus-per-node=8", f"--workdir={tmp_path}/w", "--dry-run", "--", CONFIG,
+               env=env).stdout.splitlines()
+  for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+               "#SBATCH --signal=TERM@300", "#SBATCH --requeue"):
+    assert line in out
+  assert any(l.startswith("export FTTPU_LOCAL_DEVICES=8 ") for l in out)
+  assert any(l.startswith("  --coordinator_address=") for l in out)
+
+
 def test_slurm_job_runs_one_process_per_node_with_its_own_id(fake, tmp_path):
   env, calls = fake
   env["PYTHON"] = "python"  # the fake on PATH
