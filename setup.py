@@ -29,9 +29,11 @@ setup(
         "matplotlib",
         "absl-py",
         "filelock>=3.12",  # one run per workdir
+        "gcsfs",  # gs:// workdirs, checkpoints and data through etils.epath (orbax's arrays use tensorstore)
     ],
     extras_require={
         # Test-only references: PyTorch (the local CPU build) and HF transformers for parity.
-        "test": ["pytest", "hypothesis", "torch==2.13.0", "transformers", "peft", "scikit-learn"],
+        "test": ["pytest", "hypothesis", "torch==2.13.0", "transformers", "peft", "scikit-learn",
+                 "gcp-storage-emulator"],  # a local GCS server for the gs:// tests
     },
 )

@@ -17,11 +17,12 @@ import logging
 import os
 import re
 import shlex
+import tempfile
 import time
 
 import numpy as np
 
-from fttpu import cli, metrics
+from fttpu import cli, files, metrics
 from fttpu.config import ConfigError
 
 
@@ -94,11 +95,17 @@ def finished(cell: Cell, root: str) -> bool:
 
 
 def run_cell(cell: Cell, root: str, base_arg: str, data_dir: str) -> str | None:
-  """Runs one cell in this process, its log lines in WORKDIR/run.log; returns None, or what went wrong."""
+  """Runs one cell in this process, its log lines in WORKDIR/run.log (in a bucket workdir: written
+  locally, then uploaded when the cell ends); returns None, or what went wrong."""
   from fttpu import train
   workdir = cell.workdir(root)
-  os.makedirs(workdir, exist_ok=True)
-  handler = logging.FileHandler(os.path.join(workdir, "run.log"))
+  files.makedirs(workdir)
+  log = files.join(workdir, "run.log")
+  local_log = log
+  if files.is_remote(log):
+    descriptor, local_log = tempfile.mkstemp(prefix="fttpu-run-", suffix=".log")
+    os.close(descriptor)
+  handler = logging.FileHandler(local_log)
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
   logging.getLogger().addHandler(handler)
   metrics.quiet_library_logs()  # orbax's per-save INFO lines stay out of the cell's log
@@ -111,6 +118,8 @@ def run_cell(cell: Cell, root: str, base_arg: str, data_dir: str) -> str | None:
   finally:
     logging.getLogger().removeHandler(handler)
     handler.close()
+    if local_log != log:
+      files.move(local_log, log)
 
 
 def _worker_init(cores):

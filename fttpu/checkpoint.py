@@ -16,7 +16,6 @@ previous one is tried.
 import json
 import logging
 import os
-import shutil
 import time
 
 import jax
@@ -31,7 +30,7 @@ BEST_METRICS = {"accuracy": True, "loss": False}  # dev metric -> higher is bett
 
 def make_manager(workdir: str, keep: int, best_metric: str = "") -> ocp.CheckpointManager:
   """Keeps the newest `keep` checkpoints, plus (when best_metric names a dev metric) the best one."""
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  directory = files.resolve(files.join(workdir, "checkpoints"))
   policies = [checkpoint_managers.LatestN(n=keep)]
   if best_metric:
     higher = BEST_METRICS[best_metric]
@@ -57,8 +56,8 @@ def finish(manager: ocp.CheckpointManager) -> None:
     return
   for step in manager.all_steps():
     path = step_path(manager, step)
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, MANIFEST)):
-      _write_json(os.path.join(path, MANIFEST), _file_sizes(path))
+    if files.isdir(path) and not files.exists(files.join(path, MANIFEST)):
+      _write_json(files.join(path, MANIFEST), _file_sizes(path))
 
 
 def restore(manager: ocp.CheckpointManager, step: int, target) -> tuple:
@@ -83,7 +82,7 @@ def saved_config(manager: ocp.CheckpointManager) -> tuple[int, dict] | None:
 def restore_untyped(manager: ocp.CheckpointManager, step: int) -> dict:
   """Checkpoint `step`'s state as saved (a dict: step, params, opt_state, rng) on this process's first
   device, whatever mesh wrote it: for reading a run back (export) without rebuilding its method's tree."""
-  saved = ocp.StandardCheckpointer().metadata(os.path.join(step_path(manager, step), "state")).item_metadata.tree
+  saved = ocp.StandardCheckpointer().metadata(files.join(step_path(manager, step), "state")).item_metadata.tree
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), saved)
   return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
@@ -102,7 +101,7 @@ def restore_latest(manager: ocp.CheckpointManager, target) -> tuple | None:
         problem = f"orbax cannot read it ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
     logging.warning("checkpoint %s is damaged: %s; falling back to the previous checkpoint", path, problem)
     quarantine(manager, step)
-  if os.path.isdir(damaged_dir(manager)) and os.listdir(damaged_dir(manager)):
+  if files.isdir(damaged_dir(manager)) and files.listdir(damaged_dir(manager)):
     logging.warning("no whole checkpoint is left in %s (damaged ones are in %s): starting from step 0",
                     manager.directory, damaged_dir(manager))
   return None
@@ -111,12 +110,11 @@ def restore_latest(manager: ocp.CheckpointManager, target) -> tuple | None:
 def damage(path: str) -> str | None:
   """What is wrong with a finished checkpoint directory according to its manifest, or None.
   A checkpoint without a manifest (its process stopped right after the save) is left to orbax."""
-  manifest_path = os.path.join(path, MANIFEST)
-  if not os.path.exists(manifest_path):
+  manifest_path = files.join(path, MANIFEST)
+  if not files.exists(manifest_path):
     return None
   try:
-    with open(manifest_path) as f:
-      expected = json.load(f)
+    expected = json.loads(files.read_text(manifest_path))
   except (OSError, ValueError) as e:
     return f"its manifest {manifest_path} is unreadable ({e})"
   actual = _file_sizes(path)
@@ -133,28 +131,22 @@ def damage(path: str) -> str | None:
 def quarantine(manager: ocp.CheckpointManager, step: int) -> None:
   """Moves checkpoint `step` to DIR/damaged/<step>-<time> (process 0), and forgets it."""
   if jax.process_index() == 0:
-    os.makedirs(damaged_dir(manager), exist_ok=True)
-    target = os.path.join(damaged_dir(manager), f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-    shutil.move(step_path(manager, step), target)
+    files.makedirs(damaged_dir(manager))
+    target = files.join(damaged_dir(manager), f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    files.move(step_path(manager, step), target)
   manager.reload()
 
 
 def step_path(manager: ocp.CheckpointManager, step: int) -> str:
-  return os.path.join(str(manager.directory), str(step))
+  return files.join(str(manager.directory), str(step))
 
 
 def damaged_dir(manager: ocp.CheckpointManager) -> str:
-  return os.path.join(os.path.dirname(str(manager.directory)), "damaged")
+  return files.join(os.path.dirname(str(manager.directory)), "damaged")
 
 
 def _file_sizes(path: str) -> dict:
-  sizes = {}
-  for root, _, names in os.walk(path):
-    for name in names:
-      full = os.path.join(root, name)
-      if name != MANIFEST:
-        sizes[os.path.relpath(full, path)] = os.path.getsize(full)
-  return sizes
+  return {name: size for name, size in files.file_sizes(path).items() if os.path.basename(name) != MANIFEST}
 
 
 def _write_json(path: str, value) -> None:
@@ -172,7 +164,7 @@ def save_artifact(path: str, tree: dict, method: str):
   if not flat:
     return None
   files.write_atomic(path, safetensors.numpy.save(flat, metadata={"method": method}))
-  return path, os.path.getsize(path) / 2**20
+  return path, files.size(path) / 2**20
 
 
 def load_artifact(path: str, model_params: dict) -> dict:

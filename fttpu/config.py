@@ -4,10 +4,11 @@ Everything here runs before any data is read or anything is compiled, so a typo 
 seconds, and every message names the key and what is valid.
 """
 import ast
-import os
 import re
 
 import ml_collections
+
+from fttpu import files
 
 SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd", "momentum", "sign", "zo_sgd_sign")
@@ -60,7 +61,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.model.checkpoint or m.family == "bert", "model.checkpoint", config.model.checkpoint,
          f"a Hugging Face {m.family} checkpoint directory (the installed default is a BERT checkpoint)")
   if config.model.checkpoint:
-    _check(os.path.isfile(os.path.join(config.model.checkpoint, "config.json")), "model.checkpoint",
+    _check(files.isfile(files.join(config.model.checkpoint, "config.json")), "model.checkpoint",
            config.model.checkpoint, "a Hugging Face checkpoint directory with config.json (or '' for the default)")
   _check(config.model.logit_scale > 0, "model.logit_scale", config.model.logit_scale, "a number > 0")
   d = config.data

@@ -13,9 +13,10 @@ swapped in), so no file of an earlier export survives.
 """
 import json
 import os
-import shutil
 
 from absl import app, flags
+
+from fttpu import files
 
 flags.DEFINE_string("workdir", None, "Workdir of a run (config.json, checkpoints/).")
 flags.DEFINE_string("to", None, "Output directory for the Hugging Face model and the method's artifact.")
@@ -25,6 +26,9 @@ flags.mark_flags_as_required(["workdir", "to"])
 
 
 def _inside(path: str, directory: str) -> bool:
+  if files.is_remote(path) or files.is_remote(directory):
+    path, directory = files.resolve(path), files.resolve(directory)
+    return path == directory or path.startswith(directory + "/")
   path, directory = os.path.realpath(path), os.path.realpath(directory)
   return os.path.commonpath([path, directory]) == directory
 
@@ -35,13 +39,14 @@ def check_destination(out_dir: str, protected: dict, overwrite: bool) -> None:
   from fttpu.config import ConfigError
   for what, directory in protected.items():
     if _inside(out_dir, directory):
-      raise ConfigError(f"--to={out_dir} is {'' if os.path.realpath(out_dir) == os.path.realpath(directory) else 'inside '}"
+      raise ConfigError(f"--to={out_dir} is {'inside ' if _inside(out_dir, directory) and not _inside(directory, out_dir) else ''}"
                         f"{what} {directory}: exporting there would overwrite it; choose another --to")
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+  if files.exists(out_dir) and not files.isdir(out_dir):
     raise ConfigError(f"--to={out_dir} is a file; choose a directory")
-  if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-    raise ConfigError(f"--to={out_dir} is not empty ({len(os.listdir(out_dir))} entries, e.g. "
-                      f"{sorted(os.listdir(out_dir))[0]}); pass --overwrite to replace it, or choose a new directory")
+  entries = files.listdir(out_dir) if files.isdir(out_dir) else []
+  if entries and not overwrite:
+    raise ConfigError(f"--to={out_dir} is not empty ({len(entries)} entries, e.g. {entries[0]}); "
+                      "pass --overwrite to replace it, or choose a new directory")
 
 
 def check_trajectory(path: str, step: int) -> None:
@@ -49,7 +54,7 @@ def check_trajectory(path: str, step: int) -> None:
   from fttpu.models.hf import CheckpointError
   import safetensors.numpy
   try:
-    steps = len(safetensors.numpy.load_file(path)["projected_grad"])
+    steps = len(safetensors.numpy.load(files.read_bytes(path))["projected_grad"])
   except Exception as e:  # safetensors raises its own error kinds for truncated or foreign files
     raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {str(e)[:160]}); the export would ship a "
                           "trajectory that cannot replay: resume the run to rewrite it") from None
@@ -63,10 +68,11 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
   import jax
   import ml_collections
   from flax import traverse_util
-  from fttpu import checkpoint, files, methods, models, optim, workdir as workdir_lib
+  from fttpu import checkpoint, methods, models, optim, workdir as workdir_lib
   from fttpu.models import hf
   from fttpu.models.hf import CheckpointError
-  if not os.path.isfile(os.path.join(workdir, "config.json")):
+  workdir, out_dir = files.resolve(workdir), files.resolve(out_dir)
+  if not files.isfile(files.join(workdir, "config.json")):
     raise CheckpointError(f"{workdir} is not a run's workdir: it has no config.json")
   saved, problem = workdir_lib.read_config_json(workdir)
   if saved is None:
@@ -81,8 +87,8 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
   step = max(steps) if step is None else step
   model_dir = hf.resolve_checkpoint_dir(config.model.checkpoint)
   check_destination(out_dir, {"the run's workdir": workdir, "the run's pretrained checkpoint": model_dir}, overwrite)
-  trajectory = os.path.join(workdir, "trajectory.safetensors")
-  if os.path.exists(trajectory):
+  trajectory = files.join(workdir, "trajectory.safetensors")
+  if files.exists(trajectory):
     check_trajectory(trajectory, step)
   restored = checkpoint.restore_untyped(manager, step)
   tree = jax.tree_util.tree_map(jax.numpy.asarray, restored["params"])
@@ -95,12 +101,12 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
   def build(directory):
     models.export(model, merged, directory)
     checkpoint.save_artifact(os.path.join(directory, "artifact.safetensors"), method.artifact(tree), method.name)
-    if os.path.exists(trajectory):
-      shutil.copy(trajectory, directory)
+    if files.exists(trajectory):
+      files.copy_tree(trajectory, os.path.join(directory, "trajectory.safetensors"))
 
   files.replace_directory(build, out_dir)
   manager.close()
-  return {"step": step, "files": sorted(os.listdir(out_dir))}
+  return {"step": step, "files": files.listdir(out_dir)}
 
 
 def main(argv):

@@ -1,11 +1,11 @@
 """Metrics to DIR/metrics.jsonl (one JSON object per line) and TensorBoard, plus progress lines."""
+import io
 import json
 import logging
-import os
 import time
 
 import numpy as np
-from tensorboardX import SummaryWriter
+from tensorboardX import SummaryWriter, record_writer
 
 from fttpu import files
 from fttpu.data.tsv import DataError
@@ -22,6 +22,35 @@ def quiet_library_logs():
     handler.addFilter(DropOrbaxInfo())
 
 
+class _BucketEventFile:
+  """A TensorBoard event file in a bucket, through fttpu's path layer: each flush uploads it whole
+  (objects cannot be appended to; a run's event file is small)."""
+
+  def __init__(self, path):
+    self.path, self.buffer = path, io.BytesIO()
+
+  def write(self, data):
+    self.buffer.write(data)
+
+  def flush(self):
+    files.write_atomic(self.path, self.buffer.getvalue())
+
+  def close(self):
+    self.flush()
+
+
+class _BucketEventFiles:
+  def open(self, path):
+    return _BucketEventFile(path)
+
+  def directory_check(self, path):
+    pass  # buckets have no directories to create
+
+
+for _scheme in ("gs", "s3"):  # in place of tensorboardX's own, which needs google-cloud-storage or boto3
+  record_writer.register_writer_factory(_scheme, _BucketEventFiles())
+
+
 class MetricWriter:
   """Appends {"step": s, **scalars} lines to metrics.jsonl and the same scalars to TensorBoard.
 
@@ -31,11 +60,11 @@ class MetricWriter:
 
   def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    if enabled and os.path.exists(self.path):
+    self.path = files.join(workdir, "metrics.jsonl")
+    if enabled and files.exists(self.path):
       self._truncate(resume_step if resume_step is not None else -1)
     purge = None if resume_step is None else resume_step + 1
-    self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge) if enabled else None
+    self._tensorboard = SummaryWriter(files.join(workdir, "tensorboard"), purge_step=purge) if enabled else None
 
   def _truncate(self, last_step: int):
     records, torn = parse_records(self.path)
@@ -47,8 +76,7 @@ class MetricWriter:
   def write(self, step: int, scalars: dict, **extra) -> dict:
     record = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}, **extra}
     if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")  # one write: a line is torn only by a crash or a full disk
+      files.append_text(self.path, json.dumps(record) + "\n")
       split = extra.get("split")
       for key, value in scalars.items():
         tag = key.replace("eval/", f"{split}/", 1) if split else key  # dev/accuracy, test/accuracy
@@ -63,8 +91,7 @@ class MetricWriter:
 
 def parse_records(path: str) -> tuple[list[dict], str]:
   """(records, torn last line or '') of a metrics.jsonl; a damaged line before the last fails naming it."""
-  with open(path, "rb") as f:
-    lines = [line for line in f.read().decode("utf-8", errors="replace").split("\n") if line.strip()]
+  lines = [line for line in files.read_bytes(path).decode("utf-8", errors="replace").split("\n") if line.strip()]
   records = []
   for number, line in enumerate(lines, start=1):
     try:
@@ -79,8 +106,8 @@ def parse_records(path: str) -> tuple[list[dict], str]:
 def read_metrics(workdir: str) -> list[dict]:
   """The records of WORKDIR/metrics.jsonl ([] when the run has not written any; a torn last line,
   as a running or crashed run leaves, is left out)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = files.join(workdir, "metrics.jsonl")
+  if not files.exists(path):
     return []
   return parse_records(path)[0]
 

@@ -43,7 +43,7 @@ def hf_config(model: str) -> dict:
   if model in presets.PRESETS:
     return presets.PRESETS[model]
   try:
-    return hf.read_config(hf.resolve_checkpoint_dir(model))
+    return hf.read_config(hf.find_checkpoint_dir(model))
   except (hf.CheckpointError, OSError) as e:
     raise ConfigError(f"--model={model!r} is neither a preset {sorted(presets.PRESETS)} nor a checkpoint directory "
                       f"with config.json ({e})") from None

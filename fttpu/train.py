@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import time
 
 import jax
@@ -43,6 +42,7 @@ def run(config, workdir: str) -> dict:
   On SIGTERM or a first Ctrl-C it checkpoints at the next step boundary and returns
   {"preempted": "SIGTERM" or "Ctrl-C", ...}. One run at a time holds `workdir`."""
   config_lib.validate(config)
+  workdir = files.resolve(workdir)  # a bucket URI stays one
   with workdir_lib.exclusive(workdir), guards.Preemption() as preemption, contextlib.ExitStack() as closing:
     return _run(config, workdir, preemption, closing)
 
@@ -89,7 +89,7 @@ def _run(config, workdir: str, preemption: guards.Preemption, closing: contextli
   check_resumable(config, workdir, manager)
   is_lead = jax.process_index() == 0
   if is_lead:
-    files.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    files.write_atomic(files.join(workdir, "config.json"), config.to_json(indent=2))
 
   # ---------------------------------------------------------------- model and data
   rules = dict(config.sharding_rules)
@@ -139,7 +139,7 @@ def _run(config, workdir: str, preemption: guards.Preemption, closing: contextli
                                                config.train.eval_batch_size, mesh)
 
   # ---------------------------------------------------------------- restore
-  trajectory_path = os.path.join(workdir, "trajectory.safetensors")
+  trajectory_path = files.join(workdir, "trajectory.safetensors")
   # saved beside the state in each checkpoint
   progress_record = {"projected_grad": [], "skipped_batches": 0, "divergence": {}}
   fingerprints = data_fingerprints(data)
@@ -234,7 +234,7 @@ def _run(config, workdir: str, preemption: guards.Preemption, closing: contextli
   checkpoint.finish(manager)
   artifact = sharding.to_host(method.artifact(state.params))  # every process: gathers across hosts
   if is_lead:
-    saved = checkpoint.save_artifact(os.path.join(workdir, "artifact.safetensors"), artifact, method.name)
+    saved = checkpoint.save_artifact(files.join(workdir, "artifact.safetensors"), artifact, method.name)
     if saved:
       logging.info("saved %s (%.2f MB): what %s adds to the pretrained checkpoint", saved[0], saved[1], method.name)
   if step_times:

@@ -1,11 +1,15 @@
-"""A run's workdir: one run at a time (a lock that dies with its process), and what a resume must
-match (the config saved in the checkpoint and the fingerprint of the sampled data)."""
+"""A run's workdir: one run at a time (a lock that dies with its process, or in a bucket a lease that
+lapses without it), and what a resume must match (the config saved in the checkpoint and the
+fingerprint of the sampled data)."""
 import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
+import threading
+import time
+import uuid
 
 import filelock
 import jax
@@ -16,6 +20,10 @@ from fttpu import files
 
 LOCK = ".fttpu.lock"
 HOLDER = ".fttpu.lock.holder"  # who holds LOCK: {"pid", "host"}, written once it is held
+LEASE = ".fttpu.lease"  # a bucket workdir's lock: {"pid", "host", "token", "renewed"}
+LEASE_SECONDS = 300.0  # a lease not renewed for this long is a killed run's: the next run takes it
+RENEW_SECONDS = 60.0
+SETTLE_SECONDS = 2.0  # two runs that wrote the lease at once both read the last writer's token
 
 
 class WorkdirBusy(ConfigError):
@@ -24,28 +32,107 @@ class WorkdirBusy(ConfigError):
 
 def _holder(workdir: str) -> str:
   try:
-    with open(os.path.join(workdir, HOLDER)) as f:
-      holder = json.load(f)
+    holder = json.loads(files.read_text(files.join(workdir, HOLDER)))
     return f"process {holder['pid']} on host {holder['host']}"
   except (OSError, ValueError, KeyError, TypeError):
     return "another process (it has not written its PID yet)"
+
+
+class _FileLock:
+  """A local (or NFS) workdir's lock: the operating system drops it with its process."""
+
+  def __init__(self, workdir: str):
+    self.workdir, self.lock = workdir, filelock.FileLock(os.path.join(workdir, LOCK), timeout=0)
+
+  def acquire(self) -> str:
+    """'' once held, else why not."""
+    try:
+      self.lock.acquire()
+    except filelock.Timeout:
+      return f"workdir {self.workdir} is in use by another run ({_holder(self.workdir)})"
+    files.write_atomic(os.path.join(self.workdir, HOLDER), json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    return ""
+
+  def release(self) -> None:
+    if self.lock.is_locked:
+      self.lock.release()
+
+
+class BucketLease:
+  """A bucket workdir's lock, where no lock dies with its process: a lease object that the holder
+  renews every RENEW_SECONDS. A run takes it when it is absent, its own, or not renewed for
+  LEASE_SECONDS (its run was killed); after writing it waits SETTLE_SECONDS and reads it back, so
+  of two runs starting at once only the last writer goes on (bucket reads follow writes)."""
+
+  def __init__(self, workdir: str, lease_seconds: float = LEASE_SECONDS, renew_seconds: float = RENEW_SECONDS,
+               settle_seconds: float = SETTLE_SECONDS):
+    self.path = files.join(workdir, LEASE)
+    self.workdir, self.lease, self.renew, self.settle = workdir, lease_seconds, renew_seconds, settle_seconds
+    self.token = uuid.uuid4().hex
+    self._stop = threading.Event()
+    self._renewer = None
+
+  def _read(self) -> dict | None:
+    try:
+      return json.loads(files.read_text(self.path))
+    except FileNotFoundError:
+      return None
+    except (UnicodeDecodeError, ValueError):
+      return {}  # half a lease from another tool: treat as lapsed
+
+  def _write(self) -> None:
+    files.write_atomic(self.path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                              "token": self.token, "renewed": time.time()}))
+
+  def acquire(self) -> str:
+    held = self._read()
+    if held and held.get("token") != self.token:
+      age = time.time() - float(held.get("renewed", 0))
+      if age < self.lease:
+        return (f"workdir {self.workdir} is in use by another run (process {held.get('pid')} on host "
+                f"{held.get('host')}, its lease {self.path} renewed {age:.0f} s ago; a killed run's lease "
+                f"lapses {self.lease:.0f} s after its last renewal)")
+      logging.warning("taking over %s: its run (process %s on host %s) last renewed it %.0f s ago", self.path,
+                      held.get("pid"), held.get("host"), age)
+    self._write()
+    time.sleep(self.settle)
+    held = self._read()
+    if not held or held.get("token") != self.token:
+      return f"workdir {self.workdir} is in use by another run (it took {self.path} as this one started)"
+    self._renewer = threading.Thread(target=self._keep_renewing, name="fttpu-lease", daemon=True)
+    self._renewer.start()
+    return ""
+
+  def _keep_renewing(self) -> None:
+    while not self._stop.wait(self.renew):
+      try:
+        self._write()
+      except OSError as e:  # a bucket hiccup: the next renewal tries again, well inside the lease
+        logging.warning("could not renew %s: %s", self.path, e)
+
+  def release(self) -> None:
+    if self._renewer is None:
+      return
+    self._stop.set()
+    self._renewer.join()
+    self._renewer = None
+    held = self._read()
+    if held and held.get("token") == self.token:
+      files.remove(self.path)
 
 
 @contextlib.contextmanager
 def exclusive(workdir: str):
   """Holds the workdir's lock while the block runs. Only process 0 of a multi-host run takes it;
   the others learn at a barrier whether it did. A lock left by a killed run never blocks (the
-  operating system drops it with its process)."""
-  os.makedirs(workdir, exist_ok=True)
-  lock = filelock.FileLock(os.path.join(workdir, LOCK), timeout=0)
+  operating system drops it with its process; a bucket's lease lapses, see BucketLease)."""
+  files.makedirs(workdir)
+  lock = BucketLease(workdir) if files.is_remote(workdir) else _FileLock(workdir)
   problem = ""
   if jax.process_index() == 0:
-    try:
-      lock.acquire()
-      files.write_atomic(os.path.join(workdir, HOLDER), json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    except filelock.Timeout:
-      problem = (f"workdir {workdir} is in use by another run ({_holder(workdir)}); wait for it to finish, "
-                 "stop it, or use another --workdir")
+    problem = lock.acquire()
+    if problem:
+      problem += "; wait for it to finish, stop it, or use another --workdir"
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     busy = multihost_utils.broadcast_one_to_all(np.asarray(bool(problem)))
@@ -56,8 +143,7 @@ def exclusive(workdir: str):
   try:
     yield
   finally:
-    if lock.is_locked:
-      lock.release()
+    lock.release()
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -93,10 +179,9 @@ def check_config(workdir: str, checkpoint_name: str, saved: dict, current: dict)
 
 def read_config_json(workdir: str) -> tuple[dict | None, str]:
   """(config, '') from WORKDIR/config.json, or (None, what is wrong with it)."""
-  path = os.path.join(workdir, "config.json")
+  path = files.join(workdir, "config.json")
   try:
-    with open(path, "rb") as f:
-      return json.loads(f.read().decode("utf-8")), ""
+    return json.loads(files.read_text(path)), ""
   except FileNotFoundError:
     return None, f"{path} is missing"
   except (UnicodeDecodeError, ValueError) as e:

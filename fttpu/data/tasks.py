@@ -20,6 +20,7 @@ import os
 import string
 from typing import Optional
 
+from fttpu import files
 from fttpu.config import ConfigError
 from fttpu.data import tsv
 
@@ -166,9 +167,10 @@ TASKS = {
 
 
 def task_dir(name: str, data_dir: str) -> Optional[str]:
-  """DATA_DIR/name, or `name` itself when it is an absolute path; None when neither is a directory."""
-  for candidate in (os.path.join(data_dir, name), name if os.path.isabs(name) else None):
-    if candidate and os.path.isdir(candidate):
+  """DATA_DIR/name, or `name` itself when it is an absolute path or a bucket URI; None when neither is a
+  directory."""
+  for candidate in (files.join(data_dir, name), name if os.path.isabs(name) or files.is_remote(name) else None):
+    if candidate and files.isdir(candidate):
       return candidate
   return None
 

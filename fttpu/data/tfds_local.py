@@ -18,6 +18,7 @@ import urllib.parse
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fttpu import files
 from fttpu.data import tsv
 from fttpu.data.tasks import Task, task_dir
 
@@ -59,10 +60,9 @@ def _fingerprint(source_dir: str, label_names) -> str:
   digest = hashlib.sha1(repr(list(label_names)).encode())
   for split in SPLITS:
     path = os.path.join(source_dir, f"{split}.tsv")
-    if not os.path.isfile(path):
+    if not files.isfile(path):
       raise tsv.DataError(f"{path}: file not found (a task directory needs {' and '.join(s + '.tsv' for s in SPLITS)})")
-    with open(path, "rb") as f:
-      digest.update(f.read())
+    digest.update(files.read_bytes(path))
   return digest.hexdigest()[:12]
 
 

