@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Cloud TPU VM pod lifecycle with gcloud: create, setup, run (every worker at once), logs, stop, delete.
+# Cloud TPU VM pod lifecycle with gcloud: create, setup, run (every worker at once), status, logs, fetch,
+# stop, delete.
 # launch/tpu_pod.sh --help for everything.
 set -euo pipefail
 
@@ -22,7 +23,11 @@ Commands:
                     previous run is still going refuses to start another (`stop` it first).
                     --attach streams the output here instead, appended to a local log (--log) too,
                     and says how to delete the pod when the run fails
+  status            on every worker: running, or how the last run ended (its exit code); when one
+                    failed, says how to delete the pod (it bills until deleted)
   logs              follow a worker's ~/fttpu/logs/run.log (--worker, default 0)
+  fetch             copy every worker's ~/fttpu/logs/run.log here, to DIR/worker-N.log (--log-dir;
+                    the workers are counted with gcloud describe, or --workers=N)
   stop              SIGTERM the run on every worker: fttpu checkpoints at the next step and exits 0
                     (run again with the same --workdir to resume)
   delete            delete the TPU VM (--quiet: no prompt); with --queued, the queued resource and its node
@@ -37,12 +42,15 @@ Options (--opt=V or --opt V; the environment variable in brackets is the default
   --version=V            TPU software version [TPU_VERSION]; default by generation, as the Cloud TPU docs
                          give them: v4 tpu-ubuntu2204-base, v5e v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5,
                          v6e v2-alpha-tpuv6e
-  --workdir=DIR          run: checkpoints, metrics, TensorBoard [WORKDIR]; required. Must be one path that
-                         every worker sees: a shared mount (Filestore NFS, a gcsfuse-mounted bucket), never
-                         a worker's local disk (each worker would write its own half-checkpoint)
+  --workdir=DIR          run: checkpoints, metrics, TensorBoard [WORKDIR]; required. One place that every
+                         worker sees: a bucket (gs://BUCKET/runs/x, read and written directly) or a shared
+                         mount (Filestore NFS); never a worker's local disk (each worker would write its own
+                         half-checkpoint), nor a gcsfuse mount (see launch/README.md)
   --data-dir=DIR         run: --config.data.dir, a path present on every worker (shared mount or copied)
                          [DATA_DIR]; default: the config's (SST-2 from the TFDS catalog when online)
   --worker=N             logs: which worker (default 0)
+  --workers=N            fetch: how many workers (default: counted with gcloud describe)
+  --log-dir=DIR          fetch: where the logs go [default workdirs/tpu_pod/NAME]
   --queued               create/delete: through a queued resource (Spot capacity, waiting for capacity)
   --attach               run: stream the output here (the run ends with this shell) instead of detaching
   --log=FILE             run: local log [LOG] default workdirs/tpu_pod/NAME-YYYYmmdd-HHMMSS.log
@@ -72,11 +80,11 @@ x() {
 
 name=${TPU_NAME:-} zone=${ZONE:-} project=${PROJECT:-}
 accel=${ACCELERATOR_TYPE:-v4-16} version=${TPU_VERSION:-}
-workdir=${WORKDIR:-} data_dir=${DATA_DIR:-} log=${LOG:-} worker=0 dry_run=0 attach=0 queued=0
+workdir=${WORKDIR:-} data_dir=${DATA_DIR:-} log=${LOG:-} worker=0 workers="" log_dir="" dry_run=0 attach=0 queued=0
 cmd="" args=()
 while (($#)); do
   case $1 in
-    --name|--zone|--project|--accelerator-type|--version|--workdir|--data-dir|--worker|--log)
+    --name|--zone|--project|--accelerator-type|--version|--workdir|--data-dir|--worker|--workers|--log|--log-dir)
       (($# >= 2)) || die "$1 needs a value"
       set -- "$1=$2" "${@:3}"; continue ;;
     --name=*) name=${1#*=} ;;
@@ -87,6 +95,8 @@ while (($#)); do
     --workdir=*) workdir=${1#*=} ;;
     --data-dir=*) data_dir=${1#*=} ;;
     --worker=*) worker=${1#*=} ;;
+    --workers=*) workers=${1#*=} ;;
+    --log-dir=*) log_dir=${1#*=} ;;
     --log=*) log=${1#*=} ;;
     --dry-run) dry_run=1 ;;
     --attach) attach=1 ;;
@@ -100,7 +110,7 @@ while (($#)); do
 done
 
 [[ -n $cmd ]] || { usage >&2; exit 2; }
-case $cmd in create|setup|run|logs|stop|delete) ;; *) die "unknown command $cmd" ;; esac
+case $cmd in create|setup|run|status|logs|fetch|stop|delete) ;; *) die "unknown command $cmd (commands: create setup run status logs fetch stop delete)" ;; esac
 [[ -n $name ]] || die "no TPU name: --name=NAME or TPU_NAME"
 [[ -n $zone ]] || die "no zone: --zone=ZONE or ZONE"
 ((${#args[@]} == 0)) || [[ $cmd == run || $cmd == create ]] || die "$cmd takes no arguments after --"
@@ -166,9 +176,18 @@ command -v python3.11 >/dev/null || { sudo apt-get -o DPkg::Lock::Timeout=600 up
       command="set -o pipefail; cd $remote && mkdir -p logs && $busy
 $header; $(q "${main[@]}") 2>&1 | tee -a logs/run.log"
     else
+      # logs/run.sh runs the command, passes stop's SIGTERM on to it, and keeps its exit code in logs/run.exit.
       command="cd $remote && mkdir -p logs && $busy
-$header; nohup $(q "${main[@]}") >> logs/run.log 2>&1 < /dev/null & echo \$! > logs/run.pid
-echo \"started on \$(hostname) (pid \$!): launch/tpu_pod.sh logs to follow, stop to end it\""
+cat > logs/run.sh <<'RUN'
+trap 'kill -TERM \$child 2>/dev/null' TERM INT
+\"\$@\" & child=\$!
+wait \$child; code=\$?
+if kill -0 \$child 2>/dev/null; then wait \$child; code=\$?; fi
+echo \$code > logs/run.exit
+if [ \$code != 0 ]; then echo \"=== \$(date -u +%FT%TZ) \$(hostname): the run failed (exit \$code)\"; fi
+RUN
+rm -f logs/run.exit; $header; nohup bash logs/run.sh $(q "${main[@]}") >> logs/run.log 2>&1 < /dev/null & echo \$! > logs/run.pid
+echo \"started on \$(hostname) (pid \$!): launch/tpu_pod.sh status, logs to follow, stop to end it\""
     fi
     ssh=("${tpu[@]}" ssh "$name" "${where[@]}" --worker=all "--command=$command")
     if ((dry_run || !attach)); then
@@ -182,8 +201,36 @@ echo \"started on \$(hostname) (pid \$!): launch/tpu_pod.sh logs to follow, stop
         exit 1; }
     fi
     ;;
+  status)
+    report="cd $remote 2>/dev/null || { echo \"\$(hostname): not set up\"; exit 0; }
+if $running; then echo \"\$(hostname): running (pid \$(cat logs/run.pid))\"
+elif [ ! -f logs/run.exit ]; then echo \"\$(hostname): no finished run\"
+elif [ \"\$(cat logs/run.exit)\" = 0 ]; then echo \"\$(hostname): finished (exit 0)\"
+else echo \"\$(hostname): failed (exit \$(cat logs/run.exit)); tail of logs/run.log:\"; tail -n 5 logs/run.log; fi"
+    echo "+ $(q "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all "--command=$report")"
+    if ((!dry_run)); then
+      out=$("${tpu[@]}" ssh "$name" "${where[@]}" --worker=all "--command=$report" 2>&1) || true
+      echo "$out"
+      if grep -q ": failed (exit" <<<"$out"; then
+        echo "a run failed; the pod bills until it is deleted: launch/tpu_pod.sh delete --name=$name --zone=$zone" >&2
+        exit 1
+      fi
+    fi
+    ;;
   logs)
     x "${tpu[@]}" ssh "$name" "${where[@]}" "--worker=$worker" "--command=tail -n 100 -F $remote/logs/run.log"
+    ;;
+  fetch)
+    log_dir=${log_dir:-$repo/workdirs/tpu_pod/$name}
+    if [[ -z $workers ]]; then
+      echo "+ $(q "${tpu[@]}" describe "$name" "${where[@]}" "--format=value(networkEndpoints.len())")"
+      if ((dry_run)); then workers=1; else workers=$("${tpu[@]}" describe "$name" "${where[@]}" "--format=value(networkEndpoints.len())"); fi
+    fi
+    [[ $workers =~ ^[1-9][0-9]*$ ]] || die "could not count the workers of $name (got '$workers'); give --workers=N"
+    if ((!dry_run)); then mkdir -p "$log_dir"; fi
+    for ((w = 0; w < workers; w++)); do
+      x "${tpu[@]}" scp "$name:$remote/logs/run.log" "$log_dir/worker-$w.log" "${where[@]}" "--worker=$w"
+    done
     ;;
   stop)
     x "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all \

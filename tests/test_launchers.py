@@ -98,8 +98,8 @@ def test_tpu_dry_run_prints_every_step_and_runs_nothing(fake, tmp_path):
                env=env)
   (line,) = printed(run, "gcloud")
   assert line.startswith("+ gcloud compute tpus tpu-vm ssh ft-pod --zone=us-central2-b --worker=all ")
-  assert f"nohup .venv/bin/python -m fttpu.main --config=configs/fewshot.py:{CONFIG} --workdir=/mnt/nfs/sst2 " \
-         "--config.train.steps=7 >> logs/run.log" in run.stdout
+  assert f"nohup bash logs/run.sh .venv/bin/python -m fttpu.main --config=configs/fewshot.py:{CONFIG} " \
+         "--workdir=/mnt/nfs/sst2 --config.train.steps=7 >> logs/run.log" in run.stdout
 
   assert calls("gcloud") == []  # nothing ran
   assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]  # no tarball or log left behind
@@ -151,6 +151,65 @@ def test_tpu_run_detaches_appends_the_workers_log_refuses_a_busy_worker_and_stop
   stop = launch(TPU, "stop", *POD, env=env)
   assert f"stopping run {sleeper.pid}" in stop.stdout
   assert sleeper.wait(timeout=10) == -signal.SIGTERM
+
+
+def wait_for_exit_code(remote) -> str:
+  for _ in range(600):
+    if (remote / "logs" / "run.exit").exists() and (remote / "logs" / "run.exit").read_text().strip():
+      return (remote / "logs" / "run.exit").read_text().strip()
+    time.sleep(0.05)
+  pytest.fail("the detached run wrote no exit code")
+
+
+def test_tpu_status_reports_a_failed_run_and_offers_delete_and_fetch_copies_every_workers_log(fake, tmp_path):
+  env, calls = fake
+  remote = worker_home(tmp_path, env)
+  failing = tmp_path / "bin" / "failing-python"
+  failing.write_text("#!/usr/bin/env bash\necho 'Traceback: out of memory' >&2\nexit 3\n")
+  failing.chmod(0o755)
+  (remote / ".venv" / "bin" / "python").unlink()
+  (remote / ".venv" / "bin" / "python").symlink_to(failing)
+  launch(TPU, "run", *POD, "--workdir=gs://bucket/run", "--", CONFIG, env=env)
+  assert wait_for_exit_code(remote) == "3"
+  status = launch(TPU, "status", *POD, env=env, check=False)
+  assert status.returncode == 1 and ": failed (exit 3); tail of logs/run.log:" in status.stdout
+  assert "Traceback: out of memory" in status.stdout and "the run failed (exit 3)" in status.stdout
+  assert "the pod bills until it is deleted: launch/tpu_pod.sh delete --name=ft-pod --zone=us-central2-b" in status.stderr
+
+  (remote / ".venv" / "bin" / "python").unlink()
+  (remote / ".venv" / "bin" / "python").symlink_to(tmp_path / "bin" / "python")
+  launch(TPU, "run", *POD, "--workdir=gs://bucket/run", "--", CONFIG, env=env)
+  assert wait_for_exit_code(remote) == "0"
+  assert ": finished (exit 0)" in launch(TPU, "status", *POD, env=env).stdout
+
+  fetch = launch(TPU, "fetch", *POD, "--workers=2", f"--log-dir={tmp_path / 'fetched'}", "--dry-run", env=env)
+  assert printed(fetch, "gcloud") == [
+      f"+ gcloud compute tpus tpu-vm scp ft-pod:fttpu/logs/run.log {tmp_path}/fetched/worker-{w}.log "
+      f"--zone=us-central2-b --worker={w}" for w in (0, 1)]
+  counted = launch(TPU, "fetch", *POD, "--dry-run", env=env)
+  assert printed(counted, "gcloud")[0] == ("+ gcloud compute tpus tpu-vm describe ft-pod --zone=us-central2-b "
+                                           "'--format=value(networkEndpoints.len())'")
+
+
+def test_tpu_stop_reaches_the_detached_run_through_its_wrapper(fake, tmp_path):
+  """`stop` signals logs/run.pid, the wrapper that keeps the exit code: it passes SIGTERM on to the run."""
+  env, _ = fake
+  remote = worker_home(tmp_path, env)
+  trapping = tmp_path / "bin" / "trapping-python"
+  trapping.write_text("#!/usr/bin/env bash\ntrap 'echo checkpointed on SIGTERM; exit 0' TERM\n"
+                      "echo started > \"$FAKE_DIR/trapping.started\"\nsleep 60 & wait\n")
+  trapping.chmod(0o755)
+  (remote / ".venv" / "bin" / "python").unlink()
+  (remote / ".venv" / "bin" / "python").symlink_to(trapping)
+  launch(TPU, "run", *POD, "--workdir=gs://bucket/run", "--", CONFIG, env=env)
+  for _ in range(600):
+    if (tmp_path / "trapping.started").exists():
+      break
+    time.sleep(0.05)
+  assert "running (pid" in launch(TPU, "status", *POD, env=env).stdout
+  assert "stopping run" in launch(TPU, "stop", *POD, env=env).stdout
+  assert wait_for_exit_code(remote) == "0"
+  assert "checkpointed on SIGTERM" in (remote / "logs" / "run.log").read_text()
 
 
 def test_tpu_queued_resources_for_spot_capacity(fake):
