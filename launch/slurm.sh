@@ -83,8 +83,11 @@ done
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 workdir=${workdir:-workdirs/slurm_${args[0]//[^A-Za-z0-9._=-]/_}}
-[[ $workdir == /* ]] || workdir=$PWD/$workdir  # the job starts in the repository root
-if [[ -n $data_dir && $data_dir != /* ]]; then data_dir=$PWD/$data_dir; fi
+[[ $workdir == /* || $workdir == *://* ]] || workdir=$PWD/$workdir  # the job starts in the repository root
+if [[ -n $data_dir && $data_dir != /* && $data_dir != *://* ]]; then data_dir=$PWD/$data_dir; fi
+# The batch script and SLURM's output file are local files: beside a bucket workdir they go to workdirs/slurm/.
+jobdir=$workdir
+if [[ $workdir == *://* ]]; then jobdir=$PWD/workdirs/slurm/${workdir#*://}; fi
 
 main=("${PYTHON:-.venv/bin/python}" -m fttpu.main "--config=configs/fewshot.py:${args[0]}")
 if [[ -n $data_dir ]]; then main+=("--config.data.dir=$data_dir"); fi
@@ -104,7 +107,8 @@ script=$(
   if [[ -n $cpus ]]; then echo "#SBATCH --cpus-per-task=$cpus"; fi
   if [[ -n $partition ]]; then echo "#SBATCH --partition=$(q "$partition")"; fi
   if [[ -n $time_limit ]]; then echo "#SBATCH --time=$(q "$time_limit")"; fi
-  echo "#SBATCH --output=$(q "$workdir/slurm-%j.out")"
+  echo "#SBATCH --output=$(q "$jobdir/slurm-%j.out")"
+  echo "#SBATCH --open-mode=append"  # a requeued job keeps its id: append, do not overwrite
   for opt in ${extra[@]+"${extra[@]}"}; do echo "#SBATCH $opt"; done
   echo "# Written by launch/slurm.sh. Task 0 runs on the first node, which hosts the jax.distributed coordinator."
   echo "set -euo pipefail"
@@ -119,15 +123,15 @@ script=$(
   echo '  --coordinator_address="$coordinator:$port"'
 )
 
-file=$workdir/sbatch-$(date +%Y%m%d-%H%M%S).sh
+file=$jobdir/sbatch-$(date +%Y%m%d-%H%M%S).sh
 if ((dry_run)); then
   printf "%s\n" "$script"
   echo "+ sbatch $(q "$file")"
   echo "(dry run: nothing written or submitted)"
   exit 0
 fi
-mkdir -p "$workdir"  # sbatch does not create the --output folder
+mkdir -p "$jobdir"  # sbatch does not create the --output folder
 printf "%s\n" "$script" > "$file"
 echo "+ sbatch $(q "$file")"
 sbatch "$file"
-echo "output: $workdir/slurm-<job id>.out"
+echo "output: $jobdir/slurm-<job id>.out"

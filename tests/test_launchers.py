@@ -322,6 +322,17 @@ def test_slurm_dry_run_prints_the_batch_script(fake, tmp_path):
   assert calls("sbatch") == [] and not workdir.exists()  # nothing written or submitted
 
 
+def test_slurm_keeps_a_bucket_workdir_a_uri_and_its_job_files_local(fake, tmp_path):
+  env, _ = fake
+  result = launch(SLURM, "--workdir=gs://b/runs/x", "--data-dir=gs://b/data", "--dry-run", "--", CONFIG, env=env,
+                  cwd=tmp_path)
+  out = result.stdout.splitlines()
+  assert any("--workdir=gs://b/runs/x" in l and "--config.data.dir=gs://b/data" in l for l in out)
+  assert f"#SBATCH --output={tmp_path}/workdirs/slurm/b/runs/x/slurm-%j.out" in out
+  assert "#SBATCH --open-mode=append" in out  # a requeued job (same id) appends to its output
+  assert not any("/gs:" in l for l in out)
+
+
 def test_a_2_x_8_gpu_slurm_job_asks_for_every_gpu_and_checks_each_process_sees_8(fake, tmp_path):
   """The issue's 2 x 8 job: 2 nodes, 1 task each driving 8 GPUs (FTTPU_LOCAL_DEVICES=8), explicit
   coordinates, SIGTERM 300 s before the limit, requeued when preempted."""
