@@ -174,15 +174,16 @@ command -v python3.11 >/dev/null || { sudo apt-get -o DPkg::Lock::Timeout=600 up
     header="echo \"=== \$(date -u +%FT%TZ) \$(hostname): a new run\" >> logs/run.log"
     if ((attach)); then
       command="set -o pipefail; cd $remote && mkdir -p logs && $busy
-$header; $(q "${main[@]}") 2>&1 | tee -a logs/run.log"
+rm -f logs/run.exit; $header; $(q "${main[@]}") 2>&1 | tee -a logs/run.log; code=\$?; echo \$code > logs/run.exit; exit \$code"
     else
       # logs/run.sh runs the command, passes stop's SIGTERM on to it, and keeps its exit code in logs/run.exit.
       command="cd $remote && mkdir -p logs && $busy
 cat > logs/run.sh <<'RUN'
 trap 'kill -TERM \$child 2>/dev/null' TERM INT
 \"\$@\" & child=\$!
+wait \$child
+while kill -0 \$child 2>/dev/null; do wait \$child; done
 wait \$child; code=\$?
-if kill -0 \$child 2>/dev/null; then wait \$child; code=\$?; fi
 echo \$code > logs/run.exit
 if [ \$code != 0 ]; then echo \"=== \$(date -u +%FT%TZ) \$(hostname): the run failed (exit \$code)\"; fi
 RUN
@@ -204,7 +205,8 @@ echo \"started on \$(hostname) (pid \$!): launch/tpu_pod.sh status, logs to foll
   status)
     report="cd $remote 2>/dev/null || { echo \"\$(hostname): not set up\"; exit 0; }
 if $running; then echo \"\$(hostname): running (pid \$(cat logs/run.pid))\"
-elif [ ! -f logs/run.exit ]; then echo \"\$(hostname): no finished run\"
+elif [ ! -f logs/run.log ]; then echo \"\$(hostname): no run yet\"
+elif [ ! -f logs/run.exit ]; then echo \"\$(hostname): failed (exit unknown: the run ended without an exit code, e.g. a restarted VM); tail of logs/run.log:\"; tail -n 5 logs/run.log
 elif [ \"\$(cat logs/run.exit)\" = 0 ]; then echo \"\$(hostname): finished (exit 0)\"
 else echo \"\$(hostname): failed (exit \$(cat logs/run.exit)); tail of logs/run.log:\"; tail -n 5 logs/run.log; fi"
     echo "+ $(q "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all "--command=$report")"
