@@ -85,8 +85,9 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
     raise CheckpointError(f"{manager.directory} has no checkpoint {step if step is not None else ''}".rstrip()
                           + f"; its checkpoints: {sorted(steps)}")
   step = max(steps) if step is None else step
-  model_dir = hf.resolve_checkpoint_dir(config.model.checkpoint)
-  check_destination(out_dir, {"the run's workdir": workdir, "the run's pretrained checkpoint": model_dir}, overwrite)
+  protected = {"the run's workdir": workdir, "the run's pretrained checkpoint": hf.find_checkpoint_dir(config.model.checkpoint),
+               "the local copy of the run's pretrained checkpoint": hf.resolve_checkpoint_dir(config.model.checkpoint)}
+  check_destination(out_dir, protected, overwrite)
   trajectory = files.join(workdir, "trajectory.safetensors")
   if files.exists(trajectory):
     check_trajectory(trajectory, step)

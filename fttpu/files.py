@@ -155,7 +155,10 @@ def copy_tree(source, destination) -> None:
     return
   if not isdir(source):
     target = join(destination, os.path.basename(str(source))) if isdir(destination) else destination
-    write_atomic(target, read_bytes(source))
+    if is_remote(source) and is_remote(destination):
+      as_path(source).copy(target, overwrite=True)  # inside the store: no bytes through this host
+    else:
+      write_atomic(target, read_bytes(source))
     return
   makedirs(destination)
   for name in listdir(source):

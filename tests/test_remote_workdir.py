@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fttpu import checkpoint, export, files, metrics, train, workdir as workdir_lib
+from fttpu.models import hf
 from tests.conftest import REPO, data_dir
 from tests.test_bad_input import make_config
 
@@ -71,7 +72,8 @@ def test_a_uri_is_never_made_a_local_folder_and_local_paths_become_absolute(tmp_
 
 
 def test_a_run_in_a_bucket_trains_as_a_local_one_and_resumes_past_a_damaged_checkpoint(bucket, tiny_roberta,
-                                                                                         tmp_path, caplog):
+                                                                                         tmp_path, caplog, monkeypatch):
+  monkeypatch.setattr(hf, "MODEL_CACHE", str(tmp_path / "model-cache"))
   model, data = f"{bucket}/models/tiny-roberta", f"{bucket}/data"
   files.copy_tree(tiny_roberta, model)
   files.copy_tree(os.path.join(data_dir(), "sst2"), f"{data}/sst2")
@@ -85,6 +87,8 @@ def test_a_run_in_a_bucket_trains_as_a_local_one_and_resumes_past_a_damaged_chec
   assert [l["train/loss"] for l in metrics.read_metrics(workdir) if "train/loss" in l] == [
       l["train/loss"] for l in metrics.read_metrics(str(tmp_path / "local")) if "train/loss" in l]
   assert not os.path.exists(REPO / "gs:") and not os.path.exists("gs:"), "nothing became a local gs: folder"
+  copied = tmp_path / "model-cache" / "gs" / BUCKET / "models" / "tiny-roberta"
+  assert sorted(os.listdir(copied)) == sorted(os.listdir(tiny_roberta)), "the weights are read from a local copy"
   assert {"config.json", "metrics.jsonl", "checkpoints", "tensorboard"} <= set(files.listdir(workdir))
   assert workdir_lib.LEASE not in files.listdir(workdir), "the lease is given back when the run ends"
   assert any(name.startswith("events.out.tfevents") for name in files.listdir(f"{workdir}/tensorboard"))
