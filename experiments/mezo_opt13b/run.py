@@ -1,4 +1,5 @@
-"""Runs the OPT-13B SuperGLUE grid (resumable). On a pod, every worker runs this same command.
+"""Runs the OPT-13B SuperGLUE grid (resumable) in this process; on a pod, --launcher=tpu_pod prints a
+`launch/tpu_pod.sh run` line per unfinished cell instead (each cell on every worker at once).
 
   python -m experiments.mezo_opt13b.run --base=family=opt,checkpoint=DIR --data_dir=DATA
 """
