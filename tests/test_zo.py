@@ -109,9 +109,11 @@ def test_zo_sgd_sign_steps_along_the_sign_of_each_projection_times_its_z(tiny):
   assert np.all(np.abs(projected) > 1e-3) and len(set(np.sign(projected))) == 2, projected  # signs differ, |g| != 1
   z = [flat(zo.gradient(tree, labels, jax.random.key(3), jnp.eye(samples)[i] * samples, "gaussian"))
        for i in range(samples)]
+  # float32 sums of entries up to ~25 round differently as XLA fuses them (measured: 1.4e-6 apart); a wrong
+  # sign or coefficient moves an entry by about |z_i| * 2 / samples, far above atol.
   np.testing.assert_allclose(flat(estimates["zo_sgd_sign"][2]), np.sign(projected) @ np.stack(z) / samples,
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(flat(estimates["sgd"][2]), projected @ np.stack(z) / samples, rtol=1e-5, atol=1e-6)
+                             rtol=1e-5, atol=2e-5)
+  np.testing.assert_allclose(flat(estimates["sgd"][2]), projected @ np.stack(z) / samples, rtol=1e-5, atol=2e-5)
 
 
 def test_zo_sgd_sign_is_a_zeroth_order_rule_only():
