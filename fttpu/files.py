@@ -108,11 +108,16 @@ def write_atomic(path, content: str | bytes) -> None:
   if is_remote(path):
     as_path(path).write_bytes(data)  # an object upload replaces the object whole, or not at all
     return
+  _replace_local(path, lambda f: f.write(data))
+
+
+def _replace_local(path, write) -> None:
+  """`write(file)` fills a temporary beside local `path`, which is then renamed over it (fsynced first)."""
   directory = os.path.dirname(os.path.abspath(path))
   fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
   try:
     with os.fdopen(fd, "wb") as f:
-      f.write(data)
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(temporary, path)
@@ -221,12 +226,8 @@ def local_copy(path, cache_dir) -> str:
 def _download(uri, target) -> None:
   """Streams an object to a local file (a 10 GB shard never sits in memory), renamed into place whole."""
   os.makedirs(os.path.dirname(target), exist_ok=True)
-  fd, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.")
-  try:
-    with os.fdopen(fd, "wb") as out, as_path(uri).open("rb") as source:
+
+  def stream(out):
+    with as_path(uri).open("rb") as source:
       shutil.copyfileobj(source, out, length=64 << 20)
-    os.replace(temporary, target)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.unlink(temporary)
-    raise
+  _replace_local(target, stream)
