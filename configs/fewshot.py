@@ -11,19 +11,9 @@ import os
 
 import ml_collections
 
-from fttpu import sharding
+from fttpu import methods, sharding
 from fttpu.config import parse_arg
-from fttpu.methods import zo
-
-
-# Learning rate per method (AdamW, 200 steps, batch 8), chosen on the few-shot dev split.
-LEARNING_RATES = {"full": 2e-5, "head": 1e-2, "bitfit": 5e-4, "layers": 2e-5, "sparse": 5e-4, "spiel": 5e-4,
-                  "lora": 5e-4, "prefix": 3e-2}
-# Zeroth-order (ZO-SGD, constant, batch 8), per zo.base; `mezo` is base full. full: best dev accuracy of
-# 1e-5, 3e-5, 1e-4 over 500 steps (experiments/methods_sst2.py); lora: 1e-3 of 1e-3, 1e-2 (1e-2 diverges);
-# the others are untuned guesses.
-ZO_LEARNING_RATES = {"full": 1e-5, "lora": 1e-3, "prefix": 1e-3, "sparse": 1e-3, "head": 1e-3, "bitfit": 1e-3,
-                     "layers": 1e-4}
+from fttpu.methods import base as method_base
 
 
 DEFAULT_CLASSIFIER = {"bert": "similarity", "roberta": "mlm", "opt": "causal", "llama": "causal"}
@@ -63,12 +53,11 @@ def get_config(arg=None):
   config.model.param_dtype = "float32"    # float32 | bfloat16 | float16: how parameters are stored
   config.model.compute_dtype = "float32"  # the matmuls' dtype; logits and losses are float32 always
 
-  zeroth_order = arg.method in zo.METHOD_NAMES
+  zeroth_order = method_base.is_zeroth_order(arg.method)  # ZO-SGD, constant, no weight decay (MeZO's)
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd" if zeroth_order else "adamw"  # adamw | sgd | momentum | sign | zo_sgd_sign (ZO only)
-  # Per method, chosen on dev (see LEARNING_RATES).
-  config.optimizer.learning_rate = (ZO_LEARNING_RATES[arg.zo_base if arg.method == "zo" else "full"] if zeroth_order
-                                    else LEARNING_RATES.get(arg.method, 2e-5))
+  # Per method, chosen on dev (each method module registers its own, see fttpu/methods/simple.py).
+  config.optimizer.learning_rate = method_base.default_learning_rate(arg.method, arg.zo_base)
   config.optimizer.weight_decay = 0.0 if zeroth_order else 0.01
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
@@ -90,43 +79,11 @@ def get_config(arg=None):
   config.train.divergence_ratio = 100.0  # diverged: a training loss above this x max(first step's loss, 1); 0: off
   config.train.stuck_steps = 20       # diverged (zo.objective=loss): projected gradient exactly 0 this many steps; 0: off
 
-  # Update rules (each read only when it is config.method).
-  config.head = ml_collections.ConfigDict()
-  config.head.solver = "adam"         # adam: trained by the step from the zero-shot classifier; lbfgs: closed form
-  config.head.l2 = 1.0                # lbfgs: L2 penalty (scikit-learn's 1/C)
-  config.layers = ml_collections.ConfigDict()
-  config.layers.select = "-1"         # layer numbers "4,5" or a parameter-path regex "layers/.*mlp"
-  config.layers.sample = 0            # LISA: k layers trained at a time (0 = off, use select)
-  config.layers.every = 20            # LISA: resample every this many steps
-  config.sparse = ml_collections.ConfigDict()
-  config.sparse.density = 0.01        # fraction of each target weight's entries that train
-  config.sparse.selector = "magnitude"  # random | magnitude | gradient | lottery | half
-  config.sparse.structure = "none"    # none | heads | channels
-  config.sparse.targets = r"layers/.*/kernel$"  # regex over parameter paths
-  config.sparse.calibration_batches = 8  # gradient: batches of squared gradients (Fisher)
-  config.sparse.lottery_steps = 50    # lottery: steps of full fine-tuning before choosing
-  config.spiel = ml_collections.ConfigDict()
-  config.spiel.density = 0.01
-  config.spiel.targets = r"layers/.*/kernel$"
-  config.spiel.every = 20             # steps between prune/regrow
-  config.spiel.accumulate = 4         # batches of gradient accumulated to choose what grows
-  config.spiel.replace_fraction = 0.3  # fraction replaced at the first refresh, cosine-decayed to 0
-  config.lora = ml_collections.ConfigDict()
-  config.lora.rank = 8
-  config.lora.alpha = 16.0
-  config.lora.dropout = 0.0
-  config.lora.targets = "query|value"  # regex over projection paths (layers/query, layers/mlp_in, ...)
-  config.lora.rslora = False          # scale alpha / sqrt(rank) instead of alpha / rank
-  config.lora.dora = False            # DoRA: trained magnitude per output unit
-  config.lora.pissa = False           # PiSSA: initialise from the top singular vectors
-  config.prefix = ml_collections.ConfigDict()
-  config.prefix.length = 5            # prefix tokens per layer
-  config.zo = ml_collections.ConfigDict()  # zeroth-order (method=mezo, or method=zo over zo.base)
-  config.zo.base = arg.zo_base        # the trainable set: full | lora | prefix | sparse | head | bitfit | layers
-  config.zo.eps = 1e-3                # perturbation scale (MeZO's default)
-  config.zo.samples = 1               # n-SPSA: estimates averaged per step
-  config.zo.noise = "gaussian"        # gaussian | rademacher
-  config.zo.objective = "loss"        # loss | accuracy (non-differentiable: minus the batch accuracy)
+  # Update rules: each method module's own section (its defaults live beside its checks), read only
+  # when it is config.method (or zo.base).
+  for name, section in methods.SECTIONS.items():
+    config[name] = section.defaults()
+  config.zo.base = arg.zo_base        # method=zo's trainable set
 
   # Device mesh: axis -> size, -1 takes the remaining devices (of every process). Batches split over
   # data x fsdp; parameters and optimizer state as sharding_rules map their logical axes onto the mesh.

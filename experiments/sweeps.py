@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from fttpu import cli, files, metrics
-from fttpu.config import ConfigError
+from fttpu.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

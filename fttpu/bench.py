@@ -19,7 +19,6 @@ devices when the machine has another number (parameters and state placed by the 
 rules, as fttpu.train places them), and reports each mesh's step time as a ratio to the first
 mesh's: `--mesh=data=1 --mesh=data=8 --mesh=fsdp=8` gives the overhead of sharding on one CPU.
 """
-import functools
 import json
 import resource
 import subprocess
@@ -63,7 +62,7 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
   import math
   import jax
   import numpy as np
-  from fttpu import classifier, methods, models, optim, sharding, step as step_lib
+  from fttpu import classifier, models, sharding, trainer
   from fttpu.methods import masks
 
   sizes = sharding.parse_mesh(mesh_spec)
@@ -92,17 +91,13 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
     step = lambda: compiled(params, batch).block_until_ready()
   else:
     config = method_config(method_name)
-    optimizer = optim.make_optimizer(config.optimizer, 1000)
-    method = methods.get_method(config, optimizer, model)
-    loss_fn = classifier.make_loss_fn(logits_fn)
-    context = methods.Context(loss_fn, classifier.make_classifier(model.module, "similarity"), lambda step: batch,
-                              batch, model.module, optimizer)
-    state, shardings = sharding.create_state(method.prepare(model.params, jax.random.key(0), context), method.tx, 0,
-                                             mesh, rules, axes)
+    config.model.classifier, config.model.logit_scale = "similarity", 20.0
+    run = trainer.setup(config, model, lambda step: batch, batch, total_steps=1000, rng=jax.random.key(0))
+    method = run.method
+    state, shardings = trainer.place(run, 0, mesh, rules, axes)
     started = time.perf_counter()
-    compiled = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
-                       in_shardings=(shardings, sharding.batch_shardings(mesh, batch)),
-                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0).lower(state, batch).compile()
+    compiled = trainer.compile_train_step(run, shardings, sharding.batch_shardings(mesh, batch), mesh).lower(
+        state, batch).compile()
     compile_s = time.perf_counter() - started
     rss_compiled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     holder = [state]

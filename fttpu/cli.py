@@ -5,12 +5,7 @@ import sys
 
 from absl import app
 
-from fttpu.config import ConfigError
-from fttpu.data.tsv import DataError
-from fttpu.models.hf import CheckpointError
-
-# Bad input or a failed run, not a bug in fttpu.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, OSError, FloatingPointError)
+from fttpu.errors import USER_ERRORS
 
 OS_HINTS = {errno.ENOSPC: "free space there and run again (a run resumes from its last checkpoint)",
             errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",

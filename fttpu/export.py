@@ -36,7 +36,7 @@ def _inside(path: str, directory: str) -> bool:
 def check_destination(out_dir: str, protected: dict, overwrite: bool) -> None:
   """Fails unless OUT may be written: not one of (or inside) the `protected` {what: directory}, and
   empty or new unless `overwrite`."""
-  from fttpu.config import ConfigError
+  from fttpu.errors import ConfigError
   for what, directory in protected.items():
     if _inside(out_dir, directory):
       raise ConfigError(f"--to={out_dir} is {'inside ' if _inside(out_dir, directory) and not _inside(directory, out_dir) else ''}"
@@ -51,7 +51,7 @@ def check_destination(out_dir: str, protected: dict, overwrite: bool) -> None:
 
 def check_trajectory(path: str, step: int) -> None:
   """A zeroth-order run's trajectory reads and covers `step` steps, else CheckpointError."""
-  from fttpu.models.hf import CheckpointError
+  from fttpu.errors import CheckpointError
   import safetensors.numpy
   try:
     steps = len(safetensors.numpy.load(files.read_bytes(path))["projected_grad"])
@@ -70,7 +70,7 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
   from flax import traverse_util
   from fttpu import checkpoint, methods, models, optim, workdir as workdir_lib
   from fttpu.models import hf
-  from fttpu.models.hf import CheckpointError
+  from fttpu.errors import CheckpointError
   workdir, out_dir = files.resolve(workdir), files.resolve(out_dir)
   if not files.isfile(files.join(workdir, "config.json")):
     raise CheckpointError(f"{workdir} is not a run's workdir: it has no config.json")

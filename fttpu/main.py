@@ -8,8 +8,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from fttpu import errors
 from fttpu import cli, distributed, guards, metrics, train
-from fttpu.config import ConfigError, check_overrides
+from fttpu.config import check_overrides
+from fttpu.errors import ConfigError
 
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :key=value,... arguments.",
                                 lock_config=True)
@@ -54,7 +56,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     result = train.run(flags.FLAGS.config, flags.FLAGS.workdir)
-  except cli.USER_ERRORS as e:
+  except errors.USER_ERRORS as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {cli.describe(e)}")
   except KeyboardInterrupt:  # Ctrl-C before the run's handler is in place (while validating or locking)

@@ -8,7 +8,7 @@ import numpy as np
 from tensorboardX import SummaryWriter, record_writer
 
 from fttpu import files
-from fttpu.data.tsv import DataError
+from fttpu.errors import DataError
 
 
 def quiet_library_logs():

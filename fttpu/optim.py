@@ -2,6 +2,21 @@
 import jax
 import optax
 
+from fttpu.errors import check
+
+SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "sgd", "momentum", "sign", "zo_sgd_sign")
+
+
+def validate(config) -> None:
+  """config.optimizer (zo_sgd_sign's tie to the zeroth-order methods is checked by their section)."""
+  o = config.optimizer
+  check(o.name in OPTIMIZERS, "optimizer.name", o.name, str(list(OPTIMIZERS)))
+  check(o.schedule in SCHEDULES, "optimizer.schedule", o.schedule, str(list(SCHEDULES)))
+  check(o.learning_rate > 0, "optimizer.learning_rate", o.learning_rate, "a number > 0")
+  check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "a number >= 0")
+  check(o.warmup_steps >= 0, "optimizer.warmup_steps", o.warmup_steps, "an integer >= 0")
+
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
   decay_steps = max(total_steps - config.warmup_steps, 1)

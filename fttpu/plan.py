@@ -38,13 +38,14 @@ MB = 2**20
 
 def hf_config(model: str) -> dict:
   """config.json of a preset or a checkpoint directory."""
-  from fttpu.config import ConfigError
+  from fttpu.errors import ConfigError
+  from fttpu import errors
   from fttpu.models import hf, presets
   if model in presets.PRESETS:
     return presets.PRESETS[model]
   try:
     return hf.read_config(hf.find_checkpoint_dir(model))
-  except (hf.CheckpointError, OSError) as e:
+  except (errors.CheckpointError, OSError) as e:
     raise ConfigError(f"--model={model!r} is neither a preset {sorted(presets.PRESETS)} nor a checkpoint directory "
                       f"with config.json ({e})") from None
 
@@ -67,9 +68,8 @@ def example_batch(style: str, batch_size: int, length: int, classes: int, label_
 
 def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
   """Per-device compiled memory of one train step of method `spec` (abstract shapes only)."""
-  import functools
   import jax
-  from fttpu import classifier, config as config_lib, methods, optim, sharding, step as step_lib
+  from fttpu import config as config_lib, methods, sharding, trainer
   from fttpu.methods import masks
   from fttpu.state import TrainState
   from configs import fewshot
@@ -82,19 +82,16 @@ def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
   if config.sparse.selector in ("magnitude", "gradient", "lottery"):
     config.sparse.selector = "random"  # the same shapes; the choice itself needs the weights
   config.lora.pissa = False
-  config_lib.validate_methods(config)
-  optimizer = optim.make_optimizer(config.optimizer, config.train.steps)
-  method = methods.get_method(config, optimizer, model)
-  classify = classifier.make_classifier(model.module, config.model.classifier, config.model.logit_scale)
-  loss_fn = classifier.make_loss_fn(classify.logits)
-  context = methods.Context(loss_fn, classify, lambda step: batch, batch, model.module, optimizer)
-  rng = jax.random.key(config.seed)
+  methods.validate(config)
 
-  def prepare(params):  # traced weights; what derives from the seed alone (LoRA's A, masks) is computed
-    with jax.ensure_compile_time_eval():
-      return method.prepare(params, rng, context)
+  def sized(prepare, params):  # traced weights; what derives from the seed alone (LoRA's A, masks) is computed
+    def traced(params):
+      with jax.ensure_compile_time_eval():
+        return prepare(params)
+    return jax.eval_shape(traced, params)
 
-  tree = jax.eval_shape(prepare, model.params)
+  run = trainer.setup(config, model, lambda step: batch, batch, prepare=sized)
+  method, tree = run.method, run.tree
   rules, axes = dict(config.sharding_rules), model_axes(model.module)
   param_sharding = sharding.named(mesh, sharding.param_specs(tree, axes, rules, mesh))
   state = jax.eval_shape(lambda params: TrainState.create(params, method.tx, 0), tree)
@@ -102,9 +99,7 @@ def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
   batch_sharding = sharding.batch_shardings(mesh, batch)
   abstract = lambda tree, shardings: jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-  step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
-                 in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, sharding.replicated(mesh)),
-                 donate_argnums=0)
+  step = trainer.compile_train_step(run, state_sharding, batch_sharding, mesh)
   compiled = step.lower(abstract(state, state_sharding), abstract(batch, batch_sharding)).compile()
   memory = compiled.memory_analysis()
   sizes = {key: getattr(memory, f"{key}_size_in_bytes") / MB for key in ("argument", "temp", "output", "alias")}
@@ -134,9 +129,7 @@ def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
   shapes = models.param_shapes(module)
   model = models.LoadedModel(module, shapes, None, model_config, "")
   d = config.data
-  task = tasks.get_task(d.task, d.dir, d.template, tuple(d.label_descriptions), tuple(d.label_names),
-                        mlm_template=d.mlm_template, causal_template=d.causal_template,
-                        label_words=tuple(d.label_words), style=m.classifier)
+  task = tasks.task_of(d, m.classifier)
   sharding.check_batch_sizes(mesh, config.train.batch_size)
   batch = example_batch(m.classifier, config.train.batch_size, d.max_length, task.num_classes)
   parameters = sum(x.size for x in jax.tree_util.tree_leaves(shapes))
@@ -172,7 +165,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax
   from fttpu import sharding
-  from fttpu.config import ConfigError
+  from fttpu.errors import ConfigError
   config = FLAGS.config
   try:
     mesh_sizes = sharding.parse_mesh(FLAGS.mesh) if FLAGS.mesh else {k: max(v, 1) for k, v in config.mesh.items()}

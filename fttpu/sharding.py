@@ -20,7 +20,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from fttpu.config import ConfigError
+from fttpu.errors import ConfigError, check
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # FSDP shards the batch like data parallelism; tensor parallelism does not
@@ -33,6 +33,20 @@ def default_rules(family: str) -> dict:
   """The logical -> mesh axis rules of a model family (FSDP over `fsdp`, tensor parallelism over `tensor`)."""
   del family  # bert, roberta, opt and llama name their axes alike
   return dict(DEFAULT_RULES)
+
+
+def validate(config) -> None:
+  """config.mesh and config.sharding_rules."""
+  check(all(v == -1 or v >= 1 for v in config.mesh.values()), "mesh", dict(config.mesh),
+        "axis sizes >= 1, or -1 for the remaining devices")
+  check(set(config.mesh) <= set(AXES), "mesh", dict(config.mesh), f"axes among {list(AXES)}")
+  check(list(config.mesh.values()).count(-1) <= 1, "mesh", dict(config.mesh), "at most one axis of size -1")
+  check(set(config.sharding_rules) <= set(LOGICAL_NAMES), "sharding_rules", dict(config.sharding_rules),
+        f"keys among the models' logical axes {list(LOGICAL_NAMES)}")
+  for name, targets in config.sharding_rules.items():
+    axes = [a for a in (targets or "").split(",") if a]
+    check(all(a in config.mesh for a in axes) and len(set(axes)) == len(axes), f"sharding_rules.{name}", targets,
+          f"'' (replicated) or mesh axes of config.mesh {list(config.mesh)}, comma-separated")
 
 
 def make_mesh(axes: dict, devices=None) -> Mesh:

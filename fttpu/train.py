@@ -1,6 +1,7 @@
-"""The training loop: setup -> model and data -> method -> shard -> restore -> loop -> eval.
+"""The training loop: validate -> model and data -> method -> shard -> restore -> loop -> eval.
 
-`run(config, workdir)` is the whole program; main.py only parses flags.
+`run(config, workdir)` is the whole program; main.py only parses flags. The setup is fttpu.trainer's;
+this module adds what a run owns: its workdir, checkpoints, metrics and the loop over steps.
 """
 import contextlib
 import dataclasses
@@ -8,18 +9,16 @@ import functools
 import json
 import logging
 import time
+from typing import Any
 
 import jax
 import numpy as np
 
-from fttpu import (checkpoint, classifier, cli, config as config_lib, files, guards, methods, metrics, models, optim,
-                   sharding, step as step_lib, workdir as workdir_lib)
+from fttpu import (checkpoint, files, guards, metrics, models, sharding, step as step_lib, trainer,
+                   workdir as workdir_lib)
 from fttpu.data import pipeline
-from fttpu.models.hf import CheckpointError
-from fttpu.methods import base as method_base, masks, zo
-
-
-USER_ERRORS = cli.USER_ERRORS  # what the CLIs show as one line, no traceback
+from fttpu.errors import CheckpointError
+from fttpu.methods import base as method_base, masks
 
 
 def evaluate(eval_fn, params, data: pipeline.Encoded, prompts: dict, batch_size: int, mesh) -> dict:
@@ -41,10 +40,13 @@ def run(config, workdir: str) -> dict:
   """Trains and evaluates as `config` says; writes config.json, metrics.jsonl, TensorBoard, checkpoints.
   On SIGTERM or a first Ctrl-C it checkpoints at the next step boundary and returns
   {"preempted": "SIGTERM" or "Ctrl-C", ...}. One run at a time holds `workdir`."""
-  config_lib.validate(config)
+  trainer.validate(config)
   workdir = files.resolve(workdir)  # a bucket URI stays one
   with workdir_lib.exclusive(workdir), guards.Preemption() as preemption, contextlib.ExitStack() as closing:
-    return _run(config, workdir, preemption, closing)
+    # `closing` closes the checkpoint manager (waiting for its saves) and the metric writer however the
+    # run ends, so a failure keeps every checkpoint it had started.
+    loop = start(config, workdir, closing)
+    return loop.train(preemption) or loop.finish()
 
 
 def check_resumable(config, workdir: str, manager) -> None:
@@ -76,10 +78,8 @@ def stop_diverged(manager, step: int, saved_step: int | None, what: str) -> str:
   return f"step {step + 1}: {what}; stopped ({where}; set train.divergence=continue to train on)"
 
 
-def _run(config, workdir: str, preemption: guards.Preemption, closing: contextlib.ExitStack) -> dict:
-  """The run; `closing` closes the checkpoint manager (waiting for its saves) and the metric writer
-  however the run ends, so a failure keeps every checkpoint it had started."""
-  # ---------------------------------------------------------------- setup
+def start(config, workdir: str, closing: contextlib.ExitStack) -> "Loop":
+  """Mesh, checkpoints, model, data, method and state of the run in `workdir`, resumed if it has checkpoints."""
   mesh = sharding.make_mesh(config.mesh)
   logging.info("mesh %s over %d %s devices", dict(mesh.shape), mesh.size, jax.default_backend())
   sharding.check_batch_sizes(mesh, config.train.batch_size, config.train.eval_batch_size)
@@ -87,163 +87,198 @@ def _run(config, workdir: str, preemption: guards.Preemption, closing: contextli
   closing.callback(manager.close)
   closing.callback(checkpoint.finish, manager)  # first: started saves complete, with their manifests
   check_resumable(config, workdir, manager)
-  is_lead = jax.process_index() == 0
-  if is_lead:
+  if jax.process_index() == 0:
     files.write_atomic(files.join(workdir, "config.json"), config.to_json(indent=2))
-
-  # ---------------------------------------------------------------- model and data
   rules = dict(config.sharding_rules)
   model = models.load_for(config.model, shardings=lambda module: model_shardings(module, rules, mesh))
   models.check_length(model.config, config.data.max_length)
-  model_axes = models.logical_axes(model.module)
   data = pipeline.load_few_shot(config.data, model.tokenizer, config.seed, config.model.classifier)
   logging.info("task %s: %d train, %d dev, %d test examples; checkpoint %s", data.task.name, len(data.train),
                len(data.dev), len(data.test), model.checkpoint_dir)
-  classify = classifier.make_classifier(model.module, config.model.classifier, config.model.logit_scale)
-  logits_fn = classify.logits
-  loss_fn = classifier.make_loss_fn(logits_fn)
-
-  # ---------------------------------------------------------------- method
-  optimizer = optim.make_optimizer(config.optimizer, config.train.steps)
-  method = methods.get_method(config, optimizer, model)
-  total_steps = config.train.steps if method.trains else 0
-  batch_at = lambda step: {**pipeline.train_batch(data.train, step, config.train.batch_size, config.seed),
-                           **data.prompts}
-  context = methods.Context(loss_fn=loss_fn, classifier=classify, train_batch=batch_at,
-                            train_set={**pipeline.whole(data.train), **data.prompts}, module=model.module,
-                            full_optimizer=optimizer)
+  batch_at, train_set = trainer.data_batches(config, data)
   started = time.perf_counter()
-  params = method.prepare(model.params, jax.random.key(config.seed), context)
-  labels = method.labels(params)
-  zeroth_order = config.method in zo.METHOD_NAMES  # the run is also its trajectory (zo.save_trajectory)
-  initial_artifact = sharding.to_host(method.artifact(params)) if zeroth_order else None
-  logging.info("method %s: %d of %d parameters train (prepared in %.1fs)", method.name,
-               masks.count_trainable(params, labels), sum(p.size for p in jax.tree_util.tree_leaves(params)),
+  run = trainer.setup(config, model, batch_at, train_set)
+  labels = run.method.labels(run.tree)
+  logging.info("method %s: %d of %d parameters train (prepared in %.1fs)", run.method.name,
+               masks.count_trainable(run.tree, labels), sum(p.size for p in jax.tree_util.tree_leaves(run.tree)),
                time.perf_counter() - started)
-
-  # ---------------------------------------------------------------- shard
-  state, state_sharding = sharding.create_state(params, method.tx, config.seed, mesh, rules, model_axes)
-  del params
-  per_device = sharding.device_bytes(state.params)
+  # a method that records a value per step saves it beside its initial trainable tree (the ZO trajectory)
+  initial = sharding.to_host(run.method.artifact(run.tree)) if run.method.record else None
+  state, state_sharding = trainer.place(run, config.seed, mesh, rules, models.logical_axes(model.module))
   logging.info("parameters: %.1f MB in all, at most %.1f MB on one device", sum(
-      p.nbytes for p in jax.tree_util.tree_leaves(state.params)) / 2**20, max(per_device.values()) / 2**20)
-  prompts = data.prompts
-  example_batch = batch_at(0)
-  skip_nonfinite = config.train.nonfinite == "skip"
-  train_step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn,
-                                         skip_nonfinite=skip_nonfinite),
-                       in_shardings=(state_sharding, sharding.batch_shardings(mesh, example_batch)),
-                       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-  eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
-  evaluate_on = lambda params, split: evaluate(eval_step, method.merge(params), split, prompts,
-                                               config.train.eval_batch_size, mesh)
+      p.nbytes for p in jax.tree_util.tree_leaves(state.params)) / 2**20,
+      max(sharding.device_bytes(state.params).values()) / 2**20)
+  loop = Loop(config, workdir, mesh, manager, run, data, batch_at, state, state_sharding, initial)
+  loop.resume()
+  loop.writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=loop.saved_step)
+  closing.callback(loop.writer.close)
+  return loop
 
-  # ---------------------------------------------------------------- restore
-  trajectory_path = files.join(workdir, "trajectory.safetensors")
-  # saved beside the state in each checkpoint
-  progress_record = {"projected_grad": [], "skipped_batches": 0, "divergence": {}}
-  fingerprints = data_fingerprints(data)
-  restored = checkpoint.restore_latest(manager, state)
-  resume_step = None
-  if restored is not None:
-    resume_step, state, saved_record = restored
-    workdir_lib.check_data(workdir, f"checkpoint {resume_step}", saved_record.get("data_fingerprint", fingerprints),
-                           fingerprints)
-    progress_record.update({k: saved_record[k] for k in progress_record if k in saved_record})
-    logging.info("resumed from %s at step %d", checkpoint.step_path(manager, resume_step), int(state.step))
-  writer = metrics.MetricWriter(workdir, enabled=is_lead, resume_step=resume_step)
-  closing.callback(writer.close)
-  projected = progress_record["projected_grad"]  # zeroth-order: the projected gradients of every step so far
-  if zeroth_order and len(projected) != int(jax.device_get(state.step)):
-    raise CheckpointError(f"checkpoint {resume_step} in {manager.directory} holds {len(projected)} projected gradients "
-                          f"for step {int(jax.device_get(state.step))}; it cannot resume this zeroth-order run")
 
-  def save_checkpoint(dev: dict | None = None):
-    step = int(jax.device_get(state.step))
-    # copies: orbax serializes the record in the background while the loop appends to `projected`
-    record = {**progress_record, "projected_grad": list(projected), "divergence": dict(progress_record["divergence"]),
-              "data_position": step, "seed": config.seed, "data_fingerprint": fingerprints}
-    checkpoint.save(manager, state, record, json.loads(config.to_json()),
-                    metrics={config.train.best_metric: dev[config.train.best_metric]} if dev and config.train.best_metric else None)
-    if zeroth_order and is_lead and projected:
-      zo.save_trajectory(trajectory_path, initial_artifact, jax.device_get(state.rng), np.asarray(projected), method.name)
+@dataclasses.dataclass
+class Loop:
+  """A run's mutable state between steps: the TrainState, the record saved in each checkpoint, the last
+  saved step. `train` runs the steps, `finish` saves the artifact and evaluates on the test split."""
+  config: Any
+  workdir: str
+  mesh: Any
+  manager: Any
+  run: trainer.Setup
+  data: pipeline.FewShotData
+  batch_at: Any
+  state: Any
+  state_sharding: Any
+  initial_artifact: Any
+  saved_step: int | None = None
+  fingerprints: dict | None = None  # of the sampled splits, saved in each checkpoint
+  writer: Any = None
+  eval_step: Any = None
+  timings: dict = dataclasses.field(default_factory=dict)
+  # saved beside the state in each checkpoint; "projected_grad": the method's per-step record (method.record)
+  record: dict = dataclasses.field(default_factory=lambda: {"projected_grad": [], "skipped_batches": 0,
+                                                            "divergence": {}})
+
+  @property
+  def method(self) -> method_base.Method:
+    return self.run.method
+
+  @property
+  def step(self) -> int:
+    return int(jax.device_get(self.state.step))
+
+  @property
+  def recorded(self) -> list:
+    """The method's per-step values so far (zeroth-order: the projected gradients); kept under the
+    key "projected_grad" in checkpoints, as earlier runs saved them."""
+    return self.record["projected_grad"]
+
+  def resume(self) -> None:
+    """The newest whole checkpoint, if any, after checking it was taken on the same sampled data."""
+    fingerprints = data_fingerprints(self.data)
+    restored = checkpoint.restore_latest(self.manager, self.state)
+    if restored is not None:
+      self.saved_step, self.state, saved = restored
+      workdir_lib.check_data(self.workdir, f"checkpoint {self.saved_step}", saved.get("data_fingerprint", fingerprints),
+                             fingerprints)
+      self.record.update({k: saved[k] for k in self.record if k in saved})
+      logging.info("resumed from %s at step %d", checkpoint.step_path(self.manager, self.saved_step), self.step)
+    if self.method.record and len(self.recorded) != self.step:
+      raise CheckpointError(f"checkpoint {self.saved_step} in {self.manager.directory} holds {len(self.recorded)} "
+                            f"recorded steps ({self.method.record.metric}) for step {self.step}; it cannot resume "
+                            f"this {self.method.name} run")
+    self.fingerprints = fingerprints
+
+  def save(self, dev: dict | None = None) -> None:
+    step, best = self.step, self.config.train.best_metric
+    # copies: orbax serializes the record in the background while the loop appends to it
+    record = {**self.record, "projected_grad": list(self.recorded), "divergence": dict(self.record["divergence"]),
+              "data_position": step, "seed": self.config.seed, "data_fingerprint": self.fingerprints}
+    checkpoint.save(self.manager, self.state, record, json.loads(self.config.to_json()),
+                    metrics={best: dev[best]} if dev and best else None)
+    if self.method.record and jax.process_index() == 0 and self.recorded:
+      self.method.record.save(self.workdir, self.initial_artifact, jax.device_get(self.state.rng),
+                              np.asarray(self.recorded), self.method.name)
+    self.saved_step = step
+
+  def save_unless_saved(self) -> None:
+    if self.saved_step != self.step:
+      self.save()
+    checkpoint.finish(self.manager)
+
+  def evaluate(self, split: pipeline.Encoded) -> dict:
+    return evaluate(self.eval_step, self.method.merge(self.state.params), split, self.data.prompts,
+                    self.config.train.eval_batch_size, self.mesh)
+
+  def compile(self, total_steps: int):
+    """The jitted train and eval steps; the train step compiled now (its time is a metric of the run)."""
+    self.eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=self.run.logits_fn))
+    example = sharding.put_batch(self.mesh, self.batch_at(0))
+    step = trainer.compile_train_step(self.run, self.state_sharding, sharding.batch_shardings(self.mesh, self.batch_at(0)),
+                                      self.mesh, self.config.train.nonfinite == "skip")
+    if self.step >= total_steps:
+      return step
+    started = time.perf_counter()
+    step = step.lower(self.state, example).compile()
+    self.timings["perf/compile_s"] = time.perf_counter() - started
+    logging.info("train step compiled in %.1fs", self.timings["perf/compile_s"])
     return step
 
-  if method.refresh:  # dynamic masks: dense gradients every `refresh_every` steps, outside the step
-    dense_grad = method_base.dense_grad_fn(loss_fn)
-    refresh = lambda state, step: sharding.put(
-        method.refresh(state, dense_grad, lambda i: sharding.put_batch(mesh, batch_at(i)), total_steps), state_sharding)
+  def train(self, preemption: guards.Preemption) -> dict | None:
+    """The steps from the current one to train.steps; a dict if the run was preempted, else None."""
+    config, method = self.config, self.method
+    total_steps = config.train.steps if method.trains else 0
+    train_step = self.compile(total_steps)
+    if method.refresh:  # dynamic masks: dense gradients every `refresh_every` steps, outside the step
+      dense_grad = method_base.dense_grad_fn(self.run.loss_fn)
+      batches = lambda i: sharding.put_batch(self.mesh, self.batch_at(i))
+    progress = metrics.Progress(total_steps, self.step)
+    step_times = []
+    for step in range(self.step, total_steps):
+      if preemption.requested(self.manager, step):
+        return self.preempted(step, preemption.signalled or "SIGTERM")
+      if method.refresh and step and step % method.refresh_every == 0:
+        self.state = sharding.put(method.refresh(self.state, dense_grad, batches, total_steps), self.state_sharding)
+      started = time.perf_counter()
+      self.state, step_metrics = train_step(self.state, sharding.put_batch(self.mesh, self.batch_at(step)))
+      step_metrics = jax.device_get(step_metrics)  # waits for the step: the timing covers the compute
+      step_times.append(time.perf_counter() - started)
+      done = step + 1
+      self.check_finite(step, step_metrics)
+      if method.record:
+        self.recorded.append(step_metrics.pop(method.record.metric).tolist())
+        step_metrics[method.record.metric + "_abs"] = np.abs(self.recorded[-1]).mean()
+      step_metrics["train/skipped_batches"] = self.record["skipped_batches"]
+      if done % config.train.log_every == 0 or done == total_steps:
+        self.writer.write(done, step_metrics)
+        progress.log(done, step_metrics)
+      self.check_divergence(step, float(step_metrics["train/loss"]))
+      dev = None
+      if done % config.train.eval_every == 0 or done == total_steps:
+        dev = self.evaluate(self.data.dev)
+        self.writer.write(done, {"eval/accuracy": dev["accuracy"], "eval/loss": dev["loss"]}, split="dev")
+        logging.info("step %d dev accuracy %.4f", done, dev["accuracy"])
+      if done % config.train.checkpoint_every == 0 or done == total_steps:
+        self.save(dev)
+    if step_times:
+      self.timings["perf/step_s"] = float(np.median(step_times[1:] or step_times))
+    return None
 
-  # ---------------------------------------------------------------- loop
-  first_step = int(jax.device_get(state.step))
-  saved_step = resume_step
-  timings = {}
-  if first_step < total_steps:
-    started = time.perf_counter()
-    train_step = train_step.lower(state, sharding.put_batch(mesh, example_batch)).compile()
-    timings["perf/compile_s"] = time.perf_counter() - started
-    logging.info("train step compiled in %.1fs", timings["perf/compile_s"])
-  progress = metrics.Progress(total_steps, first_step)
-  step_times = []
-  for step in range(first_step, total_steps):
-    if preemption.requested(manager, step):
-      if saved_step != step:
-        saved_step = save_checkpoint()
-      checkpoint.finish(manager)
-      reason = preemption.signalled or "SIGTERM"
-      logging.warning("%s: saved checkpoint %d in %s; run again with the same --workdir to resume",
-                      "interrupted (Ctrl-C)" if reason == "Ctrl-C" else "preempted (SIGTERM)", step, manager.directory)
-      return {"step": step, "preempted": reason, "checkpoint": checkpoint.step_path(manager, step)}
-    if method.refresh and step and step % method.refresh_every == 0:
-      state = refresh(state, step)
-    batch = batch_at(step)
-    started = time.perf_counter()
-    state, step_metrics = train_step(state, sharding.put_batch(mesh, batch))
-    step_metrics = jax.device_get(step_metrics)  # waits for the step: the timing covers the compute
-    step_times.append(time.perf_counter() - started)
-    done = step + 1
-    if step_metrics.pop("train/nonfinite"):
-      what = guards.describe_nonfinite(step_metrics)
-      if not skip_nonfinite:  # the state is still the one before this step: keep it, then stop
-        if saved_step != step:
-          saved_step = save_checkpoint()
-        checkpoint.finish(manager)
-        raise FloatingPointError(f"step {done}: {what}; stopped with the last good state saved as checkpoint {step} "
-                                 f"in {manager.directory} (set train.nonfinite=skip to skip such batches)")
-      progress_record["skipped_batches"] += 1
-      logging.warning("step %d: %s; batch skipped (%d so far)", done, what, progress_record["skipped_batches"])
-    if zeroth_order:
-      projected.append(step_metrics.pop("train/projected_grad").tolist())
-      step_metrics["train/projected_grad_abs"] = np.abs(projected[-1]).mean()
-    step_metrics["train/skipped_batches"] = progress_record["skipped_batches"]
-    if done % config.train.log_every == 0 or done == total_steps:
-      writer.write(done, step_metrics)
-      progress.log(done, step_metrics)
-    diverged = guards.divergence(progress_record["divergence"], float(step_metrics["train/loss"]),
-                                 projected[-1] if zeroth_order and config.zo.objective == "loss" else None,
-                                 config.train.divergence_ratio, config.train.stuck_steps)
-    if diverged and config.train.divergence == "stop":
-      raise guards.Diverged(stop_diverged(manager, step, saved_step, diverged))
-    dev = None
-    if done % config.train.eval_every == 0 or done == total_steps:
-      dev = evaluate_on(state.params, data.dev)
-      writer.write(done, {"eval/accuracy": dev["accuracy"], "eval/loss": dev["loss"]}, split="dev")
-      logging.info("step %d dev accuracy %.4f", done, dev["accuracy"])
-    if done % config.train.checkpoint_every == 0 or done == total_steps:
-      saved_step = save_checkpoint(dev)
-  checkpoint.finish(manager)
-  artifact = sharding.to_host(method.artifact(state.params))  # every process: gathers across hosts
-  if is_lead:
-    saved = checkpoint.save_artifact(files.join(workdir, "artifact.safetensors"), artifact, method.name)
-    if saved:
-      logging.info("saved %s (%.2f MB): what %s adds to the pretrained checkpoint", saved[0], saved[1], method.name)
-  if step_times:
-    timings["perf/step_s"] = float(np.median(step_times[1:] or step_times))
+  def preempted(self, step: int, reason: str) -> dict:
+    self.save_unless_saved()
+    logging.warning("%s: saved checkpoint %d in %s; run again with the same --workdir to resume",
+                    "interrupted (Ctrl-C)" if reason == "Ctrl-C" else "preempted (SIGTERM)", step, self.manager.directory)
+    return {"step": step, "preempted": reason, "checkpoint": checkpoint.step_path(self.manager, step)}
 
-  # ---------------------------------------------------------------- eval
-  test = evaluate_on(state.params, data.test)
-  record = writer.write(int(jax.device_get(state.step)),
-                        {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **timings},
-                        split="test", examples=len(data.test), final=True)
-  logging.info("final test accuracy %.4f on %d examples", test["accuracy"], len(data.test))
-  return record
+  def check_finite(self, step: int, step_metrics: dict) -> None:
+    """A non-finite step stops the run with the state before it saved, or is skipped (train.nonfinite)."""
+    if not step_metrics.pop("train/nonfinite"):
+      return
+    what = guards.describe_nonfinite(step_metrics)
+    if self.config.train.nonfinite != "skip":  # the state is still the one before this step: keep it, then stop
+      self.save_unless_saved()
+      raise FloatingPointError(f"step {step + 1}: {what}; stopped with the last good state saved as checkpoint {step} "
+                               f"in {self.manager.directory} (set train.nonfinite=skip to skip such batches)")
+    self.record["skipped_batches"] += 1
+    logging.warning("step %d: %s; batch skipped (%d so far)", step + 1, what, self.record["skipped_batches"])
+
+  def check_divergence(self, step: int, loss: float) -> None:
+    t, record = self.config.train, self.method.record
+    watched = self.recorded[-1] if record and record.stuck_if_zero else None
+    diverged = guards.divergence(self.record["divergence"], loss, watched, t.divergence_ratio, t.stuck_steps)
+    if diverged and t.divergence == "stop":
+      raise guards.Diverged(stop_diverged(self.manager, step, self.saved_step, diverged))
+
+  def finish(self) -> dict:
+    """The artifact (what the method adds to the pretrained checkpoint) and the test split's metrics."""
+    checkpoint.finish(self.manager)
+    artifact = sharding.to_host(self.method.artifact(self.state.params))  # every process: gathers across hosts
+    if jax.process_index() == 0:
+      saved = checkpoint.save_artifact(files.join(self.workdir, "artifact.safetensors"), artifact, self.method.name)
+      if saved:
+        logging.info("saved %s (%.2f MB): what %s adds to the pretrained checkpoint", saved[0], saved[1],
+                     self.method.name)
+    test = self.evaluate(self.data.test)
+    result = self.writer.write(self.step, {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **self.timings},
+                               split="test", examples=len(self.data.test), final=True)
+    logging.info("final test accuracy %.4f on %d examples", test["accuracy"], len(self.data.test))
+    return result

@@ -15,7 +15,7 @@ import filelock
 import jax
 import numpy as np
 
-from fttpu.config import ConfigError
+from fttpu.errors import ConfigError
 from fttpu import files
 
 LOCK = ".fttpu.lock"

@@ -9,6 +9,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
+from fttpu import errors
 from fttpu import config as config_lib, methods, train
 from tests.conftest import REPO, data_dir
 
@@ -119,7 +120,7 @@ DATA_CASES = [
 
 def user_error(config, workdir) -> str:
   """The message of the user error train.run fails with (the test fails on any other outcome)."""
-  with pytest.raises(train.USER_ERRORS) as error:
+  with pytest.raises(errors.USER_ERRORS) as error:
     train.run(config, str(workdir))
   return str(error.value)
 
@@ -174,7 +175,7 @@ def test_label_words_must_match_the_classes_the_data_shows(tiny_roberta, tmp_pat
     ("steps", "config argument 'steps' is not key=value"),
 ])
 def test_bad_config_arguments_fail_naming_the_argument(arg, expected, tiny_roberta, tmp_path):
-  with pytest.raises(config_lib.ConfigError, match=expected.replace("[", r"\[")):
+  with pytest.raises(errors.ConfigError, match=expected.replace("[", r"\[")):
     make_config(tiny_roberta, tmp_path, arg)
 
 
@@ -252,13 +253,13 @@ RANDOM_FIELDS = {
 @given(st.fixed_dictionaries({}, optional=RANDOM_FIELDS))
 def test_random_config_values_run_or_fail_with_a_user_error(tiny_roberta, tmp_path_factory, fields):
   """Values come in as strings, as from the command line (config.set_fields parses each as its field's
-  type). Whatever they are, fttpu trains and evaluates, or raises one of train.USER_ERRORS."""
+  type). Whatever they are, fttpu trains and evaluates, or raises one of errors.USER_ERRORS."""
   workdir = tmp_path_factory.mktemp("random")
   try:
     config = make_config(tiny_roberta, workdir)
     config_lib.set_fields(config, {k: str(v) for k, v in fields.items()})
     record = train.run(config, str(workdir / "run"))
-  except train.USER_ERRORS as e:
+  except errors.USER_ERRORS as e:
     assert str(e)
     event(f"failed: {type(e).__name__}")
   else:

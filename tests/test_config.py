@@ -2,7 +2,9 @@
 import pytest
 
 from configs import fewshot
-from fttpu.config import ConfigError, check_overrides, validate
+from fttpu.config import check_overrides
+from fttpu.errors import ConfigError
+from fttpu.trainer import validate
 
 
 def test_defaults_validate():

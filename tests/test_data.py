@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from fttpu import errors
 from fttpu.data import fewshot, pipeline, tasks, tfds_local, tsv
 from tests.conftest import data_dir
 
@@ -26,7 +27,7 @@ def write(path, text: bytes | str):
 ])
 def test_malformed_rows_name_file_line_and_expectation(tmp_path, body, message):
   write(tmp_path / "bad.tsv", body)
-  with pytest.raises(tsv.DataError, match=message):
+  with pytest.raises(errors.DataError, match=message):
     tsv.read_tsv(str(tmp_path / "bad.tsv"), num_classes=2)
 
 
@@ -43,7 +44,7 @@ def test_malformed_row_fails_through_the_tfds_builder(tmp_path, tfds_dir):
   write(tmp_path / "mytask/train.tsv", "sentence\tlabel\nfine\t0\nfine too\t1\nbroken\t7\n")
   write(tmp_path / "mytask/test.tsv", "sentence\tlabel\nfine\t0\n")
   task = tasks.get_task("mytask", str(tmp_path), label_descriptions=("no", "yes"))
-  with pytest.raises(tsv.DataError, match=r"mytask/train.tsv:4: label '7' is not an integer in 0..1"):
+  with pytest.raises(errors.DataError, match=r"mytask/train.tsv:4: label '7' is not an integer in 0..1"):
     tfds_local.load_splits(task, str(tmp_path), tfds_dir)
 
 
@@ -107,7 +108,7 @@ def test_changed_label_set_prepares_the_data_again(tmp_path, tfds_dir):
   three = tasks.get_task("t", str(tmp_path), label_descriptions=("x", "y", "z"))
   assert len(tfds_local.load_splits(three, str(tmp_path), tfds_dir)["train"][0]) == 3
   two = tasks.get_task("t", str(tmp_path), label_descriptions=("x", "y"))
-  with pytest.raises(tsv.DataError, match=r"t/train.tsv:4: label '2' is not an integer in 0..1"):
+  with pytest.raises(errors.DataError, match=r"t/train.tsv:4: label '2' is not an integer in 0..1"):
     tfds_local.load_splits(two, str(tmp_path), tfds_dir)
 
 

@@ -166,7 +166,7 @@ def test_every_row_of_the_opt13b_grid_runs_on_a_tiny_opt(tmp_path, tfds_dir):
 
 def test_a_tpu_vm_runs_one_cell_at_a_time():
   """Only one process may own a TPU VM's chips: --jobs=2 there is refused before any cell starts."""
-  from fttpu.config import ConfigError
+  from fttpu.errors import ConfigError
   sweeps.check_jobs(2, on_tpu=False)
   sweeps.check_jobs(1, on_tpu=True)
   with pytest.raises(ConfigError, match="--jobs=2 on a TPU VM: only one process may own its TPU chips"):

@@ -14,8 +14,8 @@ import tokenizers
 import torch  # test-only reference (make install-test installs it)
 import transformers
 
+from fttpu import errors
 from fttpu import models
-from fttpu.models import hf
 
 
 SIZES = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
@@ -143,7 +143,6 @@ SLICED_LOAD = """
 import sys, jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fttpu import models
-from fttpu.models import hf
 family, path = sys.argv[1:]
 mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("replica", "x"))
 loaded = models.load(family, path, lm_head=True)
@@ -196,11 +195,11 @@ def test_unknown_tensor_and_shape_mismatch_name_the_tensor(tmp_path):
   tensors = load_file(tmp_path / "model.safetensors")
   save_file({**tensors, "model.decoder.layers.0.self_attn.extra.weight": np.zeros(3, np.float32)},
             tmp_path / "model.safetensors", metadata={"format": "pt"})
-  with pytest.raises(hf.CheckpointError, match="self_attn.extra.weight"):
+  with pytest.raises(errors.CheckpointError, match="self_attn.extra.weight"):
     models.load("opt", str(tmp_path))
   tensors["model.decoder.layers.1.fc1.weight"] = np.zeros((63, 32), np.float32)
   save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
-  with pytest.raises(hf.CheckpointError, match=r"layers.1.fc1.weight: the checkpoint has \(63, 32\)"):
+  with pytest.raises(errors.CheckpointError, match=r"layers.1.fc1.weight: the checkpoint has \(63, 32\)"):
     models.load("opt", str(tmp_path))
 
 

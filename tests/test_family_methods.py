@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from configs import fewshot
-from fttpu import classifier, methods, models, optim, step as step_lib
-from fttpu.config import ConfigError
+from fttpu import classifier, models, step as step_lib, trainer
+from fttpu.errors import ConfigError
 from fttpu.data import pipeline, tsv
 from fttpu.methods import masks
 from fttpu.methods.base import dense_grad_fn
@@ -57,15 +57,11 @@ def run_steps(config, model, data, steps=3):
   """(method, tree before the last refresh-free stretch, final state, losses) after `steps` jitted train
   steps of config.method, with the method's refresh (SpIEL's prune/regrow, LISA's fold and resampling)
   before step 2 as train.py calls it."""
-  optimizer = optim.make_optimizer(config.optimizer, 10)
-  method = methods.get_method(config, optimizer, model)
-  classify = classifier.make_classifier(model.module, config.model.classifier)
-  loss_fn = classifier.make_loss_fn(classify.logits)
   batch_at = lambda i: {**pipeline.train_batch(data.train, i, config.train.batch_size, 0), **data.prompts}
-  context = methods.Context(loss_fn, classify, batch_at, {**pipeline.whole(data.train), **data.prompts},
-                            model.module, optimizer)
-  tree = method.prepare(model.params, jax.random.key(0), context)
-  state = TrainState.create(tree, method.tx, 0)
+  run = trainer.setup(config, model, batch_at, {**pipeline.whole(data.train), **data.prompts}, total_steps=10,
+                      rng=jax.random.key(0))
+  method, loss_fn = run.method, run.loss_fn
+  state = TrainState.create(run.tree, method.tx, 0)
   initial = jax.tree_util.tree_map(np.array, state.params)
   step = jax.jit(lambda s, b: step_lib.train_step(s, b, method=method, loss_fn=loss_fn))
   losses = []

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import fewshot
-from fttpu import classifier, config as config_lib, methods, optim, step as step_lib
+from fttpu import errors
+from fttpu import classifier, methods, step as step_lib, trainer
 from fttpu.methods import base, deltas, masks, sparse
 from fttpu.state import TrainState
 from tests.conftest import tiny_batch
@@ -33,21 +34,19 @@ def make_config(variant: str, **extra):
   for key, value in {**VARIANTS.get(variant, {}), **extra}.items():
     section, field = key.split(".")
     config[section][field] = value
-  config_lib.validate_methods(config)
+  methods.validate(config)
   return config
 
 
 def build(model, config, batches=tiny_batch, weight_decay=None, style="similarity"):
-  """(method, prepared tree, loss_fn) for `config` on `model` with batches(step), classified by `style`."""
-  optimizer_config = config.optimizer.copy_and_resolve_references()
+  """(method, prepared tree, loss_fn) for `config` on `model` with batches(step), classified by `style`,
+  through the trainer's one setup."""
+  config = config.copy_and_resolve_references()
   if weight_decay is not None:
-    optimizer_config.weight_decay = weight_decay
-  optimizer = optim.make_optimizer(optimizer_config, 100)
-  method = methods.get_method(config, optimizer, model)
-  classify = classifier.make_classifier(model.module, style)
-  loss_fn = classifier.make_loss_fn(classify.logits)
-  context = methods.Context(loss_fn, classify, batches, batches(0), model.module, optimizer)
-  return method, method.prepare(model.params, jax.random.key(0), context), loss_fn
+    config.optimizer.weight_decay = weight_decay
+  config.model.classifier, config.model.logit_scale = style, 20.0
+  run = trainer.setup(config, model, batches, batches(0), total_steps=100, rng=jax.random.key(0))
+  return run.method, run.tree, run.loss_fn
 
 
 def train(method, tree, loss_fn, steps, batches=tiny_batch, refresh=True):
@@ -297,7 +296,7 @@ def test_head_starts_at_zero_shot_and_lbfgs_probe_matches_scikit_learn(tiny):
     ("zo.samples", 0, r"config.zo.samples=0 is invalid; valid: an integer >= 1"),
 ])
 def test_invalid_settings_fail_at_start_up_naming_the_valid_choices(key, value, message):
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     make_config("full", **{key: value})
 
 
@@ -309,12 +308,12 @@ def test_invalid_settings_fail_at_start_up_naming_the_valid_choices(key, value, 
     ("lisa", "layers.sample", 3, r"layers.sample=3 is invalid; valid: 1..2"),
 ])
 def test_settings_that_do_not_fit_the_model_fail_before_compiling(tiny, variant, key, value, message):
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     build(tiny, make_config(variant, **{key: value}))
 
 
 def test_unknown_method_lists_the_valid_ones(tiny):
   config = fewshot.get_config("method=full")
   config.method = "adapter"
-  with pytest.raises(config_lib.ConfigError, match=r"unknown method 'adapter'; valid: \['bitfit', 'full', 'head'"):
+  with pytest.raises(errors.ConfigError, match=r"unknown method 'adapter'; valid: \['bitfit', 'full', 'head'"):
     methods.get_method(config, None, tiny)

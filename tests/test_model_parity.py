@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from fttpu import errors
 from fttpu import models
 from fttpu.data import pipeline
-from fttpu.models import hf
 from tests.conftest import data_dir
 
 
@@ -72,17 +72,17 @@ def test_bad_checkpoints_name_the_offending_tensor(checkpoint_copy, edit, messag
   path, tensors = checkpoint_copy
   edit(tensors)
   save_file(tensors, path / "model.safetensors")
-  with pytest.raises(hf.CheckpointError, match=re.escape(message)):
+  with pytest.raises(errors.CheckpointError, match=re.escape(message)):
     models.load("bert", str(path))
 
 
 def test_a_checkpoint_of_another_family_is_rejected(minilm):
-  with pytest.raises(hf.CheckpointError, match=r"model_type='bert' but model.family='roberta'"):
+  with pytest.raises(errors.CheckpointError, match=r"model_type='bert' but model.family='roberta'"):
     models.load("roberta", minilm.checkpoint_dir)
 
 
 def test_directory_without_config_is_rejected(tmp_path):
-  with pytest.raises(hf.CheckpointError, match="no config.json"):
+  with pytest.raises(errors.CheckpointError, match="no config.json"):
     models.load("bert", str(tmp_path))
 
 

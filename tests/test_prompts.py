@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tokenizers
 
-from fttpu.config import ConfigError
+from fttpu import errors
+from fttpu.errors import ConfigError
 from fttpu.data import pipeline, tasks, tfds_local, tsv, vocab
 from tests.conftest import data_dir
 
@@ -193,11 +194,11 @@ def test_a_mask_between_two_sentences_survives_a_long_pair(roberta):
 ])
 def test_malformed_pair_rows_name_file_and_line(tmp_path, tfds_dir, body, message):
   rte_like(tmp_path / "pairs", body)
-  with pytest.raises(tsv.DataError, match=message):
+  with pytest.raises(errors.DataError, match=message):
     tsv.read_tsv(str(tmp_path / "pairs/train.tsv"), 2, ("sentence1", "sentence2"))
   task = tasks.get_task("rte", str(tmp_path))
   os.rename(tmp_path / "pairs", tmp_path / "rte")
-  with pytest.raises(tsv.DataError, match=message.replace("pairs/", "rte/")):
+  with pytest.raises(errors.DataError, match=message.replace("pairs/", "rte/")):
     tfds_local.load_splits(task, str(tmp_path), tfds_dir)
 
 
@@ -318,5 +319,5 @@ def test_multiple_choice_rows_score_their_own_choices(tmp_path, opt):
     tasks.get_task(str(folder), str(tmp_path), style="mlm")
   with open(folder / "train.tsv", "a") as f:
     f.write("only a sentence\tone choice\t1\n")
-  with pytest.raises(tsv.DataError, match=r"train.tsv:6: expected 4 tab-separated columns"):
+  with pytest.raises(errors.DataError, match=r"train.tsv:6: expected 4 tab-separated columns"):
     tsv.read_tsv(str(folder / "train.tsv"), 2)

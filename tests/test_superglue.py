@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fttpu.config import ConfigError
+from fttpu.errors import ConfigError
 from fttpu.data import fewshot, pipeline, tasks, tfds_local, vocab
 from tests.conftest import data_dir
 

@@ -15,9 +15,9 @@ import subprocess
 import pytest
 
 from fttpu import checkpoint, export, files, guards, metrics, train, workdir as workdir_lib
-from fttpu.config import ConfigError
+from fttpu.errors import ConfigError
 from fttpu.metrics import read_metrics
-from fttpu.models.hf import CheckpointError
+from fttpu.errors import CheckpointError
 from tests.conftest import REPO, data_dir
 from tests.test_bad_input import make_config
 from tests.test_resilience import main_args

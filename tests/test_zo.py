@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from configs import fewshot
-from fttpu import config as config_lib, step as step_lib
+from fttpu import errors
+from fttpu import methods, replay as replay_lib, step as step_lib, trainer
 from fttpu.methods import base, masks, zo
 from fttpu.models import perturbation
 from fttpu.state import TrainState
@@ -23,7 +24,7 @@ def zo_config(base_name: str = "full", optimizer: str = "sgd", **settings):
   config.optimizer.name = optimizer
   for key, value in settings.items():
     config.zo[key] = value
-  config_lib.validate_methods(config)
+  methods.validate(config)
   return config
 
 
@@ -89,8 +90,9 @@ def test_zo_sgd_converges_on_a_convex_problem(optimizer_name, schedule):
     return 0.5 * jnp.mean(jnp.square(residual)), {"accuracy": jnp.zeros(())}
 
   labels = functools.partial(masks.label_all, label=masks.TRAIN)
-  method = base.make_method("toy", base.wrap, labels, masks.partition(labels, optax.sgd(schedule)),
-                            estimate=zo.spsa(1e-3, 1, "gaussian", "loss", optimizer_name))
+  method = base.with_optimizer(base.make_method("toy", base.wrap, labels,
+                                                estimate=zo.spsa(1e-3, 1, "gaussian", "loss", optimizer_name)),
+                               optax.sgd(schedule))
   tree = {"model": {}, "head": {"kernel": np.zeros(10, np.float32)}}
   state = train(method, tree, loss_fn, 1500, batches=lambda step: batch)
   assert loss_fn(state.params, batch)[0] < 1e-4 * loss_fn(tree, batch)[0]
@@ -119,12 +121,12 @@ def test_zo_sgd_sign_steps_along_the_sign_of_each_projection_times_its_z(tiny):
 def test_zo_sgd_sign_is_a_zeroth_order_rule_only():
   config = fewshot.get_config("method=full")
   config.optimizer.name = "zo_sgd_sign"
-  with pytest.raises(config_lib.ConfigError, match="config.optimizer.name='zo_sgd_sign' is invalid; valid: "
+  with pytest.raises(errors.ConfigError, match="config.optimizer.name='zo_sgd_sign' is invalid; valid: "
                                                    r"\['adamw', 'sgd', 'momentum', 'sign'\] for method='full'"):
-    config_lib.validate(config)
+    trainer.validate(config)
 
 
-@pytest.mark.parametrize("base_name", zo.BASES)
+@pytest.mark.parametrize("base_name", base.zo_bases())
 def test_every_base_moves_its_trainable_leaves_only(tiny, base_name):
   config = zo_config(base_name)
   method, tree, loss_fn = build(tiny, config, weight_decay=0.0)
@@ -167,7 +169,7 @@ def test_replaying_the_trajectory_reproduces_the_trained_parameters(tiny, base_n
   for i in range(6):
     state, metrics = step(state, tiny_batch(i))
     projected.append(np.asarray(metrics["train/projected_grad"]))
-  replayed = zo.replay(tree, method.labels(tree), method.tx, TrainState.create(tree, method.tx, 7).rng,
+  replayed = replay_lib.replay(tree, method.labels(tree), method.tx, TrainState.create(tree, method.tx, 7).rng,
                        np.stack(projected), settings.get("noise", "gaussian"), optimizer)
   for a, b in zip(jax.tree_util.tree_leaves(replayed), jax.tree_util.tree_leaves(state.params)):
     if optimizer == "adamw":

@@ -2,7 +2,7 @@
 and MeZO's large-model runs' fixed numbers of rows (1000 train, 500 dev, 1000 test), chosen by a seed."""
 import numpy as np
 
-from fttpu.config import ConfigError
+from fttpu.errors import ConfigError
 
 STANDARD_SEEDS = (13, 21, 42, 87, 100)
 

@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import numpy as np
 import tokenizers
 
-from fttpu.config import ConfigError
+from fttpu.errors import ConfigError, check
 from fttpu.data import fewshot, tasks, tfds_local
 
 STYLES = tasks.STYLES
@@ -220,13 +220,25 @@ def check_classes(task: tasks.Task, labels: dict) -> None:
                       "(data.label_words, data.label_descriptions, data.label_names)")
 
 
+def validate(config) -> None:
+  """config.data: the task exists and its prompts fit the classifier style; the sampling sizes."""
+  d = config.data
+  known = d.task in tasks.TASKS or tasks.task_dir(d.task, d.dir) is not None
+  check(known, "data.task", d.task,
+        f"{sorted(tasks.TASKS)}, a folder under data.dir={d.dir!r}, or an absolute path, with train.tsv and test.tsv")
+  tasks.task_of(d, config.model.classifier)  # its prompts fit
+  check(d.k >= 1, "data.k", d.k, "an integer >= 1 (examples per class)")
+  check(d.max_length >= 8, "data.max_length", d.max_length, "8..the checkpoint's positions (512 for BERT, 2048 for OPT)")
+  for key in ("num_train", "num_dev", "num_test"):
+    check(d[key] >= 0, f"data.{key}", d[key], "an integer >= 0 (0: k per class for train and dev, the whole test split)")
+  check((d.num_train > 0) == (d.num_dev > 0), "data.num_dev", d.num_dev,
+        f"> 0 exactly when data.num_train > 0 (num_train={d.num_train})")
+
+
 def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") -> FewShotData:
   """The task of `data_config`, k-shot sampled with `seed` and tokenized for `style`."""
   optional = lambda key, default: getattr(data_config, key, default)  # keys a config may not have
-  task = tasks.get_task(data_config.task, data_config.dir, data_config.template,
-                        tuple(data_config.label_descriptions), tuple(data_config.label_names),
-                        mlm_template=optional("mlm_template", ""), causal_template=optional("causal_template", ""),
-                        label_words=tuple(optional("label_words", ())), style=style)
+  task = tasks.task_of(data_config, style)
   splits = tfds_local.load_splits(task, data_config.dir, data_config.cache_dir)
   check_classes(task, {name: labels for name, (_, labels) in splits.items()})
   train_rows, train_labels = splits["train"]

@@ -21,7 +21,7 @@ import string
 from typing import Optional
 
 from fttpu import files
-from fttpu.config import ConfigError
+from fttpu.errors import ConfigError
 from fttpu.data import tsv
 
 STYLES = ("similarity", "mlm", "causal")
@@ -217,6 +217,15 @@ def _choice_fields(directory: str) -> tuple[str, ...]:
 
 def _default_template(text_fields: tuple[str, ...]) -> str:
   return _PAIR_TEMPLATE if tuple(text_fields) == PAIR else "{sentence}"
+
+
+def task_of(data_config, style: str) -> "Task":
+  """The task config.data names, with its template and label overrides, for the classifier `style`."""
+  optional = lambda key, default: getattr(data_config, key, default)  # keys an older config may not have
+  return get_task(data_config.task, data_config.dir, data_config.template, tuple(data_config.label_descriptions),
+                  tuple(data_config.label_names), mlm_template=optional("mlm_template", ""),
+                  causal_template=optional("causal_template", ""), label_words=tuple(optional("label_words", ())),
+                  style=style)
 
 
 def get_task(name: str, data_dir: str, template: str = "", label_descriptions=(), label_names=(), *,

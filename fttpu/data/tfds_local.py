@@ -18,6 +18,7 @@ import urllib.parse
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fttpu import errors
 from fttpu import files
 from fttpu.data import tsv
 from fttpu.data.tasks import Task, task_dir
@@ -61,7 +62,7 @@ def _fingerprint(source_dir: str, label_names) -> str:
   for split in SPLITS:
     path = os.path.join(source_dir, f"{split}.tsv")
     if not files.isfile(path):
-      raise tsv.DataError(f"{path}: file not found (a task directory needs {' and '.join(s + '.tsv' for s in SPLITS)})")
+      raise errors.DataError(f"{path}: file not found (a task directory needs {' and '.join(s + '.tsv' for s in SPLITS)})")
     digest.update(files.read_bytes(path))
   return digest.hexdigest()[:12]
 

@@ -5,15 +5,12 @@ from typing import Optional
 import numpy as np
 
 from fttpu import files
+from fttpu.errors import DataError
 
 HEADER = "sentence\tlabel"
 PAIR_HEADER = "sentence1\tsentence2\tlabel"
 # The text columns of each accepted header.
 HEADERS = {HEADER: ("sentence",), PAIR_HEADER: ("sentence1", "sentence2")}
-
-
-class DataError(ValueError):
-  """A data file that does not follow the task format; the message names file and line."""
 
 
 def choice_header(choices: int) -> str:

@@ -14,10 +14,12 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import traverse_util
 
 from fttpu.methods import deltas, masks
+from fttpu.registry import Registry
 
 
 class Context(NamedTuple):
@@ -30,11 +32,20 @@ class Context(NamedTuple):
   full_optimizer: optax.GradientTransformation  # the configured optimizer (LT-SFT's dense phase)
 
 
+class StepRecord(NamedTuple):
+  """A per-step value a method keeps for the whole run (zeroth-order: the projected gradients, from
+  which the run replays). The training loop appends `metric` of every step, saves the list in each
+  checkpoint (a resume checks it has one entry per step) and hands it to `save` at each checkpoint."""
+  metric: str          # the step metric recorded, e.g. "train/projected_grad"
+  save: Callable       # (workdir, initial artifact, rng key data, values (steps, ...), method name) -> None
+  stuck_if_zero: bool  # an all-zero value means the estimate is stuck (train.stuck_steps)
+
+
 class Method(NamedTuple):
   name: str
   prepare: Callable   # (model params, rng, Context) -> tree with any added leaves
   labels: Callable    # tree -> tree of "train"/"freeze": the optax parameter mask
-  tx: optax.GradientTransformation
+  tx: Optional[optax.GradientTransformation]  # set from `labels` by `with_optimizer`, never by a maker
   estimate: Callable  # (loss_fn, tree, labels, batch, rng) -> (loss, aux: metrics, grads)
   trains: bool        # False for evaluation-only methods
   view: Callable = None      # tree -> what the loss applies in a train step
@@ -42,12 +53,70 @@ class Method(NamedTuple):
   artifact: Callable = None  # tree -> the small tree a run saves (everything beyond the base model)
   refresh: Optional[Callable] = None  # (state, grad_fn, batches) -> state, every `refresh_every` steps
   refresh_every: int = 0
+  record: Optional[StepRecord] = None
 
 
-def make_method(name, prepare, labels, tx, *, estimate=None, trains=True, artifact=None, refresh=None,
-                refresh_every=0) -> Method:
-  return Method(name, prepare, labels, tx, estimate or autodiff, trains, view=scatter_deltas, merge=merge,
-                artifact=artifact or extra_leaves, refresh=refresh, refresh_every=refresh_every)
+def make_method(name, prepare, labels, *, estimate=None, trains=True, artifact=None, refresh=None,
+                refresh_every=0, record=None) -> Method:
+  return Method(name, prepare, labels, None, estimate or autodiff, trains, view=scatter_deltas, merge=merge,
+                artifact=artifact or extra_leaves, refresh=refresh, refresh_every=refresh_every, record=record)
+
+
+def with_optimizer(method: Method, optimizer: optax.GradientTransformation) -> Method:
+  """The method with its transform: `optimizer` on the leaves its labels train, nothing on the rest."""
+  return method._replace(tx=masks.partition(method.labels, optimizer))
+
+
+# ------------------------------------------------------------------ registration
+
+
+class Registered(NamedTuple):
+  """A method as the registry holds it: its maker and the defaults configs/fewshot.py takes from it."""
+  make: Callable                # (config, model) -> Method (tx unset)
+  learning_rate: Any            # the default with its optimizer: a number, or a function of zo.base
+  zo_learning_rate: Optional[float] = None  # the default as zo.base (ZO-SGD); None: not a zeroth-order base
+  zeroth_order: bool = False    # trains by a zeroth-order estimate (ZO-SGD defaults, a trajectory)
+
+
+class Section(NamedTuple):
+  """A config section a method module owns: its defaults and its checks (of the whole config)."""
+  defaults: Callable[[], ml_collections.ConfigDict]
+  validate: Callable[[ml_collections.ConfigDict], None]
+
+
+METHODS: Registry[Registered] = Registry("method")
+SECTIONS: Registry[Section] = Registry("config section")
+
+
+def register(name: str, *, learning_rate, zo_learning_rate: Optional[float] = None,
+             zeroth_order: bool = False):
+  """Decorator of a maker (config, model) -> Method: config.method=`name` builds it."""
+  return lambda make: METHODS.register(name, Registered(make, learning_rate, zo_learning_rate, zeroth_order)).make
+
+
+def register_section(name: str, defaults: Callable, validate: Callable) -> None:
+  """config.`name` comes from `defaults()` and is checked by `validate(config)` at start-up."""
+  SECTIONS.register(name, Section(defaults, validate))
+
+
+DEFAULT_LEARNING_RATE = 2e-5  # of a name that is not registered (validation then names the valid ones)
+
+
+def default_learning_rate(name: str, zo_base: str) -> float:
+  """The learning rate config.method=`name` starts from (zo_base: the trainable set of method=zo)."""
+  if name not in METHODS:
+    return DEFAULT_LEARNING_RATE
+  rate = METHODS.get(name).learning_rate
+  return rate(zo_base) if callable(rate) else rate
+
+
+def is_zeroth_order(name: str) -> bool:
+  return name in METHODS and METHODS.get(name).zeroth_order
+
+
+def zo_bases() -> list[str]:
+  """The methods zo.base may name: those registered with a zeroth-order learning rate."""
+  return [name for name, entry in METHODS.items() if entry.zo_learning_rate is not None]
 
 
 def wrap(params, rng=None, context=None) -> dict:

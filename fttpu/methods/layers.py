@@ -12,12 +12,13 @@ folded into the weights and the new layers start with fresh optimizer state.
 import re
 
 import jax
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from fttpu.errors import ConfigError, check, check_regex
 from fttpu.methods import deltas, masks
-from fttpu.methods.base import make_method, scatter_deltas, wrap
-from fttpu.config import ConfigError
+from fttpu.methods.base import make_method, register, register_section, scatter_deltas, wrap
 from fttpu.sharding import to_host
 
 
@@ -48,20 +49,38 @@ def sample_layers(key_data, step: int, num_layers: int, k: int) -> list[int]:
   return sorted(int(x) for x in np.asarray(jax.random.permutation(key, num_layers))[:k])
 
 
-def make(config, optimizer, model):
+def section() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "select": "-1",  # layer numbers "4,5" or a parameter-path regex "layers/.*mlp"
+      "sample": 0,     # LISA: k layers trained at a time (0 = off, use select)
+      "every": 20,     # LISA: resample every this many steps
+  })
+
+
+def check_section(config) -> None:
+  c = config.layers
+  check(c.sample >= 0, "layers.sample", c.sample, "an integer >= 0 (0 = no LISA sampling)")
+  check(c.every >= 1, "layers.every", c.every, "an integer >= 1")
+  check_regex(c.select, "layers.select")
+
+
+register_section("layers", section, check_section)
+
+
+@register("layers", learning_rate=2e-5, zo_learning_rate=1e-4)
+def make(config, model):
   c = config.layers
   num_layers = model.config.num_layers
   if c.sample:
-    return make_lisa(c, optimizer, num_layers)
+    return make_lisa(c, num_layers)
   chosen = parse_layers(c.select, num_layers)
   if chosen is None:
-    labels = lambda tree: masks.label_matching(tree, c.select, "layers.select")
-    return make_method("layers", wrap, labels, masks.partition(labels, optimizer))
+    return make_method("layers", wrap, lambda tree: masks.label_matching(tree, c.select, "layers.select"))
   prepare = lambda params, rng, context: deltas.build(params, layer_indices(params, chosen))
-  return make_method("layers", prepare, deltas.labels, masks.partition(deltas.labels, optimizer))
+  return make_method("layers", prepare, deltas.labels)
 
 
-def make_lisa(c, optimizer, num_layers: int):
+def make_lisa(c, num_layers: int):
   if not 1 <= c.sample <= num_layers:
     raise ConfigError(f"layers.sample={c.sample} is invalid; valid: 1..{num_layers} (the model's layers)")
 
@@ -83,5 +102,4 @@ def make_lisa(c, optimizer, num_layers: int):
     fresh = {path: np.full(len(d["index"]), -1) for path, d in deltas.flat_deltas(tree).items()}
     return state.replace(params=tree, opt_state=deltas.remap_optimizer_state(to_host(state.opt_state), fresh))
 
-  return make_method("layers", prepare, labels, masks.partition(labels, optimizer), refresh=refresh,
-                     refresh_every=c.every)
+  return make_method("layers", prepare, labels, refresh=refresh, refresh_every=c.every)

@@ -13,12 +13,13 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from fttpu.errors import ConfigError, check, check_regex
 from fttpu.methods import masks
-from fttpu.methods.base import extra_leaves, make_method
-from fttpu.config import ConfigError
+from fttpu.methods.base import extra_leaves, make_method, register, register_section
 from fttpu.sharding import to_host
 
 TRAINABLE = ("lora_a", "lora_b", "dora_magnitude")
@@ -57,7 +58,31 @@ def init_adapter(kernel, in_dims: int, rank: int, scale: float, rng, pissa: bool
   return a.reshape(in_shape + (rank,)), np.zeros((rank,) + out_shape, np.float32), None
 
 
-def make(config, optimizer, model):
+def section() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "rank": 8,
+      "alpha": 16.0,
+      "dropout": 0.0,
+      "targets": "query|value",  # regex over projection paths (layers/query, layers/mlp_in, ...)
+      "rslora": False,           # scale alpha / sqrt(rank) instead of alpha / rank
+      "dora": False,             # DoRA: trained magnitude per output unit
+      "pissa": False,            # PiSSA: initialise from the top singular vectors
+  })
+
+
+def check_section(config) -> None:
+  l = config.lora
+  check(l.rank >= 1, "lora.rank", l.rank, "an integer >= 1")
+  check(l.alpha > 0, "lora.alpha", l.alpha, "a number > 0")
+  check(0 <= l.dropout < 1, "lora.dropout", l.dropout, "a probability in [0, 1)")
+  check_regex(l.targets, "lora.targets")
+
+
+register_section("lora", section, check_section)
+
+
+@register("lora", learning_rate=5e-4, zo_learning_rate=1e-3)
+def make(config, model):
   c = config.lora
   scale = c.alpha / (np.sqrt(c.rank) if c.rslora else c.rank)
 
@@ -101,4 +126,4 @@ def make(config, optimizer, model):
       flat[module + ("lora_b",)] = jnp.concatenate([b, b0], axis=1)
     return traverse_util.unflatten_dict(flat)
 
-  return make_method("lora", prepare, labels, masks.partition(labels, optimizer), artifact=artifact)
+  return make_method("lora", prepare, labels, artifact=artifact)

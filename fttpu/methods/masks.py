@@ -9,7 +9,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
-from fttpu.config import ConfigError
+from fttpu.errors import ConfigError
 from fttpu.models import perturbation
 
 TRAIN, FREEZE = "train", "freeze"

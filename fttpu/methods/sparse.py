@@ -17,13 +17,14 @@ pretrained values) and grows as many new ones where the gradient accumulated ove
 end of training; the count per weight stays exactly the same.
 """
 import jax
+import ml_collections
 import numpy as np
 import optax
 from flax import traverse_util
 
-from fttpu.methods import deltas, masks
-from fttpu.methods.base import dense_grad_fn, make_method, scatter_deltas
-from fttpu.config import ConfigError
+from fttpu.errors import ConfigError, check, check_regex
+from fttpu.methods import deltas
+from fttpu.methods.base import dense_grad_fn, make_method, register, register_section, scatter_deltas
 from fttpu.sharding import to_host
 
 SELECTORS = ("random", "magnitude", "gradient", "lottery", "half")
@@ -122,7 +123,58 @@ def target_weights(params, config, structure) -> list[tuple]:
   return [p for p in deltas.target_paths(params, r"layers/.*/kernel$", "sparse.targets") if p[-2] in structure]
 
 
-def make(config, optimizer, model):
+def sparse_section() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "density": 0.01,                  # fraction of each target weight's entries that train
+      "selector": "magnitude",          # random | magnitude | gradient | lottery | half
+      "structure": "none",              # none | heads | channels
+      "targets": r"layers/.*/kernel$",  # regex over parameter paths
+      "calibration_batches": 8,         # gradient: batches of squared gradients (Fisher)
+      "lottery_steps": 50,              # lottery: steps of full fine-tuning before choosing
+  })
+
+
+def spiel_section() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "density": 0.01,
+      "targets": r"layers/.*/kernel$",
+      "every": 20,               # steps between prune/regrow
+      "accumulate": 4,           # batches of gradient accumulated to choose what grows
+      "replace_fraction": 0.3,   # fraction replaced at the first refresh, cosine-decayed to 0
+  })
+
+
+def check_density(config, section: str) -> None:
+  c = config[section]
+  check(0 < c.density <= 1, f"{section}.density", c.density, "a fraction in (0, 1]")
+  check_regex(c.targets, f"{section}.targets")
+
+
+def check_sparse(config) -> None:
+  check_density(config, "sparse")
+  s = config.sparse
+  check(s.selector in SELECTORS, "sparse.selector", s.selector, str(list(SELECTORS)))
+  check(s.structure in STRUCTURES, "sparse.structure", s.structure, str(list(STRUCTURES)))
+  check(s.structure == "none" or s.selector != "half", "sparse.structure", s.structure,
+        "'none' with selector 'half' (half picks whole matrices)")
+  check(s.calibration_batches >= 1, "sparse.calibration_batches", s.calibration_batches, "an integer >= 1")
+  check(s.lottery_steps >= 1, "sparse.lottery_steps", s.lottery_steps, "an integer >= 1")
+
+
+def check_spiel(config) -> None:
+  check_density(config, "spiel")
+  p = config.spiel
+  check(p.every >= 1, "spiel.every", p.every, "an integer >= 1")
+  check(p.accumulate >= 1, "spiel.accumulate", p.accumulate, "an integer >= 1")
+  check(0 <= p.replace_fraction <= 1, "spiel.replace_fraction", p.replace_fraction, "a fraction in [0, 1]")
+
+
+register_section("sparse", sparse_section, check_sparse)
+register_section("spiel", spiel_section, check_spiel)
+
+
+@register("sparse", learning_rate=5e-4, zo_learning_rate=1e-3)
+def make(config, model):
   c = config.sparse
   structure = STRUCTURES[c.structure]
 
@@ -137,7 +189,7 @@ def make(config, optimizer, model):
       return deltas.build(params, structured_indices(params, scores, structure, c.density))
     return deltas.build(params, {p: deltas.top(s, deltas.count(c.density, s.size)) for p, s in scores.items()})
 
-  return make_method("sparse", prepare, deltas.labels, masks.partition(deltas.labels, optimizer))
+  return make_method("sparse", prepare, deltas.labels)
 
 
 def replaced_fraction(initial: float, step: int, total_steps: int) -> float:
@@ -161,7 +213,8 @@ def prune_and_regrow(index: np.ndarray, value: np.ndarray, accumulated: np.ndarr
   return new_index[order].astype(np.int32), source[order]
 
 
-def make_spiel(config, optimizer, model):
+@register("spiel", learning_rate=5e-4)
+def make_spiel(config, model):
   c = config.spiel
 
   def prepare(params, rng, context):
@@ -189,5 +242,4 @@ def make_spiel(config, optimizer, model):
     tree = {**tree, "delta": traverse_util.unflatten_dict(flat)}
     return state.replace(params=tree, opt_state=deltas.remap_optimizer_state(to_host(state.opt_state), sources))
 
-  return make_method("spiel", prepare, deltas.labels, masks.partition(deltas.labels, optimizer),
-                     refresh=refresh, refresh_every=c.every)
+  return make_method("spiel", prepare, deltas.labels, refresh=refresh, refresh_every=c.every)

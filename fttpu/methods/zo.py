@@ -25,20 +25,18 @@ the same z from the shared step key, so only scalar losses cross devices.
 A run is also its trajectory: the initial trainable tree plus g per step. `replay` rebuilds
 the final parameters from it.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import safetensors.numpy
 from flax import traverse_util
 
-from fttpu import files
-from fttpu.config import ConfigError
-from fttpu.methods import masks
+from fttpu import checkpoint, files, optim
+from fttpu.errors import ConfigError, check
+from fttpu.methods import base, masks
 from fttpu.models import perturbation
 
-METHOD_NAMES = ("mezo", "zo")  # the config.method values that train by this estimate
-BASES = ("full", "lora", "prefix", "sparse", "head", "bitfit", "layers")
 OBJECTIVES = ("loss", "accuracy")
 SIGN_OF_PROJECTION = "zo_sgd_sign"  # the config.optimizer.name that steps along sign(g_i) z_i
 
@@ -126,23 +124,63 @@ def spsa(eps: float, samples: int, kind: str, objective: str, optimizer_name: st
   return estimate
 
 
-def make(config, optimizer, model, base_maker):
+def section() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "base": "lora",          # method=zo's trainable set: one of the methods registered with a zo learning rate
+      "eps": 1e-3,             # perturbation scale (MeZO's default)
+      "samples": 1,            # n-SPSA: estimates averaged per step
+      "noise": "gaussian",     # gaussian | rademacher
+      "objective": "loss",     # loss | accuracy (non-differentiable: minus the batch accuracy)
+  })
+
+
+def check_section(config) -> None:
+  z = config.zo
+  check(z.base in base.zo_bases(), "zo.base", z.base, str(sorted(base.zo_bases())))
+  check(z.eps > 0, "zo.eps", z.eps, "a number > 0")
+  check(z.samples >= 1, "zo.samples", z.samples, "an integer >= 1 (n-SPSA)")
+  check(z.noise in perturbation.KINDS, "zo.noise", z.noise, str(list(perturbation.KINDS)))
+  check(z.objective in OBJECTIVES, "zo.objective", z.objective, str(list(OBJECTIVES)))
+  zeroth_order = base.is_zeroth_order(config.method)
+  o = config.optimizer
+  check(o.name != SIGN_OF_PROJECTION or zeroth_order, "optimizer.name", o.name,
+        f"{[n for n in optim.OPTIMIZERS if n != SIGN_OF_PROJECTION]} for method={config.method!r} "
+        f"({SIGN_OF_PROJECTION} steps along the sign of a zeroth-order projected gradient: method mezo or zo)")
+
+
+base.register_section("zo", section, check_section)
+
+
+@base.register("mezo", learning_rate=1e-5, zeroth_order=True)
+def make_mezo(config, model):
+  """MeZO over every parameter."""
+  return make(config, model, base.METHODS.get("full").make)
+
+
+@base.register("zo", learning_rate=lambda zo_base: base.METHODS.get(zo_base).zo_learning_rate, zeroth_order=True)
+def make_zo(config, model):
+  """MeZO's estimate over the trainable set of the method zo.base names."""
+  return make(config, model, base.METHODS.get(config.zo.base).make)
+
+
+def make(config, model, base_maker):
   """`method=mezo` (base full) or `method=zo` over config.zo.base, with the SPSA estimate."""
-  base = base_maker(config, optimizer, model)
-  if not base.trains:
+  base_method = base_maker(config, model)
+  if not base_method.trains:
     raise ConfigError(f"zo.base={config.zo.base!r} with these settings trains nothing "
                       "(head.solver=lbfgs is fitted in closed form); use head.solver=adam")
   z = config.zo
-  name = "mezo" if config.method == "mezo" else f"zo_{base.name}"
+  name = "mezo" if config.method == "mezo" else f"zo_{base_method.name}"
   compute_dtype = jnp.dtype(getattr(model.config, "compute_dtype", jnp.float32))
 
   def prepare(params, rng, context):
-    tree = base.prepare(params, rng, context)
-    check_resolution(tree, base.labels(tree), z.eps, compute_dtype)
+    tree = base_method.prepare(params, rng, context)
+    check_resolution(tree, base_method.labels(tree), z.eps, compute_dtype)
     return tree
 
-  return base._replace(name=name, prepare=prepare, estimate=spsa(z.eps, z.samples, z.noise, z.objective,
-                                                                 config.optimizer.name))
+  return base_method._replace(name=name, prepare=prepare, estimate=spsa(z.eps, z.samples, z.noise, z.objective,
+                                                                        config.optimizer.name),
+                              record=base.StepRecord("train/projected_grad", save_trajectory, z.objective == "loss"))
 
 
 SAMPLED_ENTRIES = 1 << 20  # per leaf, for the start-up resolution check
@@ -177,9 +215,12 @@ def check_resolution(tree, labels, eps: float, dtype, limit: float = 0.5) -> Non
 # ------------------------------------------------------------------ trajectory
 
 
-def save_trajectory(path: str, initial_artifact: dict, rng, projected: np.ndarray, method: str) -> None:
+TRAJECTORY = "trajectory.safetensors"  # in the run's workdir
+
+
+def save_trajectory(workdir: str, initial_artifact: dict, rng, projected: np.ndarray, method: str) -> None:
   """The run as its initial trainable tree plus the projected gradients per step (steps, samples)."""
-  import safetensors.numpy
+  path = files.join(workdir, TRAJECTORY)
   flat = {"initial/" + "/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(initial_artifact).items()}
   files.write_atomic(path, safetensors.numpy.save(
       {**flat, "rng": np.asarray(rng), "projected_grad": np.asarray(projected, np.float32)}, metadata={"method": method}))
@@ -187,26 +228,6 @@ def save_trajectory(path: str, initial_artifact: dict, rng, projected: np.ndarra
 
 def load_trajectory(path: str, pretrained: dict) -> tuple[dict, np.ndarray, np.ndarray]:
   """(initial tree on the pretrained weights, rng key data, projected gradients (steps, samples))."""
-  import safetensors.numpy
-  from fttpu import checkpoint
   saved = safetensors.numpy.load(files.read_bytes(path))
   initial = {k[len("initial/"):]: v for k, v in saved.items() if k.startswith("initial/")}
   return checkpoint.onto_pretrained(initial, pretrained), saved["rng"], saved["projected_grad"]
-
-
-def replay(tree: dict, labels, tx, rng, projected: np.ndarray, kind: str, optimizer_name: str = "sgd") -> dict:
-  """The parameters after len(projected) steps, rebuilt from the trajectory without any loss."""
-  from fttpu import step as step_lib
-  from fttpu.state import TrainState
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def replay_step(state, projected_grad):
-    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grads = gradient(state.params, labels, step_rng, coefficients(projected_grad, optimizer_name), kind)
-    # a step the run skipped for a non-finite value (train.nonfinite=skip) changed nothing
-    return step_lib.apply_gradients(state, grads, labels, tx, finite=jnp.all(jnp.isfinite(projected_grad)))
-
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=tree, opt_state=tx.init(tree), rng=jnp.asarray(rng))
-  for projected_grad in projected:
-    state = replay_step(state, jnp.asarray(projected_grad))
-  return state.params

@@ -18,6 +18,8 @@ import ml_dtypes
 import numpy as np
 import tokenizers
 
+from fttpu import classifier, errors, files
+from fttpu.errors import check
 from fttpu.models import bert, decoder, hf
 from fttpu.models.transformer import DTYPES, ModelConfig
 
@@ -48,11 +50,31 @@ class LoadedModel:
   checkpoint_dir: str
 
 
+def validate(config) -> None:
+  """config.model: family, classifier style for the family, dtypes, checkpoint directory."""
+  m = config.model
+  check(m.family in FAMILIES, "model.family", m.family, str(sorted(FAMILIES)))
+  check(m.classifier in classifier.STYLES, "model.classifier", m.classifier, str(list(classifier.STYLES)))
+  masked = FAMILIES[m.family].masked_lm
+  check(m.classifier != "mlm" or masked, "model.classifier", m.classifier,
+        f"'causal' or 'similarity' for the decoder family {m.family!r} (mlm needs bert or roberta)")
+  check(m.classifier != "causal" or not masked, "model.classifier", m.classifier,
+        f"'mlm' or 'similarity' for the encoder family {m.family!r} (causal needs opt or llama)")
+  for key in ("param_dtype", "compute_dtype"):
+    check(m[key] in DTYPES, f"model.{key}", m[key], str(sorted(DTYPES)))
+  check(m.checkpoint or m.family == "bert", "model.checkpoint", m.checkpoint,
+        f"a Hugging Face {m.family} checkpoint directory (the installed default is a BERT checkpoint)")
+  if m.checkpoint:
+    check(files.isfile(files.join(m.checkpoint, "config.json")), "model.checkpoint", m.checkpoint,
+          "a Hugging Face checkpoint directory with config.json (or '' for the default)")
+  check(m.logit_scale > 0, "model.logit_scale", m.logit_scale, "a number > 0")
+
+
 def check_length(config: ModelConfig, max_length: int) -> None:
   """Fails unless `max_length` tokens fit the model's learned (or rotary) positions."""
   usable = config.max_positions - config.position_offset
   if max_length > usable:
-    from fttpu.config import ConfigError
+    from fttpu.errors import ConfigError
     raise ConfigError(f"config.data.max_length={max_length} is invalid; valid: 8..{usable} tokens "
                       f"(the checkpoint's {usable} positions)")
 
@@ -69,7 +91,7 @@ def make_config(family_name: str, hf_config: dict, *, lm_head: bool = False, dty
   family = get_family(family_name)
   model_type = hf_config.get("model_type", family_name)
   if model_type != family_name:
-    raise hf.CheckpointError(f"config.json says model_type={model_type!r} but model.family={family_name!r}; "
+    raise errors.CheckpointError(f"config.json says model_type={model_type!r} but model.family={family_name!r}; "
                              f"set model.family to the checkpoint's family (valid: {sorted(FAMILIES)})")
   for key, value in (("model.compute_dtype", dtype), ("model.param_dtype", param_dtype)):
     if value not in DTYPES:
@@ -121,7 +143,7 @@ def load(family_name: str, checkpoint_dir: str, *, lm_head: bool = False, dtype:
   try:
     tokenizer = tokenizers.Tokenizer.from_file(tokenizer_path)
   except Exception as e:  # tokenizers raises a bare Exception for missing or malformed files
-    raise hf.CheckpointError(f"cannot read {tokenizer_path}: {e}") from e
+    raise errors.CheckpointError(f"cannot read {tokenizer_path}: {e}") from e
   return LoadedModel(module, params, tokenizer, config, path)
 
 

