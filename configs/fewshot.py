@@ -11,12 +11,9 @@ import os
 
 import ml_collections
 
-from fttpu import methods, sharding
+from fttpu import methods, models, sharding
 from fttpu.config import parse_arg
 from fttpu.methods import base as method_base
-
-
-DEFAULT_CLASSIFIER = {"bert": "similarity", "roberta": "mlm", "opt": "causal", "llama": "causal"}
 
 
 def get_config(arg=None):
@@ -48,7 +45,7 @@ def get_config(arg=None):
   config.model.family = arg.family    # bert | roberta | opt | llama
   config.model.checkpoint = arg.checkpoint  # Hugging Face directory; "" = the installed all-MiniLM-L6-v2
   # similarity (label descriptions, for sentence encoders) | mlm (prompt + verbalizer) | causal (candidates)
-  config.model.classifier = arg.classifier or DEFAULT_CLASSIFIER[arg.family]
+  config.model.classifier = arg.classifier or models.FAMILIES.get(arg.family).default_classifier
   config.model.logit_scale = 20.0     # similarity: logits = scale * cosine(sentence, label description)
   config.model.param_dtype = "float32"    # float32 | bfloat16 | float16: how parameters are stored
   config.model.compute_dtype = "float32"  # the matmuls' dtype; logits and losses are float32 always

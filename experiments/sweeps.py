@@ -24,6 +24,7 @@ import numpy as np
 
 from fttpu import cli, files, metrics
 from fttpu.errors import ConfigError
+from fttpu.methods import base as method_base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +191,7 @@ def _cost(cell: Cell) -> float:
   tokens 0.42 s, a MeZO step of 16 x 64 0.25 s; the fixed part, ~15 s, is what 18K backpropagated tokens take."""
   settings = dict(cell.settings())
   tokens = settings.get("train.steps", 0) * settings.get("train.batch_size", 8) * settings.get("data.max_length", 64)
-  return 1.0 + tokens * (0.3 if cell.row.method in ("mezo", "zo") else 1.0) / 18_000
+  return 1.0 + tokens * (0.3 if method_base.is_zeroth_order(cell.row.method) else 1.0) / 18_000
 
 
 def _minutes(seconds: float) -> str:

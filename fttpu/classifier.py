@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fttpu.models.families import FAMILIES
+
 STYLES = ("similarity", "mlm", "causal")
 
 
@@ -80,6 +82,7 @@ def make_classifier(module, style: str, scale: float = 20.0) -> Classifier:
   if style not in STYLES:
     raise ValueError(f"unknown classifier style {style!r}; valid: {list(STYLES)}")
   embed = make_embed_fn(module)
+  output_embedding = FAMILIES.get(module.config.family).output_embedding  # the rows that score words
 
   def head_logits(tree, features):
     return features @ tree["head"]["kernel"] + tree["head"]["bias"]
@@ -114,7 +117,8 @@ def make_classifier(module, style: str, scale: float = 20.0) -> Classifier:
 
     def zero_shot_head(params, batch):
       words = batch["verbalizer_ids"]
-      return params["word"]["embedding"][words].T.astype(jnp.float32), params["lm_bias"][words].astype(jnp.float32)
+      table = params[output_embedding]["embedding"]
+      return table[words].T.astype(jnp.float32), params["lm_bias"][words].astype(jnp.float32)
 
   else:
     def logits(tree, batch, rng=None):
@@ -137,7 +141,7 @@ def make_classifier(module, style: str, scale: float = 20.0) -> Classifier:
     def zero_shot_head(params, batch):
       first = _first_target(batch)[0]
       words = batch["input_ids"][0, jnp.arange(first.shape[0]), first]
-      table = params["word" if "lm_head" not in params else "lm_head"]["embedding"]
+      table = params[output_embedding if output_embedding in params else "word"]["embedding"]  # "word": tied
       return table[words].T.astype(jnp.float32), jnp.zeros((first.shape[0],))
 
   return Classifier(logits, features, zero_shot_head)

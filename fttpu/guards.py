@@ -55,11 +55,13 @@ def _stop_at_once(signum, frame):
 
 
 def describe_nonfinite(step_metrics: dict) -> str:
+  """'training loss is nan, gradient norm is nan': the loss and every metric of the step that is not finite."""
   parts = [f"training loss is {float(step_metrics['train/loss'])}"]
-  if "train/grad_norm" in step_metrics:
-    parts.append(f"gradient norm is {float(step_metrics['train/grad_norm'])}")
-  if "train/projected_grad" in step_metrics:
-    parts.append(f"projected gradient is {np.asarray(step_metrics['train/projected_grad']).tolist()}")
+  for name, value in step_metrics.items():
+    value = np.asarray(value)
+    if name != "train/loss" and np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+      readable = name.removeprefix("train/").replace("grad", "gradient").replace("_", " ")
+      parts.append(f"{readable} is {value.tolist()}")
   return ", ".join(parts)
 
 

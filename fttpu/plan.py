@@ -93,7 +93,7 @@ def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
   run = trainer.setup(config, model, lambda step: batch, batch, prepare=sized)
   method, tree = run.method, run.tree
   rules, axes = dict(config.sharding_rules), model_axes(model.module)
-  param_sharding = sharding.named(mesh, sharding.param_specs(tree, axes, rules, mesh))
+  param_sharding = sharding.named(mesh, sharding.param_specs(tree, axes, rules, mesh, methods.added_leaf_axes))
   state = jax.eval_shape(lambda params: TrainState.create(params, method.tx, 0), tree)
   state_sharding = sharding.state_shardings(state, param_sharding, mesh)
   batch_sharding = sharding.batch_shardings(mesh, batch)
@@ -125,7 +125,7 @@ def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
   model_config = models.make_config(m.family, hf_config(model_name), lm_head=m.classifier == "mlm",
                                     dtype=m.compute_dtype, param_dtype=m.param_dtype)
   models.check_length(model_config, config.data.max_length)
-  module = models.get_family(m.family).module(model_config)
+  module = models.FAMILIES.get(m.family).module(model_config)
   shapes = models.param_shapes(module)
   model = models.LoadedModel(module, shapes, None, model_config, "")
   d = config.data

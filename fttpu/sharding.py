@@ -6,8 +6,8 @@
                          query/key/value/mlp_in, row-parallel attention_out/mlp_out)
 
 Parameters take the logical names the models annotate (models.logical_axes); the leaves a method
-adds take their kernel's (LoRA A shares the kernel's input axes, B its output axes); heads and
-sparse deltas are replicated. A dimension that does not divide its mesh axes is replicated with a
+adds take the names its module registers (fttpu.methods.base.register_added_leaves: LoRA A shares
+the kernel's input axes, B its output axes); heads and sparse deltas are replicated. A dimension that does not divide its mesh axes is replicated with a
 warning. Optimizer state follows the parameter it belongs to. Batches split over `data` and
 `fsdp`; each process puts only its own rows on its own devices.
 """
@@ -127,28 +127,10 @@ def mesh_spec(shape: tuple, logical: tuple, rules: dict, mesh: Mesh, name: str =
   return P(*spec)
 
 
-def _added_leaf_axes(path: tuple, shape: tuple, model_axes: dict):
-  """Logical names of a leaf a method adds beside a model weight, from the weight it belongs to."""
-  name, module = path[-1], path[:-1]
-  kernel = model_axes.get(module + ("kernel",))
-  if kernel is not None:
-    kernel = tuple(kernel)
-    if name in ("lora_a", "lora_a0"):        # (layers, in..., rank)
-      return kernel[:len(shape) - 1] + (None,)
-    if name in ("lora_b", "lora_b0"):        # (layers, rank, out...)
-      return kernel[:1] + (None,) + kernel[len(kernel) - len(shape) + 2:]
-    if name == "dora_magnitude":             # (layers, out...)
-      return kernel[:1] + kernel[len(kernel) - len(shape) + 1:]
-    if name in ("lora_scale", "lora_dropout"):
-      return kernel[:1]
-  if name in ("prefix_key", "prefix_value"):  # (layers, length, heads, kv)
-    return ("layers", None, "heads", "kv")
-  return None
-
-
-def param_specs(tree: dict, model_axes: dict, rules: dict, mesh: Mesh) -> dict:
+def param_specs(tree: dict, model_axes: dict, rules: dict, mesh: Mesh, added_axes=None) -> dict:
   """PartitionSpecs of a method's tree {"model": ..., "head"?, "delta"?} (arrays or ShapeDtypeStructs).
-  `model_axes`: models.logical_axes(module), the logical names of the plain model's parameters."""
+  `model_axes`: models.logical_axes(module), the logical names of the plain model's parameters;
+  `added_axes(path, shape, model_axes)`: those of a leaf a method adds (fttpu.methods.base.added_leaf_axes)."""
   axes = {k: tuple(v) for k, v in traverse_util.flatten_dict(model_axes).items()}
 
   def spec(path, leaf):
@@ -156,7 +138,7 @@ def param_specs(tree: dict, model_axes: dict, rules: dict, mesh: Mesh) -> dict:
     name = "/".join(keys)
     if keys[0] != "model":
       return P()  # the head, sparse deltas: small, replicated
-    logical = axes.get(keys[1:]) or _added_leaf_axes(keys[1:], leaf.shape, axes)
+    logical = axes.get(keys[1:]) or (added_axes(keys[1:], leaf.shape, axes) if added_axes else None)
     if logical is None or len(logical) != len(leaf.shape):
       _warn_once(f"{name} has no logical axis names; replicated")
       return P()
@@ -186,11 +168,11 @@ def state_shardings(state, param_shardings: dict, mesh: Mesh):
                        step=replicated(mesh), rng=replicated(mesh))
 
 
-def create_state(params, tx, seed: int, mesh: Mesh, rules: dict, model_axes: dict):
+def create_state(params, tx, seed: int, mesh: Mesh, rules: dict, model_axes: dict, added_axes=None):
   """(TrainState, its shardings) on `mesh`: the parameters placed by the rules, the optimizer state
   created in place beside them (never whole on one device). The parameters are donated."""
   from fttpu.state import TrainState
-  param_sharding = named(mesh, param_specs(params, model_axes, rules, mesh))
+  param_sharding = named(mesh, param_specs(params, model_axes, rules, mesh, added_axes))
   create = lambda params: TrainState.create(params, tx, seed)
   shardings = state_shardings(jax.eval_shape(create, params), param_sharding, mesh)
   return jax.jit(create, out_shardings=shardings, donate_argnums=0)(put(params, param_sharding)), shardings

@@ -28,9 +28,10 @@ def train_step(state: TrainState, batch: dict, *, method, loss_fn, skip_nonfinit
 
 
 def all_finite(loss, aux: dict) -> jax.Array:
-  """Whether the loss and the gradient's summary (autodiff's grad_norm, zeroth-order's projected
-  gradients: the gradient is finite exactly when they are) are all finite."""
-  values = [loss] + [aux[k] for k in ("grad_norm", "projected_grad") if k in aux]
+  """Whether the loss and every metric the estimate reports are finite. An estimate reports a summary
+  of its gradient (autodiff's grad_norm, zeroth-order's projected gradients) that is finite exactly
+  when the gradient is."""
+  values = [loss] + list(aux.values())
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in values]))
 
 

@@ -67,7 +67,7 @@ def setup(config, model, batch_at: Callable, train_set: dict, *, total_steps: in
   optimizer = optim.make_optimizer(config.optimizer, config.train.steps if total_steps is None else total_steps)
   method = methods.get_method(config, optimizer, model)
   context = methods.Context(loss_fn=loss_fn, classifier=classify, train_batch=batch_at, train_set=train_set,
-                            module=model.module, full_optimizer=optimizer)
+                            optimizer=optimizer)
   rng = jax.random.key(config.seed) if rng is None else rng
   run_prepare = lambda params: method.prepare(params, rng, context)
   tree = (prepare or (lambda f, params: f(params)))(run_prepare, model.params)
@@ -83,7 +83,7 @@ def data_batches(config, data: pipeline.FewShotData) -> tuple[Callable, dict]:
 
 def place(run: Setup, seed: int, mesh, rules: dict, model_axes: dict):
   """(TrainState, its shardings) of the prepared tree on `mesh` (the tree is donated)."""
-  return sharding.create_state(run.tree, run.method.tx, seed, mesh, rules, model_axes)
+  return sharding.create_state(run.tree, run.method.tx, seed, mesh, rules, model_axes, methods.added_leaf_axes)
 
 
 def compile_train_step(run: Setup, state_sharding, batch_sharding, mesh, skip_nonfinite: bool = False):

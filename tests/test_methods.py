@@ -290,7 +290,7 @@ def test_head_starts_at_zero_shot_and_lbfgs_probe_matches_scikit_learn(tiny):
     ("sparse.structure", "rows", r"valid: \['none', 'heads', 'channels'\]"),
     ("lora.targets", "(", r"lora.targets='\(' is not a valid regular expression"),
     ("head.solver", "sgd", r"valid: \['adam', 'lbfgs'\]"),
-    ("zo.base", "spiel", r"config.zo.base='spiel' is invalid; valid: \['full', 'lora', 'prefix', 'sparse', 'head'"),
+    ("zo.base", "spiel", r"config.zo.base='spiel' is invalid; valid: \['bitfit', 'full', 'head', 'layers', 'lora', 'prefix', 'sparse'\]"),
     ("zo.noise", "uniform", r"config.zo.noise='uniform' is invalid; valid: \['gaussian', 'rademacher'\]"),
     ("zo.objective", "f1", r"config.zo.objective='f1' is invalid; valid: \['loss', 'accuracy'\]"),
     ("zo.samples", 0, r"config.zo.samples=0 is invalid; valid: an integer >= 1"),

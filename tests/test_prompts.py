@@ -9,7 +9,8 @@ import tokenizers
 
 from fttpu import errors
 from fttpu.errors import ConfigError
-from fttpu.data import pipeline, tasks, tfds_local, tsv, vocab
+from fttpu.data import pipeline, tasks, tfds_local, tsv
+from fttpu.models import tiny
 from tests.conftest import data_dir
 
 TREC_WORDS = tasks.TASKS["trec"].label_words
@@ -36,12 +37,12 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="module")
 def roberta():
-  return vocab.train_tokenizer(corpus(), "roberta")
+  return tiny.train_tokenizer(corpus(), "roberta")
 
 
 @pytest.fixture(scope="module")
 def opt():
-  return vocab.train_tokenizer(corpus(), "opt")
+  return tiny.train_tokenizer(corpus(), "opt")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_family_tokenizers_have_the_families_special_tokens_and_padding():
               "llama": ({"<unk>": 0, "<s>": 1, "</s>": 2}, "<s> hi", 0),
               "bert": ({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}, "[CLS] hi [SEP]", 0)}
   for family, (specials, text, pad_id) in expected.items():
-    tokenizer = vocab.train_tokenizer(["hi there", "hi again"] * 5, family, vocab_size=300)
+    tokenizer = tiny.train_tokenizer(["hi there", "hi again"] * 5, family, vocab_size=300)
     assert {t: tokenizer.token_to_id(t) for t in specials} == specials, family
     ids, mask = pipeline.encode(tokenizer, [" hi"], 6)
     assert real(tokenizer, ids[0], mask[0]) == text, family

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from fttpu import models, sharding
+from fttpu import methods, models, sharding
 from tests.conftest import REPO
 
 STEPS = 4
@@ -35,7 +35,7 @@ TOLERANCE = {"full": 1e-4, "lora": 1e-4, "sparse": 1e-4, "mezo": 1e-3}
 SCRIPT = """
 import functools, json, math, re, sys, tempfile
 import jax, numpy as np
-from fttpu import checkpoint, models, sharding, step as step_lib
+from fttpu import checkpoint, methods, models, sharding, step as step_lib
 from tests.conftest import make_tiny, tiny_batch
 from tests.test_methods import build, make_config
 from tests.test_sharding import MESHES, METHODS, STEPS
@@ -48,7 +48,7 @@ host = lambda tree: jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
 
 def train(method, tree, loss_fn, mesh):
-  state, shardings = sharding.create_state(host(tree), method.tx, 0, mesh, rules, axes)
+  state, shardings = sharding.create_state(host(tree), method.tx, 0, mesh, rules, axes, methods.added_leaf_axes)
   step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
                  in_shardings=(shardings, sharding.batch_shardings(mesh, batches(0))),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
@@ -118,7 +118,7 @@ for name, (method_name, optimizer, lr) in METHODS.items():
       restored = {}
       for target, shape in (("one", {"data": 1, "fsdp": 1, "tensor": 1}), ("2x2", {"data": 1, "fsdp": 2, "tensor": 2})):
         mesh = sharding.make_mesh(shape, jax.devices()[:math.prod(shape.values())])
-        like, _ = sharding.create_state(initial, method.tx, 0, mesh, rules, axes)
+        like, _ = sharding.create_state(initial, method.tx, 0, mesh, rules, axes, methods.added_leaf_axes)
         state, _ = checkpoint.restore(manager, STEPS, like)
         same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(host(state)), jax.tree_util.tree_leaves(saved)))
         restored[target] = {"identical": same, "devices": state.params["model"]["word"]["embedding"].sharding.num_devices,
@@ -225,7 +225,7 @@ def test_every_leaf_a_method_adds_gets_its_axes_from_the_model(tiny, variant, ca
   _, tree, _ = build(tiny, config)
   with caplog.at_level(logging.WARNING):
     specs = sharding.param_specs(tree, models.logical_axes(tiny.module), sharding.default_rules("bert"),
-                                 AbstractMesh((4,), ("fsdp",)))
+                                 AbstractMesh((4,), ("fsdp",)), methods.added_leaf_axes)
   assert "no logical axis names" not in caplog.text
   flat = {"/".join(str(k.key) for k in path): s
           for path, s in jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P))}

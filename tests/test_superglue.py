@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fttpu.errors import ConfigError
-from fttpu.data import fewshot, pipeline, tasks, tfds_local, vocab
+from fttpu.data import fewshot, pipeline, tasks, tfds_local
+from fttpu.models import tiny
 from tests.conftest import data_dir
 
 # One row per task (header fields, texts, label) and the prompt MeZO's large_models/templates.py builds for
@@ -43,7 +44,7 @@ def superglue_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def opt_tokenizer():
   texts = [prompt for *_, prompt in ROWS.values()] + [" ".join(w) for w in WORDS.values()]
-  return vocab.train_tokenizer(texts * 20, "opt")
+  return tiny.train_tokenizer(texts * 20, "opt")
 
 
 @pytest.mark.parametrize("name", sorted(ROWS))

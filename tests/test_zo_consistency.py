@@ -33,7 +33,7 @@ def model_and_loss(family: str, param_dtype: str, compute_dtype: str):
   style = "mlm" if family in ("bert", "roberta") else "causal"
   config = models.make_config(family, tiny.hf_config(family, VOCAB, 32), lm_head=True, dtype=compute_dtype,
                               param_dtype=param_dtype)
-  module = models.get_family(family).module(config)
+  module = models.FAMILIES.get(family).module(config)
   return module, classifier.make_loss_fn(classifier.make_classifier(module, style).logits), style
 
 

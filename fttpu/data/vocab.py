@@ -1,4 +1,5 @@
-"""Small tokenizers shaped like each Hugging Face family's, trained with `tokenizers` alone.
+"""The byte-level BPE that the tokenizers of the byte-level families share (each family module,
+fttpu/models/families/, builds its own: specials and post-processing), trained with `tokenizers` alone.
 
 For tiny random checkpoints in tests and demos (the real vocabularies cannot be downloaded
 here). Special tokens, their ids and the special tokens added around a text follow the family:
@@ -14,51 +15,15 @@ A label word is one token only if the corpus makes it one: put the prompts, with
 words, in `texts` often enough.
 """
 import tokenizers
-from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-FAMILIES = ("roberta", "opt", "llama", "bert")
-
-_SPECIALS = {
-    "roberta": ["<s>", "<pad>", "</s>", "<unk>", AddedToken("<mask>", lstrip=True, special=True)],
-    "opt": ["<s>", "<pad>", "</s>", "<unk>"],
-    "llama": ["<unk>", "<s>", "</s>"],
-    "bert": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-}
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 
-def _byte_level(texts, specials, vocab_size: int) -> tokenizers.Tokenizer:
+def byte_level(texts, specials, vocab_size: int) -> tokenizers.Tokenizer:
+  """A byte-level BPE tokenizer (RoBERTa, OPT, Llama style) with `specials` first, learnt from `texts`."""
   tokenizer = tokenizers.Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+  tokenizer.train_from_iterator(list(texts), trainers.BpeTrainer(
       vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
       show_progress=False))
-  return tokenizer
-
-
-def train_tokenizer(texts, family: str, vocab_size: int = 2000) -> tokenizers.Tokenizer:
-  """A `family`-style tokenizer with a vocabulary of at most `vocab_size` learnt from `texts`."""
-  if family not in FAMILIES:
-    raise ValueError(f"family {family!r} is not one of {list(FAMILIES)}")
-  texts = list(texts)
-  specials = _SPECIALS[family]
-  if family == "bert":
-    tokenizer = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=specials, show_progress=False))
-    tokenizer.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
-    return tokenizer
-  tokenizer = _byte_level(texts, specials, vocab_size)
-  if family == "roberta":
-    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True,
-                                                            add_prefix_space=False)
-  elif family == "opt":
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="</s> $A", pair="</s> $A </s> $B:1", special_tokens=[("</s>", 2)])
-  else:
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s>:1 $B:1", special_tokens=[("<s>", 1)])
   return tokenizer

@@ -8,10 +8,10 @@ to the import of MODULES. configs/fewshot.py, validation, the trainer, bench and
 from fttpu.errors import check
 from fttpu.methods import base
 from fttpu.methods import layers, lora, simple, sparse, zo  # the table: each module registers on import
-from fttpu.methods.base import METHODS, SECTIONS, Context, Method
+from fttpu.methods.base import METHODS, SECTIONS, Context, Method, added_leaf_axes
 
 MODULES = (simple, lora, layers, sparse, zo)
-__all__ = ["METHODS", "SECTIONS", "Context", "Method", "MODULES", "get_method", "validate"]
+__all__ = ["METHODS", "SECTIONS", "Context", "Method", "MODULES", "added_leaf_axes", "get_method", "validate"]
 
 
 def get_method(config, optimizer, model) -> Method:

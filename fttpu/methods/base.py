@@ -23,13 +23,12 @@ from fttpu.registry import Registry
 
 
 class Context(NamedTuple):
-  """What `prepare` may use besides the weights: the frozen model and the training data."""
+  """What `prepare` may use besides the weights (the maker has the model): the loss and the data."""
   loss_fn: Callable      # (tree, batch, rng) -> (loss, aux), tree = {"model": ..., "head"?: ...}
   classifier: Any        # fttpu.classifier.Classifier: features and zero-shot head for linear probes
-  train_batch: Callable  # step -> a training batch (prompts included)
+  train_batch: Callable  # step -> a training batch (prompts included): sparse selection's calibration
   train_set: dict        # every training example in one batch (prompts included)
-  module: Any            # the Flax model (prefix initialisation runs it)
-  full_optimizer: optax.GradientTransformation  # the configured optimizer (LT-SFT's dense phase)
+  optimizer: optax.GradientTransformation  # the configured optimizer, unmasked (LT-SFT's dense phase)
 
 
 class StepRecord(NamedTuple):
@@ -183,11 +182,31 @@ def merge(tree) -> dict:
   return {**tree, "model": fold_adapters(tree["model"])}
 
 
+# Leaves a method adds beside the model's weights, by name prefix -> their logical axes, a function of
+# (path, shape, {model path: the model's logical axes}) (methods register theirs: lora.py, simple.py).
+ADDED_LEAVES: dict[str, Callable] = {}
+
+
+def register_added_leaves(prefix: str, logical_axes: Callable) -> None:
+  ADDED_LEAVES[prefix] = logical_axes
+
+
+def is_added_leaf(name: str) -> bool:
+  return name.startswith(tuple(ADDED_LEAVES))
+
+
+def added_leaf_axes(path: tuple, shape: tuple, model_axes: dict):
+  """The logical axis names of an added leaf at `path` (fttpu.sharding places it by them), or None."""
+  for prefix, logical_axes in ADDED_LEAVES.items():
+    if path[-1].startswith(prefix):
+      return logical_axes(path, shape, model_axes)
+  return None
+
+
 def extra_leaves(tree) -> dict:
   """Everything in the tree that the pretrained checkpoint does not hold (adapters, head, deltas)."""
   out = {k: v for k, v in tree.items() if k != "model"}
-  extras = {p: v for p, v in traverse_util.flatten_dict(tree["model"]).items()
-            if p[-1].startswith(("lora_", "dora_", "prefix_"))}
+  extras = {p: v for p, v in traverse_util.flatten_dict(tree["model"]).items() if is_added_leaf(p[-1])}
   if extras:
     out["model"] = traverse_util.unflatten_dict(extras)
   return out

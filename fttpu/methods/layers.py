@@ -18,7 +18,7 @@ from flax import traverse_util
 
 from fttpu.errors import ConfigError, check, check_regex
 from fttpu.methods import deltas, masks
-from fttpu.methods.base import make_method, register, register_section, scatter_deltas, wrap
+from fttpu.methods.base import is_added_leaf, make_method, register, register_section, scatter_deltas, wrap
 from fttpu.sharding import to_host
 
 
@@ -26,7 +26,7 @@ def layer_indices(params, layers: list[int]) -> dict:
   """Flat indices of the given layers' slices in every layer-stacked weight."""
   out = {}
   for path, leaf in traverse_util.flatten_dict(params).items():
-    if path[0] == "layers" and not path[-1].startswith(("lora_", "dora_", "prefix_")):
+    if path[0] == "layers" and not is_added_leaf(path[-1]):
       per_layer = int(np.prod(leaf.shape[1:]))
       out[path] = np.concatenate([np.arange(l * per_layer, (l + 1) * per_layer) for l in sorted(layers)])
   return out

@@ -19,7 +19,7 @@ from flax import traverse_util
 
 from fttpu.errors import ConfigError, check, check_regex
 from fttpu.methods import masks
-from fttpu.methods.base import extra_leaves, make_method, register, register_section
+from fttpu.methods.base import extra_leaves, make_method, register, register_added_leaves, register_section
 from fttpu.sharding import to_host
 
 TRAINABLE = ("lora_a", "lora_b", "dora_magnitude")
@@ -79,6 +79,26 @@ def check_section(config) -> None:
 
 
 register_section("lora", section, check_section)
+
+
+def leaf_axes(path: tuple, shape: tuple, model_axes: dict):
+  """Logical names of an adapter leaf, from its kernel's: A (layers, in..., rank) shares its input axes,
+  B (layers, rank, out...) its output axes, DoRA's magnitude (layers, out...) too."""
+  name, kernel = path[-1], model_axes.get(path[:-1] + ("kernel",))
+  if kernel is None:
+    return None
+  kernel = tuple(kernel)
+  if name in ("lora_a", "lora_a0"):
+    return kernel[:len(shape) - 1] + (None,)
+  if name in ("lora_b", "lora_b0"):
+    return kernel[:1] + (None,) + kernel[len(kernel) - len(shape) + 2:]
+  if name == "dora_magnitude":
+    return kernel[:1] + kernel[len(kernel) - len(shape) + 1:]
+  return kernel[:1]  # lora_scale, lora_dropout: one per layer
+
+
+register_added_leaves("lora_", leaf_axes)
+register_added_leaves("dora_", leaf_axes)
 
 
 @register("lora", learning_rate=5e-4, zo_learning_rate=1e-3)

@@ -8,7 +8,7 @@ import optax
 
 from fttpu.errors import check
 from fttpu.methods import masks
-from fttpu.methods.base import make_method, register, register_section, wrap
+from fttpu.methods.base import make_method, register, register_added_leaves, register_section, wrap
 from fttpu.sharding import to_host
 
 
@@ -106,6 +106,9 @@ def head(config, model):
 register_section("prefix", lambda: ml_collections.ConfigDict({"length": 5}),  # prefix tokens per layer
                  lambda config: check(config.prefix.length >= 1, "prefix.length", config.prefix.length,
                                       "an integer >= 1"))
+
+
+register_added_leaves("prefix_", lambda path, shape, model_axes: ("layers", None, "heads", "kv"))  # (layers, length, ...)
 
 
 @register("prefix", learning_rate=3e-2, zo_learning_rate=1e-3)

@@ -35,7 +35,7 @@ STRUCTURES = {"none": None,  # per layer-stacked weight: which axis indexes head
 
 def lottery_scores(params, context, steps: int, rng) -> dict:
   """|w - w0| after `steps` steps of full fine-tuning with the configured optimizer (LT-SFT)."""
-  tx = context.full_optimizer
+  tx = context.optimizer
 
   @jax.jit
   def step(model, opt_state, batch, rng):

@@ -7,9 +7,8 @@
   llama    Llama decoder with its LM head            LlamaForCausalLM
 """
 import dataclasses
-import functools
 import logging
-from typing import Callable, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -20,23 +19,11 @@ import tokenizers
 
 from fttpu import classifier, errors, files
 from fttpu.errors import check
-from fttpu.models import bert, decoder, hf
+from fttpu.models import hf
+from fttpu.models.families import FAMILIES
 from fttpu.models.transformer import DTYPES, ModelConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class Family:
-  config_from_hf: Callable[..., ModelConfig]  # (config.json dict, **ModelConfig overrides) -> ModelConfig
-  module: Callable[[ModelConfig], nn.Module]
-  masked_lm: bool                             # an MLM head is optional (encoders); decoders always have theirs
-
-
-FAMILIES = {
-    "bert": Family(functools.partial(bert.config_from_hf, family="bert"), bert.BertEncoder, True),
-    "roberta": Family(functools.partial(bert.config_from_hf, family="roberta"), bert.BertEncoder, True),
-    "opt": Family(decoder.opt_config_from_hf, decoder.Decoder, False),
-    "llama": Family(decoder.llama_config_from_hf, decoder.Decoder, False),
-}
 NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
@@ -53,9 +40,9 @@ class LoadedModel:
 def validate(config) -> None:
   """config.model: family, classifier style for the family, dtypes, checkpoint directory."""
   m = config.model
-  check(m.family in FAMILIES, "model.family", m.family, str(sorted(FAMILIES)))
+  check(m.family in FAMILIES, "model.family", m.family, str(FAMILIES.names()))
   check(m.classifier in classifier.STYLES, "model.classifier", m.classifier, str(list(classifier.STYLES)))
-  masked = FAMILIES[m.family].masked_lm
+  masked = FAMILIES.get(m.family).masked_lm
   check(m.classifier != "mlm" or masked, "model.classifier", m.classifier,
         f"'causal' or 'similarity' for the decoder family {m.family!r} (mlm needs bert or roberta)")
   check(m.classifier != "causal" or not masked, "model.classifier", m.classifier,
@@ -79,20 +66,14 @@ def check_length(config: ModelConfig, max_length: int) -> None:
                       f"(the checkpoint's {usable} positions)")
 
 
-def get_family(name: str) -> Family:
-  if name not in FAMILIES:
-    raise ValueError(f"unknown model.family {name!r}; valid: {sorted(FAMILIES)}")
-  return FAMILIES[name]
-
-
 def make_config(family_name: str, hf_config: dict, *, lm_head: bool = False, dtype: str = "float32",
                 param_dtype: str = "float32") -> ModelConfig:
   """The ModelConfig of a family from a config.json dict and the precision policy."""
-  family = get_family(family_name)
+  family = FAMILIES.get(family_name)
   model_type = hf_config.get("model_type", family_name)
   if model_type != family_name:
     raise errors.CheckpointError(f"config.json says model_type={model_type!r} but model.family={family_name!r}; "
-                             f"set model.family to the checkpoint's family (valid: {sorted(FAMILIES)})")
+                             f"set model.family to the checkpoint's family (valid: {FAMILIES.names()})")
   for key, value in (("model.compute_dtype", dtype), ("model.param_dtype", param_dtype)):
     if value not in DTYPES:
       raise ValueError(f"{key}={value!r} is invalid; valid: {sorted(DTYPES)}")
@@ -131,7 +112,7 @@ def load(family_name: str, checkpoint_dir: str, *, lm_head: bool = False, dtype:
   """
   path = hf.resolve_checkpoint_dir(checkpoint_dir)
   config = make_config(family_name, hf.read_config(path), lm_head=lm_head, dtype=dtype, param_dtype=param_dtype)
-  module = get_family(family_name).module(config)
+  module = FAMILIES.get(family_name).module(config)
   shapes = param_shapes(module)
   if callable(shardings):
     shardings = shardings(module)

@@ -5,34 +5,13 @@ from BERT only in its inputs: learned positions start at pad_token_id + 1 and co
 tokens, and it has one token type. Its MLM head is BERT's (dense, GELU, LayerNorm, the word
 embeddings transposed, a bias per word).
 """
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from fttpu.models import transformer
-from fttpu.models.perturbation import Embed, LayerNorm, axes, perturbed
+from fttpu.models.layers import Embed, LayerNorm, axes
+from fttpu.models.perturbation import perturbed
 from fttpu.models.transformer import ModelConfig
-
-
-def config_from_hf(hf: dict[str, Any], family: str = "bert", **overrides) -> ModelConfig:
-  """The ModelConfig of a Hugging Face BERT or RoBERTa config.json."""
-  if hf.get("position_embedding_type", "absolute") != "absolute":
-    raise ValueError(f"position_embedding_type={hf['position_embedding_type']!r} is not supported; only 'absolute' is.")
-  if hf["hidden_size"] % hf["num_attention_heads"]:
-    raise ValueError(f"hidden_size={hf['hidden_size']} is not divisible by "
-                     f"num_attention_heads={hf['num_attention_heads']}")
-  pad = hf.get("pad_token_id", 1 if family == "roberta" else 0)
-  pad = (1 if family == "roberta" else 0) if pad is None else pad
-  roberta = family == "roberta"
-  return ModelConfig(
-      family=family, vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-      num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
-      max_positions=hf["max_position_embeddings"], norm_eps=hf.get("layer_norm_eps", 1e-12),
-      hidden_act=hf.get("hidden_act", "gelu"), hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
-      attention_dropout=hf.get("attention_probs_dropout_prob", 0.1), pad_token_id=pad,
-      type_vocab_size=hf.get("type_vocab_size", 2), position_offset=pad + 1 if roberta else 0,
-      positions_from_ids=roberta, **overrides)
 
 
 class BertEncoder(nn.Module):

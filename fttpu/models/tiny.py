@@ -2,7 +2,7 @@
 
   python -m fttpu.models.tiny --family=roberta --out=workdirs/tiny-roberta --data_dir=../shared/data --task=sst2
 
-The tokenizer is trained (fttpu.data.vocab) on the task's training sentences and prompts, so
+The tokenizer is trained (the family's, fttpu/models/families/) on the task's training sentences and prompts, so
 the task's label words are single tokens; the weights are a random Flax init exported through
 the same name table as a real checkpoint (hf.export). Tests and the end-to-end prompt demo use
 these where the real RoBERTa-large, OPT or Llama cannot be fetched.
@@ -14,28 +14,17 @@ import jax
 from absl import flags
 
 from fttpu import models
-from fttpu.data import tasks, tfds_local, vocab
+from fttpu.data import tasks, tfds_local
 from fttpu.models import hf
 
-SIZES = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
-
-
 def hf_config(family: str, vocab_size: int, max_positions: int = 130) -> dict:
-  """A config.json for a tiny model of `family`, as transformers writes them."""
-  common = {"vocab_size": vocab_size, **SIZES, "max_position_embeddings": max_positions}
-  if family in ("bert", "roberta"):
-    roberta = family == "roberta"
-    return {"architectures": ["RobertaForMaskedLM" if roberta else "BertForMaskedLM"], "model_type": family, **common,
-            "intermediate_size": 128, "type_vocab_size": 1 if roberta else 2, "pad_token_id": 1 if roberta else 0,
-            "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5 if roberta else 1e-12,
-            "max_position_embeddings": max_positions + (2 if roberta else 0), "hidden_act": "gelu"}
-  if family == "opt":
-    return {"architectures": ["OPTForCausalLM"], "model_type": "opt", **common, "ffn_dim": 128,
-            "word_embed_proj_dim": SIZES["hidden_size"], "do_layer_norm_before": True, "activation_function": "relu",
-            "pad_token_id": 1, "bos_token_id": 2, "eos_token_id": 2, "enable_bias": True}
-  return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common, "intermediate_size": 128,
-          "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": False,
-          "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2}
+  """A config.json for a tiny model of `family`, as transformers writes them (the family module's)."""
+  return models.FAMILIES.get(family).tiny_config(vocab_size, max_positions)
+
+
+def train_tokenizer(texts, family: str, vocab_size: int = 2000):
+  """A `family`-style tokenizer (its specials and ids, see fttpu/models/families/) learnt from `texts`."""
+  return models.FAMILIES.get(family).tokenizer(list(texts), vocab_size)
 
 
 def task_texts(task_name: str, data_dir: str, cache_dir: str, limit: int = 5000) -> list[str]:
@@ -49,10 +38,10 @@ def task_texts(task_name: str, data_dir: str, cache_dir: str, limit: int = 5000)
 
 def build(family: str, out_dir: str, texts: list[str], seed: int = 0, vocab_size: int = 2000) -> str:
   """Writes a tiny random `family` checkpoint (config.json, model.safetensors, tokenizer.json) to out_dir."""
-  tokenizer = vocab.train_tokenizer(texts, family, vocab_size)
+  tokenizer = train_tokenizer(texts, family, vocab_size)
   config_json = hf_config(family, tokenizer.get_vocab_size())
   config = models.make_config(family, config_json, lm_head=True)
-  params = models.init_params(models.get_family(family).module(config), jax.random.key(seed))
+  params = models.init_params(models.FAMILIES.get(family).module(config), jax.random.key(seed))
   os.makedirs(out_dir, exist_ok=True)
   tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
   with open(os.path.join(out_dir, "config.json"), "w") as f:
@@ -62,7 +51,7 @@ def build(family: str, out_dir: str, texts: list[str], seed: int = 0, vocab_size
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("family", "roberta", sorted(vocab.FAMILIES), "model family")
+flags.DEFINE_enum("family", "roberta", models.FAMILIES.names(), "model family")
 flags.DEFINE_string("out", None, "output directory", required=True)
 flags.DEFINE_string("data_dir", "../shared/data", "task data (the tokenizer is trained on it)")
 flags.DEFINE_string("task", "sst2", "task whose sentences and label words the tokenizer learns")

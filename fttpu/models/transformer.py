@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fttpu.models.perturbation import LayerNorm, RMSNorm, axes, perturbed
+from fttpu.models.layers import LayerNorm, RMSNorm, axes
+from fttpu.models.perturbation import perturbed
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -1,0 +1,87 @@
+"""The base layers the model families share: an embedding table, LayerNorm and RMSNorm, each reading
+its parameters through `perturbation.perturbed` (a zeroth-order step's noise is added where they are
+read), and `axes`, the logical axis names the sharding rules map onto the mesh."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fttpu.models.perturbation import perturbed
+
+
+def axes(init, names: tuple):
+  """`init` annotated with logical axis names (flax partitioning metadata; the value stays plain)."""
+  return nn.with_logical_partitioning(init, names)
+
+
+class Embed(nn.Module):
+  """A lookup table (flax nn.Embed's parameter, axes (rows, embed)); noise is drawn for the
+  looked-up rows only. `attend` is the tied output layer: x @ table[ids].T, in float32."""
+  num_embeddings: int
+  features: int
+  row_axis: str | None = "vocab"
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+    self.embedding = self.param("embedding", axes(init, (self.row_axis, "embed")),
+                                (self.num_embeddings, self.features), self.param_dtype)
+
+  def rows(self, ids: jax.Array) -> jax.Array:
+    """table[ids] (plus its noise), of shape ids.shape + (features,), in float32 or the table's dtype."""
+    rows = jnp.take(self.embedding, ids, axis=0)
+    if self.has_variable("noise", "embedding"):
+      noise = self.get_variable("noise", "embedding").take(ids.reshape(-1))
+      rows = rows.astype(jnp.float32) + noise.value((ids.size, self.features)).reshape(rows.shape)
+    return rows
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return self.rows(ids).astype(self.dtype)
+
+  def attend(self, x: jax.Array, ids: jax.Array | None = None) -> jax.Array:
+    """Logits x @ table.T over every row, or over rows `ids` only (a verbalizer's words), float32.
+
+    Over every row of a perturbed table (a causal LM's output layer) the perturbed table is formed
+    whole, the one perturbed weight larger than a layer's slice: 1.5 GiB of OPT-13B's 24 on one device,
+    a 1/t share under t-way tensor parallelism. (Blocks of rows cut it on one device, but a dynamic
+    slice of the vocabulary-sharded table makes XLA gather it: 7.0 against 4.2 GiB at tensor=8.)
+    """
+    table = perturbed(self, "embedding", self.embedding) if ids is None else self.rows(ids)
+    return jnp.einsum("...h,vh->...v", x.astype(self.dtype), table.astype(self.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis (flax nn.LayerNorm's parameters; variance as PyTorch computes it),
+  computed in float32 and returned in `dtype`."""
+  epsilon: float
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = (x.shape[-1],)
+    scale = perturbed(self, "scale", self.param("scale", axes(nn.initializers.ones, ("embed",)), features,
+                                                self.param_dtype))
+    bias = perturbed(self, "bias", self.param("bias", axes(nn.initializers.zeros, ("embed",)), features,
+                                              self.param_dtype))
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    variance = jnp.square(x - mean).mean(-1, keepdims=True)
+    out = (x - mean) * jax.lax.rsqrt(variance + self.epsilon) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return out.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square norm (Llama): x / rms(x) in float32, cast to `dtype`, times the scale."""
+  epsilon: float
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = perturbed(self, "scale", self.param("scale", axes(nn.initializers.ones, ("embed",)), (x.shape[-1],),
+                                                self.param_dtype))
+    x = x.astype(jnp.float32)
+    normed = (x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.epsilon)).astype(self.dtype)
+    return scale.astype(self.dtype) * normed
