@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # pip's output goes to a log (this machine's mirrors make it noisy); its tail is shown when pip fails.
 PIPLOG := $(VENV)/pip.log
 
-.PHONY: install install-test demo prompt-demo test test-all bench bench-mesh plan clean
+.PHONY: install install-test demo prompt-demo test test-all bench bench-mesh plan format clean
 
 # Runtime: fttpu and the default checkpoint (--no-deps: its declared dependencies pull PyTorch).
 $(VENV)/.installed: setup.py
@@ -59,6 +59,10 @@ bench-mesh: install
 plan: install
 	$(PY) -m fttpu.plan --config=configs/fewshot.py:family=roberta --model=roberta-large --mesh=fsdp=4 \
 	  --methods=mezo,full,lora --hbm_gb=32 --config.data.dir=$(DATA_DIR)
+
+# The formatter (ruff format, settings in ruff.toml): run before committing.
+format: install-test
+	$(VENV)/bin/ruff format fttpu configs experiments tests launch
 
 clean:
 	rm -rf $(VENV) workdirs *.egg-info

@@ -20,7 +20,7 @@ def get_config(arg=None):
   arg = parse_arg(arg, task="sst2", method="full", k=16, seed=42, steps=200, zo_base="lora", family="bert",
                   checkpoint="", classifier="")
   config = ml_collections.ConfigDict()
-  config.method = arg.method          # see fttpu.methods.METHODS; each has a section below
+  config.method = arg.method          # a registered method (fttpu.methods.METHODS); most have a section below
   config.seed = arg.seed              # picks the k-shot sample and the training randomness
 
   config.data = ml_collections.ConfigDict()

@@ -143,6 +143,7 @@ SLICED_LOAD = """
 import sys, jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fttpu import models
+from fttpu.models import hf
 family, path = sys.argv[1:]
 mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("replica", "x"))
 loaded = models.load(family, path, lm_head=True)

@@ -5,6 +5,7 @@ Mechanics run on a tiny random BERT (fast to compile); claims about the real mod
 """
 import functools
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -217,8 +218,7 @@ def test_lisa_folds_trained_layers_and_samples_new_ones(tiny):
   trained = base.scatter_deltas(jax.device_get(state.params))["model"]
   refreshed = method.refresh(state, None, tiny_batch, 10)
   folded = base.scatter_deltas(refreshed.params)["model"]
-  for a, b in zip(jax.tree_util.tree_leaves(trained), jax.tree_util.tree_leaves(folded)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # folding loses nothing
+  chex.assert_trees_all_equal(jax.device_get(trained), jax.device_get(folded))  # folding loses nothing
   assert all(not d["value"].any() for d in deltas.flat_deltas(refreshed.params).values())
 
 
@@ -259,8 +259,7 @@ def test_pissa_starts_at_the_base_model_and_its_artifact_adds_onto_the_pretraine
   assert artifact["model"]["layers"]["query"]["lora_a"].shape[-1] == 8  # rank 2r: [A, -A0]
   rebuilt = base.merge({"model": {**tiny.params, "layers": {k: {**v, **artifact["model"]["layers"].get(k, {})}
                                                             for k, v in tiny.params["layers"].items()}}})
-  for a, b in zip(jax.tree_util.tree_leaves(method.merge(state.params)), jax.tree_util.tree_leaves(rebuilt)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+  chex.assert_trees_all_close(jax.device_get(method.merge(state.params)), jax.device_get(rebuilt), atol=2e-6, rtol=0)
 
 
 def test_head_starts_at_zero_shot_and_lbfgs_probe_matches_scikit_learn(tiny):

@@ -3,6 +3,7 @@ import json
 import re
 import shutil
 
+import chex
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -55,9 +56,7 @@ def test_sharded_safetensors_with_index_load_the_same_params(checkpoint_copy, mi
   with open(path / "model.safetensors.index.json", "w") as f:
     json.dump({"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}}, f)
   loaded = models.load("bert", str(path))
-  import jax
-  for a, b in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(minilm.params)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(loaded.params, minilm.params)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -92,7 +91,6 @@ def test_staging_a_pytorch_checkpoint_gives_the_same_model_and_tokenizer(minilm,
   directory loads into the same parameters, bit for bit, and tokenizes real sentences the same."""
   import subprocess
   import sys
-  import jax
   import torch
   from safetensors.torch import load_file as load_torch
   from tests.conftest import REPO
@@ -115,8 +113,7 @@ def test_staging_a_pytorch_checkpoint_gives_the_same_model_and_tokenizer(minilm,
   assert "model.safetensors.index.json" in files and "tokenizer.json" in files
   assert len([f for f in files if f.endswith(".safetensors")]) >= 2 and not any(f.endswith(".bin") for f in files)
   loaded = models.load("bert", str(staged))
-  for a, b in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(minilm.params)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(loaded.params, minilm.params)
   sentences = real_sentences()
   tokens = lambda tokenizer: [[i for i, m in zip(e.ids, e.attention_mask) if m] for e in tokenizer.encode_batch(sentences)]
   assert tokens(loaded.tokenizer) == tokens(minilm.tokenizer)  # the shipped file also pads to 128: fttpu pads itself

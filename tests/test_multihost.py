@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -61,8 +62,7 @@ def test_two_processes_train_like_one(two_processes, tiny_roberta, tmp_path):
   assert single.returncode == 0, single.stderr[-3000:]
   one = saved_state(tmp_path, STEPS)
   two = saved_state(workdir, STEPS, like=one)  # written by 4 devices of 2 processes, read onto this one
-  for a, b in zip(jax.tree_util.tree_leaves(two["params"]), jax.tree_util.tree_leaves(one["params"])):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2.4e-7, atol=1e-8)
+  chex.assert_trees_all_close(two["params"], one["params"], rtol=2.4e-7, atol=1e-8)
   assert len(losses(workdir)) == STEPS
   np.testing.assert_allclose(losses(workdir), losses(tmp_path), rtol=1e-6)
 
