@@ -6,6 +6,7 @@ Each (task, method) is an ordinary fttpu run in WORKDIR/<task>_<method> (config.
 metrics.jsonl, TensorBoard, checkpoints); a finished run is resumed, not retrained.
 Writes WORKDIR/results.md and WORKDIR/results.png.
 """
+
 import os
 
 from absl import flags, logging
@@ -37,32 +38,49 @@ def run_one(task: str, method: str) -> list[dict]:
 
 
 def table(results: dict) -> str:
-  rows = ["| task | test examples | zero-shot acc. | 16-shot full FT acc. | gain (points) | step time (s) | compile (s) |",
-          "|---|---:|---:|---:|---:|---:|---:|"]
+  rows = [
+    "| task | test examples | zero-shot acc. | 16-shot full FT acc. | gain (points) | step time (s) | compile (s) |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+  ]
   for task, by_method in results.items():
     zero, full = by_method["zero_shot"][-1], by_method["full"][-1]
-    rows.append(f"| {task} | {full.get('examples', '')} | {100 * zero['eval/accuracy']:.1f} | "
-                f"{100 * full['eval/accuracy']:.1f} | {100 * (full['eval/accuracy'] - zero['eval/accuracy']):+.1f} | "
-                f"{full.get('perf/step_s', float('nan')):.3f} | {full.get('perf/compile_s', float('nan')):.1f} |")
+    rows.append(
+      f"| {task} | {full.get('examples', '')} | {100 * zero['eval/accuracy']:.1f} | "
+      f"{100 * full['eval/accuracy']:.1f} | {100 * (full['eval/accuracy'] - zero['eval/accuracy']):+.1f} | "
+      f"{full.get('perf/step_s', float('nan')):.3f} | {full.get('perf/compile_s', float('nan')):.1f} |"
+    )
   return "\n".join(rows)
 
 
 def plot(results: dict, path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for task, by_method in results.items():
     lines = by_method["full"]
     train = [l for l in lines if "train/loss" in l]
     dev = [l for l in lines if l.get("split") == "dev"]
     axes[0].plot([l["step"] for l in train], [l["train/loss"] for l in train], label=task)
-    line, = axes[1].plot([l["step"] for l in dev], [100 * l["eval/accuracy"] for l in dev], marker="o",
-                         label=f"{task} dev (full FT)")
-    axes[1].axhline(100 * by_method["zero_shot"][-1]["eval/accuracy"], ls="--", color=line.get_color(),
-                    label=f"{task} test, zero-shot")
-    axes[1].scatter([lines[-1]["step"]], [100 * lines[-1]["eval/accuracy"]], marker="*", s=150,
-                    color=line.get_color(), label=f"{task} test, full FT")
+    (line,) = axes[1].plot(
+      [l["step"] for l in dev], [100 * l["eval/accuracy"] for l in dev], marker="o", label=f"{task} dev (full FT)"
+    )
+    axes[1].axhline(
+      100 * by_method["zero_shot"][-1]["eval/accuracy"],
+      ls="--",
+      color=line.get_color(),
+      label=f"{task} test, zero-shot",
+    )
+    axes[1].scatter(
+      [lines[-1]["step"]],
+      [100 * lines[-1]["eval/accuracy"]],
+      marker="*",
+      s=150,
+      color=line.get_color(),
+      label=f"{task} test, full FT",
+    )
   axes[0].set(xlabel="step", ylabel="training loss", yscale="log", title="16-shot full fine-tuning")
   axes[1].set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
   for ax in axes:
@@ -82,9 +100,13 @@ def main(argv):
   with open(os.path.join(FLAGS.workdir, "results.md"), "w") as f:
     f.write(f"MiniLM (all-MiniLM-L6-v2), k={FLAGS.k} per class, seed {FLAGS.seed}, {FLAGS.steps} steps\n\n{text}\n")
   plot(results, os.path.join(FLAGS.workdir, "results.png"))
-  print(f"\nMiniLM (all-MiniLM-L6-v2), k={FLAGS.k} per class, seed {FLAGS.seed}, {FLAGS.steps} full fine-tuning steps\n")
+  print(
+    f"\nMiniLM (all-MiniLM-L6-v2), k={FLAGS.k} per class, seed {FLAGS.seed}, {FLAGS.steps} full fine-tuning steps\n"
+  )
   print(text)
-  print(f"\nTable: {FLAGS.workdir}/results.md   Plot: {FLAGS.workdir}/results.png   Runs: {FLAGS.workdir}/<task>_<method>/")
+  print(
+    f"\nTable: {FLAGS.workdir}/results.md   Plot: {FLAGS.workdir}/results.png   Runs: {FLAGS.workdir}/<task>_<method>/"
+  )
 
 
 if __name__ == "__main__":

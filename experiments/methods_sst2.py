@@ -6,6 +6,7 @@ Each (method, learning rate) is an ordinary fttpu run in WORKDIR/<method>_lr<lr>
 read, not repeated). For every method the learning rate with the best final dev accuracy (32
 examples; ties go to the smaller rate) is kept. Writes WORKDIR/results.md and results.png.
 """
+
 import os
 import subprocess
 import sys
@@ -23,19 +24,19 @@ FLAGS = flags.FLAGS
 
 # row name -> (method, extra config overrides, learning rates tried)
 GRID = {
-    "zero_shot": ("zero_shot", {}, [2e-5]),
-    "full": ("full", {}, [2e-5]),  # chosen over 5 seeds x 2 tasks in configs/fewshot.py
-    "head (L-BFGS probe)": ("head", {"head.solver": "lbfgs"}, [2e-5]),
-    "head": ("head", {}, [1e-3, 3e-3, 1e-2]),
-    "bitfit": ("bitfit", {}, [1e-4, 5e-4, 2e-3]),
-    "layers (last)": ("layers", {}, [2e-5, 1e-4, 5e-4]),
-    "lora": ("lora", {}, [1e-4, 5e-4, 1e-3]),
-    "prefix": ("prefix", {}, [1e-3, 1e-2, 3e-2]),
-    "sparse (1%, magnitude)": ("sparse", {}, [1e-4, 5e-4, 2e-3]),
-    "spiel (1%)": ("spiel", {}, [1e-4, 5e-4, 2e-3]),
-    # Zeroth-order: ZO-SGD at a constant rate, two forward passes a step, so more (cheaper) steps.
-    "mezo": ("mezo", {"train.steps": 500}, [1e-5, 3e-5, 1e-4]),
-    "zo over lora": ("zo", {"zo.base": "lora", "train.steps": 1000}, [1e-3]),
+  "zero_shot": ("zero_shot", {}, [2e-5]),
+  "full": ("full", {}, [2e-5]),  # chosen over 5 seeds x 2 tasks in configs/fewshot.py
+  "head (L-BFGS probe)": ("head", {"head.solver": "lbfgs"}, [2e-5]),
+  "head": ("head", {}, [1e-3, 3e-3, 1e-2]),
+  "bitfit": ("bitfit", {}, [1e-4, 5e-4, 2e-3]),
+  "layers (last)": ("layers", {}, [2e-5, 1e-4, 5e-4]),
+  "lora": ("lora", {}, [1e-4, 5e-4, 1e-3]),
+  "prefix": ("prefix", {}, [1e-3, 1e-2, 3e-2]),
+  "sparse (1%, magnitude)": ("sparse", {}, [1e-4, 5e-4, 2e-3]),
+  "spiel (1%)": ("spiel", {}, [1e-4, 5e-4, 2e-3]),
+  # Zeroth-order: ZO-SGD at a constant rate, two forward passes a step, so more (cheaper) steps.
+  "mezo": ("mezo", {"train.steps": 500}, [1e-5, 3e-5, 1e-4]),
+  "zo over lora": ("zo", {"zo.base": "lora", "train.steps": 1000}, [1e-3]),
 }
 
 
@@ -44,10 +45,15 @@ def run(row: str, method: str, overrides: dict, lr: float) -> list[dict]:
   workdir = os.path.join(FLAGS.workdir, f"{stem}_lr{lr:g}")
   lines = metrics.read_metrics(workdir)
   if not (lines and lines[-1].get("final")):
-    command = [sys.executable, "-m", "fttpu.main",
-               f"--config=configs/fewshot.py:task={FLAGS.task},method={method},k=16,seed={FLAGS.seed}",
-               f"--config.data.dir={FLAGS.data_dir}", f"--config.optimizer.learning_rate={lr}",
-               f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    command = [
+      sys.executable,
+      "-m",
+      "fttpu.main",
+      f"--config=configs/fewshot.py:task={FLAGS.task},method={method},k=16,seed={FLAGS.seed}",
+      f"--config.data.dir={FLAGS.data_dir}",
+      f"--config.optimizer.learning_rate={lr}",
+      f"--workdir={workdir}",
+    ] + [f"--config.{k}={v}" for k, v in overrides.items()]
     logging.info("running %s", " ".join(command))
     subprocess.run(command, check=True)
     lines = metrics.read_metrics(workdir)
@@ -61,8 +67,10 @@ def main(argv):
     if FLAGS.only and row not in FLAGS.only:
       continue
     runs = {lr: run(row, method, overrides, lr) for lr in rates}
-    dev = {lr: ([l for l in lines if l.get("split") == "dev"] or [{"eval/accuracy": float("nan")}])[-1]["eval/accuracy"]
-           for lr, lines in runs.items()}
+    dev = {
+      lr: ([l for l in lines if l.get("split") == "dev"] or [{"eval/accuracy": float("nan")}])[-1]["eval/accuracy"]
+      for lr, lines in runs.items()
+    }
     best = min(rates, key=lambda lr: (-dev[lr] if dev[lr] == dev[lr] else 0, lr))
     rows[row] = {"lr": best, "dev": dev, "final": runs[best][-1], "lines": runs[best]}
   write_table(rows)
@@ -70,17 +78,22 @@ def main(argv):
 
 
 def write_table(rows: dict) -> None:
-  lines = [f"16-shot {FLAGS.task}, seed {FLAGS.seed}, MiniLM (all-MiniLM-L6-v2), batch 8; AdamW with a linear "
-           "decay, except the zeroth-order rows (ZO-SGD, constant rate).",
-           "Learning rate chosen by final dev accuracy (dev accuracy of every rate tried in brackets).", "",
-           "| method | steps | lr | dev acc. per lr | test acc. | vs full FT | step time (s) |",
-           "|---|---:|---:|---|---:|---:|---:|"]
+  lines = [
+    f"16-shot {FLAGS.task}, seed {FLAGS.seed}, MiniLM (all-MiniLM-L6-v2), batch 8; AdamW with a linear "
+    "decay, except the zeroth-order rows (ZO-SGD, constant rate).",
+    "Learning rate chosen by final dev accuracy (dev accuracy of every rate tried in brackets).",
+    "",
+    "| method | steps | lr | dev acc. per lr | test acc. | vs full FT | step time (s) |",
+    "|---|---:|---:|---|---:|---:|---:|",
+  ]
   full = rows.get("full", {}).get("final", {}).get("eval/accuracy", float("nan"))
   for row, r in rows.items():
     dev = ", ".join(f"{lr:g}: {100 * acc:.1f}" for lr, acc in r["dev"].items())
     acc = r["final"]["eval/accuracy"]
-    lines.append(f"| {row} | {r['final']['step']} | {r['lr']:g} | {dev} | {100 * acc:.1f} | {100 * (acc - full):+.1f} | "
-                 f"{r['final'].get('perf/step_s', float('nan')):.3f} |")
+    lines.append(
+      f"| {row} | {r['final']['step']} | {r['lr']:g} | {dev} | {100 * acc:.1f} | {100 * (acc - full):+.1f} | "
+      f"{r['final'].get('perf/step_s', float('nan')):.3f} |"
+    )
   text = "\n".join(lines) + "\n"
   with open(os.path.join(FLAGS.workdir, "results.md"), "w") as f:
     f.write(text)
@@ -89,8 +102,10 @@ def write_table(rows: dict) -> None:
 
 def plot(rows: dict) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   names = list(rows)
   axes[0].barh(names, [100 * rows[n]["final"]["eval/accuracy"] for n in names], color="tab:blue")

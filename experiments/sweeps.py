@@ -8,6 +8,7 @@ interrupted one resumes from its checkpoint) in worker processes, with progress 
 row's hyperparameters by mean final dev accuracy over the seeds (the paper's protocol), and the
 writers turn the chosen cells into Markdown, CSV and LaTeX tables of mean (std) and PNG plots.
 """
+
 import csv
 import dataclasses
 import io
@@ -31,10 +32,11 @@ from fttpu.methods import base as method_base
 class Row:
   """One row of a table: `method` with `fixed` config settings and a `grid` of hyperparameters
   (config key -> values; every combination is tried and the best on dev is reported)."""
+
   name: str
   method: str
-  fixed: tuple = ()   # ((config key, value), ...)
-  grid: tuple = ()    # ((config key, (value, ...)), ...)
+  fixed: tuple = ()  # ((config key, value), ...)
+  grid: tuple = ()  # ((config key, (value, ...)), ...)
 
   def settings(self) -> list[tuple]:
     """Every combination of the grid, as ((key, value), ...)."""
@@ -67,14 +69,17 @@ class Cell:
   def launch_command(self, launcher: str, root: str, base_arg: str, data_dir: str) -> str:
     """The shell command that runs this cell through launch/<launcher>.sh (a pod or a cluster per cell)."""
     args = " ".join(shlex.quote(a) for a in [self.config_arg(base_arg), *self.overrides()])
-    return (f"launch/{launcher}.sh run --workdir={shlex.quote(self.workdir(root))} --data-dir={shlex.quote(data_dir)} -- "
-            if launcher == "tpu_pod" else
-            f"launch/{launcher}.sh --workdir={shlex.quote(self.workdir(root))} --data-dir={shlex.quote(data_dir)} -- ") + args
+    return (
+      f"launch/{launcher}.sh run --workdir={shlex.quote(self.workdir(root))} --data-dir={shlex.quote(data_dir)} -- "
+      if launcher == "tpu_pod"
+      else f"launch/{launcher}.sh --workdir={shlex.quote(self.workdir(root))} --data-dir={shlex.quote(data_dir)} -- "
+    ) + args
 
   def config(self, base_arg: str, data_dir: str):
     """The cell's ConfigDict: configs/fewshot.py with `base_arg`, then the row's settings and hyperparameters."""
     from configs import fewshot
     from fttpu import config as config_lib
+
     config = fewshot.get_config(self.config_arg(base_arg))
     config.data.dir = data_dir
     return config_lib.set_fields(config, {k: str(v) for k, v in self.settings()})
@@ -86,8 +91,13 @@ def slug(name: str) -> str:
 
 def cells(rows, tasks, seeds, task_settings: dict | None = None) -> list[Cell]:
   """Every (row, task, hyperparameters, seed); `task_settings` maps a task to its own ((key, value), ...)."""
-  return [Cell(row, task, seed, hp, tuple((task_settings or {}).get(task, ()))) for row in rows for task in tasks
-          for hp in row.settings() for seed in seeds]
+  return [
+    Cell(row, task, seed, hp, tuple((task_settings or {}).get(task, ())))
+    for row in rows
+    for task in tasks
+    for hp in row.settings()
+    for seed in seeds
+  ]
 
 
 def finished(cell: Cell, root: str) -> bool:
@@ -99,6 +109,7 @@ def run_cell(cell: Cell, root: str, base_arg: str, data_dir: str) -> str | None:
   """Runs one cell in this process, its log lines in WORKDIR/run.log (in a bucket workdir: written
   locally, then uploaded when the cell ends); returns None, or what went wrong."""
   from fttpu import train
+
   workdir = cell.workdir(root)
   files.makedirs(workdir)
   log = files.join(workdir, "run.log")
@@ -142,9 +153,11 @@ def check_jobs(jobs: int, on_tpu: bool) -> None:
   if jobs < 1:
     raise ConfigError(f"--jobs={jobs}: give 1 or more cells at once")
   if jobs > 1 and on_tpu:
-    raise ConfigError(f"--jobs={jobs} on a TPU VM: only one process may own its TPU chips (the others would fail "
-                      "with 'TPU is already in use'); use --jobs=1 (cells one after another), or one slice per cell "
-                      "with --launcher=tpu_pod")
+    raise ConfigError(
+      f"--jobs={jobs} on a TPU VM: only one process may own its TPU chips (the others would fail "
+      "with 'TPU is already in use'); use --jobs=1 (cells one after another), or one slice per cell "
+      "with --launcher=tpu_pod"
+    )
 
 
 def run_cells(todo: list[Cell], root: str, base_arg: str, data_dir: str, jobs: int = 1) -> list[tuple]:
@@ -152,16 +165,19 @@ def run_cells(todo: list[Cell], root: str, base_arg: str, data_dir: str, jobs: i
   logs progress with an ETA; returns [(cell, error)] for the cells that failed (the others go on)."""
   import concurrent.futures
   import multiprocessing
+
   pending = [c for c in todo if not finished(c, root)]
-  logging.info("%d cells, %d finished already, %d to run (%d at a time)", len(todo), len(todo) - len(pending),
-               len(pending), jobs)
+  logging.info(
+    "%d cells, %d finished already, %d to run (%d at a time)", len(todo), len(todo) - len(pending), len(pending), jobs
+  )
   failed, started = [], time.perf_counter()
   context = multiprocessing.get_context("spawn")  # JAX does not survive fork
   cores = context.SimpleQueue()
   for share in _core_shares(jobs):
     cores.put(share)
-  with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                                              initargs=(cores,)) as pool:
+  with concurrent.futures.ProcessPoolExecutor(
+    jobs, mp_context=context, initializer=_worker_init, initargs=(cores,)
+  ) as pool:
     futures = {pool.submit(run_cell, cell, root, base_arg, data_dir): cell for cell in pending}
     remaining = sum(map(_cost, pending))
     spent = 0.0
@@ -172,8 +188,17 @@ def run_cells(todo: list[Cell], root: str, base_arg: str, data_dir: str, jobs: i
         failed.append((cell, error))
         logging.warning("cell %s failed: %s (log: %s/run.log)", cell.workdir(root), error, cell.workdir(root))
       elapsed = time.perf_counter() - started
-      logging.info("[%d/%d] %s | %s seed %d %s | %s elapsed, ETA %s", done, len(pending), cell.task, cell.row.name,
-                   cell.seed, dict(cell.hparams) or "", _minutes(elapsed), _minutes(elapsed * remaining / spent))
+      logging.info(
+        "[%d/%d] %s | %s seed %d %s | %s elapsed, ETA %s",
+        done,
+        len(pending),
+        cell.task,
+        cell.row.name,
+        cell.seed,
+        dict(cell.hparams) or "",
+        _minutes(elapsed),
+        _minutes(elapsed * remaining / spent),
+      )
   return failed
 
 
@@ -182,7 +207,7 @@ def _core_shares(jobs: int) -> list[set]:
   available = sorted(os.sched_getaffinity(0))
   if jobs < 2 or len(available) < jobs:
     return [set()] * jobs
-  return [set(available[i * len(available) // jobs:(i + 1) * len(available) // jobs]) for i in range(jobs)]
+  return [set(available[i * len(available) // jobs : (i + 1) * len(available) // jobs]) for i in range(jobs)]
 
 
 def _cost(cell: Cell) -> float:
@@ -206,10 +231,19 @@ def collect(all_cells: list[Cell], root: str) -> list[dict]:
     if not (lines and lines[-1].get("final")):
       continue
     dev = [l for l in lines if l.get("split") == "dev"]
-    records.append({"row": cell.row.name, "task": cell.task, "seed": cell.seed, "hparams": cell.hparams,
-                    "dev": dev[-1]["eval/accuracy"] if dev else float("nan"), "test": lines[-1]["eval/accuracy"],
-                    "steps": lines[-1]["step"], "curve": [(l["step"], l["eval/accuracy"]) for l in dev],
-                    "step_s": lines[-1].get("perf/step_s", float("nan"))})
+    records.append(
+      {
+        "row": cell.row.name,
+        "task": cell.task,
+        "seed": cell.seed,
+        "hparams": cell.hparams,
+        "dev": dev[-1]["eval/accuracy"] if dev else float("nan"),
+        "test": lines[-1]["eval/accuracy"],
+        "steps": lines[-1]["step"],
+        "curve": [(l["step"], l["eval/accuracy"]) for l in dev],
+        "step_s": lines[-1].get("perf/step_s", float("nan")),
+      }
+    )
   return records
 
 
@@ -234,24 +268,36 @@ def summary(chosen: dict, rows: list[Row], tasks: list[str], paper: dict | None 
     for task in tasks:
       rs = chosen.get((row.name, task), [])
       acc = 100 * np.array([r["test"] for r in rs])
-      line[task] = {"mean": float(acc.mean()) if rs else float("nan"), "std": float(acc.std()) if rs else float("nan"),
-                    "seeds": len(rs), "hparams": dict(rs[0]["hparams"]) if rs else {},
-                    "paper": (paper or {}).get(row.name, {}).get(task)}
+      line[task] = {
+        "mean": float(acc.mean()) if rs else float("nan"),
+        "std": float(acc.std()) if rs else float("nan"),
+        "seeds": len(rs),
+        "hparams": dict(rs[0]["hparams"]) if rs else {},
+        "paper": (paper or {}).get(row.name, {}).get(task),
+      }
     out.append(line)
   return out
 
 
 def markdown(lines: list[dict], tasks: list[str], paper_name: str = "") -> str:
-  head = "| row | " + " | ".join(f"{t} mean (std) | {t} seeds | {t} chosen" + (f" | {t} {paper_name}" if paper_name else "")
-                                  for t in tasks) + " |"
+  head = (
+    "| row | "
+    + " | ".join(
+      f"{t} mean (std) | {t} seeds | {t} chosen" + (f" | {t} {paper_name}" if paper_name else "") for t in tasks
+    )
+    + " |"
+  )
   cols = sum(4 if paper_name else 3 for _ in tasks)
   text = [head, "|---|" + "---:|" * cols]
   for line in lines:
     cells_ = []
     for t in tasks:
       c = line[t]
-      cells_ += [f"{c['mean']:.1f} ({c['std']:.1f})", str(c["seeds"]),
-                 ", ".join(f"{k.split('.')[-1]}={v}" for k, v in c["hparams"].items()) or "-"]
+      cells_ += [
+        f"{c['mean']:.1f} ({c['std']:.1f})",
+        str(c["seeds"]),
+        ", ".join(f"{k.split('.')[-1]}={v}" for k, v in c["hparams"].items()) or "-",
+      ]
       if paper_name:
         cells_.append("" if c["paper"] is None else f"{c['paper']:.1f}")
     text.append(f"| {line['row']} | " + " | ".join(cells_) + " |")
@@ -263,17 +309,33 @@ def csv_text(lines: list[dict], tasks: list[str]) -> str:
   writer = csv.writer(buffer)
   writer.writerow(["row"] + [f"{t}_{k}" for t in tasks for k in ("mean", "std", "seeds", "paper")])
   for line in lines:
-    writer.writerow([line["row"]] + [f"{line[t][k]:.2f}" if isinstance(line[t][k], float) else line[t][k]
-                                      for t in tasks for k in ("mean", "std", "seeds", "paper")])
+    writer.writerow(
+      [line["row"]]
+      + [
+        f"{line[t][k]:.2f}" if isinstance(line[t][k], float) else line[t][k]
+        for t in tasks
+        for k in ("mean", "std", "seeds", "paper")
+      ]
+    )
   return buffer.getvalue()
 
 
 def latex(lines: list[dict], tasks: list[str], caption: str) -> str:
-  text = ["\\begin{table}[t]", "\\centering", "\\begin{tabular}{l" + "c" * len(tasks) + "}", "\\toprule",
-          "Method & " + " & ".join(t.upper() for t in tasks) + " \\\\", "\\midrule"]
+  text = [
+    "\\begin{table}[t]",
+    "\\centering",
+    "\\begin{tabular}{l" + "c" * len(tasks) + "}",
+    "\\toprule",
+    "Method & " + " & ".join(t.upper() for t in tasks) + " \\\\",
+    "\\midrule",
+  ]
   for line in lines:
-    text.append(line["row"].replace("_", "\\_") + " & " +
-                " & ".join(f"{line[t]['mean']:.1f} ({line[t]['std']:.1f})" for t in tasks) + " \\\\")
+    text.append(
+      line["row"].replace("_", "\\_")
+      + " & "
+      + " & ".join(f"{line[t]['mean']:.1f} ({line[t]['std']:.1f})" for t in tasks)
+      + " \\\\"
+    )
   text += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{caption}}}", "\\end{table}"]
   return "\n".join(text) + "\n"
 
@@ -282,19 +344,23 @@ def plot(lines: list[dict], chosen: dict, tasks: list[str], path: str, title: st
   """Left: test accuracy per row and task (mean, std over seeds; the paper's value as a marker).
   Right: dev accuracy against steps per trained row (mean over seeds of the chosen setting)."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(6 + 5 * len(tasks), 5))
   names = [l["row"] for l in lines]
   width = 0.8 / len(tasks)
   for i, task in enumerate(tasks):
     y = np.arange(len(names)) + i * width
-    axes[0].barh(y, [l[task]["mean"] for l in lines], width, xerr=[l[task]["std"] for l in lines], label=task,
-                 capsize=2)
+    axes[0].barh(
+      y, [l[task]["mean"] for l in lines], width, xerr=[l[task]["std"] for l in lines], label=task, capsize=2
+    )
     paper = [(l[task]["paper"], yy) for l, yy in zip(lines, y) if l[task]["paper"] is not None]
     if paper:
-      axes[0].scatter(*zip(*paper), marker="|", s=120, color="black", zorder=3,
-                      label="paper (RoBERTa-large)" if i == 0 else None)
+      axes[0].scatter(
+        *zip(*paper), marker="|", s=120, color="black", zorder=3, label="paper (RoBERTa-large)" if i == 0 else None
+      )
   axes[0].set_yticks(np.arange(len(names)) + width * (len(tasks) - 1) / 2, names)
   axes[0].invert_yaxis()
   axes[0].set(xlabel="test accuracy (%)", title=title)
@@ -321,6 +387,7 @@ def plot(lines: list[dict], chosen: dict, tasks: list[str], path: str, title: st
 def run_cli(grid) -> None:
   """`python -m experiments.<table>.run`: runs the grid module's cells (resumable)."""
   from absl import app, flags
+
   flags.DEFINE_string("data_dir", "../shared/data", "Folder with <task>/train.tsv and test.tsv.")
   flags.DEFINE_string("workdir", f"workdirs/{grid.NAME}", "Root of the cells' workdirs.")
   flags.DEFINE_integer("jobs", 1, "Worker processes running cells at once (each uses every core XLA gives it).")
@@ -329,12 +396,18 @@ def run_cli(grid) -> None:
   flags.DEFINE_list("seeds", [str(s) for s in grid.SEEDS], "Seeds.")
   flags.DEFINE_string("base", grid.BASE, "The config argument every cell starts from (model, k).")
   flags.DEFINE_list("set", [], "Extra config settings for every cell, key=value (e.g. train.steps=2 for a smoke run).")
-  flags.DEFINE_enum("launcher", None, ["tpu_pod", "slurm"], "Print the launch/<launcher>.sh command of every unfinished "
-                    "cell (one pod or cluster job per cell) instead of running the cells here.")
+  flags.DEFINE_enum(
+    "launcher",
+    None,
+    ["tpu_pod", "slurm"],
+    "Print the launch/<launcher>.sh command of every unfinished "
+    "cell (one pod or cluster job per cell) instead of running the cells here.",
+  )
 
   def main(argv):
     del argv
     from absl import logging as absl_logging
+
     absl_logging.set_verbosity(absl_logging.INFO)
     metrics.quiet_library_logs()
     f = flags.FLAGS
@@ -345,14 +418,19 @@ def run_cli(grid) -> None:
     rows = [dataclasses.replace(r, fixed=r.fixed + extra) for r in grid.ROWS if not f.only or r.name in f.only]
     todo = cells(rows, f.tasks, [int(s) for s in f.seeds], getattr(grid, "TASK_SETTINGS", {}))
     if f.launcher:
-      print("\n".join(c.launch_command(f.launcher, f.workdir, f.base, f.data_dir) for c in todo
-                      if not finished(c, f.workdir)))
+      print(
+        "\n".join(
+          c.launch_command(f.launcher, f.workdir, f.base, f.data_dir) for c in todo if not finished(c, f.workdir)
+        )
+      )
       return
     from fttpu import distributed
+
     check_jobs(f.jobs, distributed.on_tpu_host())
     failed = run_cells(todo, f.workdir, f.base, f.data_dir, f.jobs)
     if failed:
       raise SystemExit(f"{len(failed)} cells failed: " + "; ".join(f"{c.workdir(f.workdir)}: {e}" for c, e in failed))
+
   cli.run(main)
 
 
@@ -367,9 +445,11 @@ def write_tables(grid, root: str, out: str, only=()) -> list[dict]:
   rows = [r for r in grid.ROWS if not only or r.name in only]
   records = collect(cells(rows, tasks, grid.SEEDS, getattr(grid, "TASK_SETTINGS", {})), root)
   if not records:  # a table of NaNs would replace the real one in OUT
-    raise ConfigError(f"--workdir={root} holds no finished cell of {grid.NAME}"
-                      f"{' rows ' + ', '.join(only) if only else ''}: nothing to aggregate; run "
-                      f"`python -m experiments.{grid.NAME}.run --workdir={root}` first (OUT is left as it was)")
+    raise ConfigError(
+      f"--workdir={root} holds no finished cell of {grid.NAME}"
+      f"{' rows ' + ', '.join(only) if only else ''}: nothing to aggregate; run "
+      f"`python -m experiments.{grid.NAME}.run --workdir={root}` first (OUT is left as it was)"
+    )
   chosen = choose(records)
   lines = summary(chosen, list(grid.ROWS), tasks, grid.PAPER)
   if only:
@@ -386,8 +466,14 @@ def write_tables(grid, root: str, out: str, only=()) -> list[dict]:
   with open(os.path.join(out, "table.tex"), "w") as f:
     f.write(latex(lines, tasks, grid.CAPTION))
   with open(os.path.join(out, "table.json"), "w") as f:
-    json.dump({"lines": lines, "curves": [{"row": row, "task": task, "curve": curve}
-                                          for (row, task), curve in mean_curves(chosen).items()]}, f, indent=1)
+    json.dump(
+      {
+        "lines": lines,
+        "curves": [{"row": row, "task": task, "curve": curve} for (row, task), curve in mean_curves(chosen).items()],
+      },
+      f,
+      indent=1,
+    )
   plot(lines, chosen, tasks, os.path.join(out, "table.png"), grid.NAME)
   return lines
 
@@ -408,13 +494,17 @@ def previous_table(out: str, tasks: list[str]) -> tuple[dict, dict]:
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    return ({l["row"]: {t: l[t] for t in tasks} for l in saved["lines"]},
-            {(c["row"], c["task"]): [tuple(p) for p in c["curve"]] for c in saved["curves"]})
+    return (
+      {l["row"]: {t: l[t] for t in tasks} for l in saved["lines"]},
+      {(c["row"], c["task"]): [tuple(p) for p in c["curve"]] for c in saved["curves"]},
+    )
   kept = {}
   with open(os.path.join(out, "table.csv")) as f:
     for r in csv.DictReader(f):
-      kept[r["row"]] = {t: {"mean": float(r[f"{t}_mean"]), "std": float(r[f"{t}_std"]), "seeds": int(r[f"{t}_seeds"]),
-                            "hparams": {}} for t in tasks}
+      kept[r["row"]] = {
+        t: {"mean": float(r[f"{t}_mean"]), "std": float(r[f"{t}_std"]), "seeds": int(r[f"{t}_seeds"]), "hparams": {}}
+        for t in tasks
+      }
   with open(os.path.join(out, "table.md")) as f:
     table = [l for l in f.read().splitlines() if l.startswith("| ")]
   head = [c.strip() for c in table[0].strip("|").split("|")]
@@ -430,10 +520,15 @@ def previous_table(out: str, tasks: list[str]) -> tuple[dict, dict]:
 def aggregate_cli(grid) -> None:
   """`python -m experiments.<table>.aggregate`: the table of the finished cells."""
   from absl import app, flags
+
   flags.DEFINE_string("workdir", f"workdirs/{grid.NAME}", "Root of the cells' workdirs.")
   flags.DEFINE_string("out", f"experiments/{grid.NAME}/results", "Where the tables and the plot go.")
-  flags.DEFINE_list("only", [], "Aggregate only these rows (names in grid.ROWS) from --workdir; every other row "
-                    "keeps its line from the table already in --out (re-running a few rows of a finished table).")
+  flags.DEFINE_list(
+    "only",
+    [],
+    "Aggregate only these rows (names in grid.ROWS) from --workdir; every other row "
+    "keeps its line from the table already in --out (re-running a few rows of a finished table).",
+  )
 
   def main(argv):
     del argv
@@ -443,4 +538,5 @@ def aggregate_cli(grid) -> None:
     write_tables(grid, flags.FLAGS.workdir, flags.FLAGS.out, flags.FLAGS.only)
     with open(os.path.join(flags.FLAGS.out, "table.md")) as f:
       print(f.read())
+
   cli.run(main)

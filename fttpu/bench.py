@@ -19,6 +19,7 @@ devices when the machine has another number (parameters and state placed by the 
 rules, as fttpu.train places them), and reports each mesh's step time as a ratio to the first
 mesh's: `--mesh=data=1 --mesh=data=8 --mesh=fsdp=8` gives the overhead of sharding on one CPU.
 """
+
 import json
 import resource
 import subprocess
@@ -27,8 +28,11 @@ import time
 
 from absl import flags
 
-flags.DEFINE_list("methods", ["forward", "full"], "forward, or any method name of fttpu.methods, "
-                  "optionally with config overrides: name:key=value+key=value.")
+flags.DEFINE_list(
+  "methods",
+  ["forward", "full"],
+  "forward, or any method name of fttpu.methods, optionally with config overrides: name:key=value+key=value.",
+)
 flags.DEFINE_integer("batch", 16, "Sentences per batch.")
 flags.DEFINE_integer("seq", 64, "Tokens per sentence.")
 flags.DEFINE_integer("steps", 5, "Timed steps after two warm-up steps.")
@@ -44,18 +48,48 @@ def _memory(compiled) -> dict:
   analysis = compiled.memory_analysis()
   if analysis is None:
     return {}
-  return {f"compiled_{name}_mb": getattr(analysis, f"{name}_size_in_bytes") / 2**20
-          for name in ("argument", "output", "temp", "alias", "generated_code")}
+  return {
+    f"compiled_{name}_mb": getattr(analysis, f"{name}_size_in_bytes") / 2**20
+    for name in ("argument", "output", "temp", "alias", "generated_code")
+  }
 
 
 def method_config(spec: str):
   """The fewshot config of 'name:key=value+key=value' (values parsed as the field's type)."""
   from configs import fewshot
   from fttpu.config import method_spec, set_fields
+
   name, settings = method_spec(spec)
   # zo.base also picks the default learning rate, as get_config's zo_base argument does.
   config = fewshot.get_config(f"method={name}" + (f",zo_base={settings['zo.base']}" if "zo.base" in settings else ""))
   return set_fields(config, settings)
+
+
+def random_batch(size: int, length: int, classes: int) -> dict:
+  """Random token ids (no padding) and labels, with `classes` label descriptions of 8 tokens."""
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  return {
+    "input_ids": rng.integers(1000, 20000, (size, length), dtype=np.int32),
+    "attention_mask": np.ones((size, length), np.int32),
+    "labels": rng.integers(0, classes, size, dtype=np.int32),
+    "weights": np.ones(size, np.float32),
+    "label_input_ids": rng.integers(1000, 20000, (classes, 8), dtype=np.int32),
+    "label_attention_mask": np.ones((classes, 8), np.int32),
+  }
+
+
+def timed(step, steps: int, warmup: int = 2) -> list[float]:
+  """Seconds of each of `steps` calls of step() after `warmup` untimed ones."""
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    started = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - started)
+  return times
 
 
 def run_one(method_name: str, mesh_spec: str) -> dict:
@@ -70,13 +104,7 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
   mesh = sharding.make_mesh(sizes, sharding.devices_for(math.prod(sizes.values())))
 
   model = models.load("bert", FLAGS.checkpoint)
-  rng = np.random.default_rng(0)
-  batch = {"input_ids": rng.integers(1000, 20000, (FLAGS.batch, FLAGS.seq), dtype=np.int32),
-           "attention_mask": np.ones((FLAGS.batch, FLAGS.seq), np.int32),
-           "labels": rng.integers(0, FLAGS.classes, FLAGS.batch, dtype=np.int32),
-           "weights": np.ones(FLAGS.batch, np.float32),
-           "label_input_ids": rng.integers(1000, 20000, (FLAGS.classes, 8), dtype=np.int32),
-           "label_attention_mask": np.ones((FLAGS.classes, 8), np.int32)}
+  batch = random_batch(FLAGS.batch, FLAGS.seq, FLAGS.classes)
   logits_fn = classifier.make_classifier(model.module, "similarity", 20.0).logits
   rules, axes = sharding.default_rules("bert"), models.logical_axes(model.module)
   batch = sharding.put_batch(mesh, batch)
@@ -96,8 +124,11 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
     method = run.method
     state, shardings = trainer.place(run, 0, mesh, rules, axes)
     started = time.perf_counter()
-    compiled = trainer.compile_train_step(run, shardings, sharding.batch_shardings(mesh, batch), mesh).lower(
-        state, batch).compile()
+    compiled = (
+      trainer.compile_train_step(run, shardings, sharding.batch_shardings(mesh, batch), mesh)
+      .lower(state, batch)
+      .compile()
+    )
     compile_s = time.perf_counter() - started
     rss_compiled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     holder = [state]
@@ -105,24 +136,31 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
     def step():
       holder[0], metrics = compiled(holder[0], batch)
       jax.block_until_ready(metrics)
-  step(), step()
-  times = []
-  for _ in range(FLAGS.steps):
-    started = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - started)
+
+  times = timed(step, FLAGS.steps)
   rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   extra = {}
   if method_name != "forward":
     labels = method.labels(holder[0].params)
-    extra = {"trainable": masks.count_trainable(holder[0].params, labels),
-             "optimizer_state_entries": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(holder[0].opt_state)
-                                                if np.ndim(x) > 0))}
+    extra = {
+      "trainable": masks.count_trainable(holder[0].params, labels),
+      "optimizer_state_entries": int(
+        sum(np.size(x) for x in jax.tree_util.tree_leaves(holder[0].opt_state) if np.ndim(x) > 0)
+      ),
+    }
   sizes = [x.nbytes for x in jax.tree_util.tree_leaves(model.params)]
   extra.update(model_params_mb=sum(sizes) / 2**20, largest_param_mb=max(sizes) / 2**20)
-  return {"mesh": dict(mesh.shape), "step_s": float(np.median(times)), "compile_s": compile_s, "max_rss_mb": rss_after / 1024, **extra,
-          "rss_growth_mb": (rss_after - rss_before) / 1024, "max_rss_after_compile_mb": rss_compiled / 1024,
-          "max_rss_before_compile_mb": rss_before / 1024, **_memory(compiled)}
+  return {
+    "mesh": dict(mesh.shape),
+    "step_s": float(np.median(times)),
+    "compile_s": compile_s,
+    "max_rss_mb": rss_after / 1024,
+    **extra,
+    "rss_growth_mb": (rss_after - rss_before) / 1024,
+    "max_rss_after_compile_mb": rss_compiled / 1024,
+    "max_rss_before_compile_mb": rss_before / 1024,
+    **_memory(compiled),
+  }
 
 
 def main(argv):
@@ -131,23 +169,37 @@ def main(argv):
     print(json.dumps(run_one(FLAGS.one, FLAGS.one_mesh)))
     return
   import os
+
   out = {"batch": FLAGS.batch, "seq": FLAGS.seq, "steps": FLAGS.steps, "cpu_count": os.cpu_count()}
   meshes = FLAGS.mesh
   for method in FLAGS.methods:
     for mesh in meshes:
-      command = [sys.executable, "-m", "fttpu.bench", f"--one={method}", f"--one_mesh={mesh}", f"--batch={FLAGS.batch}",
-                 f"--seq={FLAGS.seq}", f"--steps={FLAGS.steps}", f"--classes={FLAGS.classes}",
-                 f"--checkpoint={FLAGS.checkpoint}"]
+      command = [
+        sys.executable,
+        "-m",
+        "fttpu.bench",
+        f"--one={method}",
+        f"--one_mesh={mesh}",
+        f"--batch={FLAGS.batch}",
+        f"--seq={FLAGS.seq}",
+        f"--steps={FLAGS.steps}",
+        f"--classes={FLAGS.classes}",
+        f"--checkpoint={FLAGS.checkpoint}",
+      ]
       result = subprocess.run(command, capture_output=True, text=True)
       if result.returncode:
         last = (result.stderr.strip().splitlines() or [""])[-1]
-        raise SystemExit(f"error: benchmark of {method} on mesh {mesh}: {last[len('error: '):]}" if
-                         last.startswith("error: ") else f"benchmark of {method} on mesh {mesh} failed:\n"
-                         f"{result.stderr[-3000:]}")
+        raise SystemExit(
+          f"error: benchmark of {method} on mesh {mesh}: {last[len('error: ') :]}"
+          if last.startswith("error: ")
+          else f"benchmark of {method} on mesh {mesh} failed:\n{result.stderr[-3000:]}"
+        )
       out[method if len(meshes) == 1 else f"{method}@{mesh}"] = json.loads(result.stdout.strip().splitlines()[-1])
   if len(meshes) > 1:
-    out["step_ratios_to_first_mesh"] = {m: {mesh: round(out[f"{m}@{mesh}"]["step_s"] / out[f"{m}@{meshes[0]}"]["step_s"], 2)
-                                            for mesh in meshes[1:]} for m in FLAGS.methods}
+    out["step_ratios_to_first_mesh"] = {
+      m: {mesh: round(out[f"{m}@{mesh}"]["step_s"] / out[f"{m}@{meshes[0]}"]["step_s"], 2) for mesh in meshes[1:]}
+      for m in FLAGS.methods
+    }
   elif "forward" in out:
     others = [m for m in FLAGS.methods if m != "forward"]
     out["ratios_to_forward"] = {m: round(out[m]["step_s"] / out["forward"]["step_s"], 2) for m in others}
@@ -157,4 +209,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from fttpu import cli
+
   cli.run(main)

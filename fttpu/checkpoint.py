@@ -13,6 +13,7 @@ checks the newest checkpoint against its manifest, then restores it; a checkpoin
 truncated file, or one orbax cannot read, is moved to DIR/damaged/ (nothing is deleted) and the
 previous one is tried.
 """
+
 import json
 import logging
 import os
@@ -34,18 +35,33 @@ def make_manager(workdir: str, keep: int, best_metric: str = "") -> ocp.Checkpoi
   policies = [checkpoint_managers.LatestN(n=keep)]
   if best_metric:
     higher = BEST_METRICS[best_metric]
-    policies.append(checkpoint_managers.BestN(get_metric_fn=lambda m: m[best_metric] if higher else -m[best_metric],
-                                              n=1, keep_checkpoints_without_metrics=False))
-  options = ocp.CheckpointManagerOptions(create=True, preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
+    policies.append(
+      checkpoint_managers.BestN(
+        get_metric_fn=lambda m: m[best_metric] if higher else -m[best_metric],
+        n=1,
+        keep_checkpoints_without_metrics=False,
+      )
+    )
+  options = ocp.CheckpointManagerOptions(
+    create=True, preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies)
+  )
   return ocp.CheckpointManager(directory, options=options)
 
 
-def save(manager: ocp.CheckpointManager, state, run: dict | None = None, config: dict | None = None,
-         metrics: dict | None = None) -> None:
+def save(
+  manager: ocp.CheckpointManager,
+  state,
+  run: dict | None = None,
+  config: dict | None = None,
+  metrics: dict | None = None,
+) -> None:
   """Starts an asynchronous save of `state` (and the run's position and config) at its step."""
   finish(manager)  # the previous save is complete: give it its manifest before starting the next
-  items = {"state": ocp.args.StandardSave(state), "run": ocp.args.JsonSave(run or {}),
-           "config": ocp.args.JsonSave(config or {})}
+  items = {
+    "state": ocp.args.StandardSave(state),
+    "run": ocp.args.JsonSave(run or {}),
+    "config": ocp.args.JsonSave(config or {}),
+  }
   manager.save(int(jax.device_get(state.step)), args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
@@ -63,8 +79,9 @@ def finish(manager: ocp.CheckpointManager) -> None:
 def restore(manager: ocp.CheckpointManager, step: int, target) -> tuple:
   """(state, run) of checkpoint `step`, the state restored onto `target`'s structure, dtypes and shardings."""
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                           run=ocp.args.JsonRestore()))
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), run=ocp.args.JsonRestore())
+  )
   return restored["state"], dict(restored["run"] or {})
 
 
@@ -74,8 +91,11 @@ def saved_config(manager: ocp.CheckpointManager) -> tuple[int, dict] | None:
     try:
       return step, dict(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
     except Exception as e:  # a damaged checkpoint: restore_latest moves it aside later
-      logging.warning("checkpoint %s: its saved config does not read (%s)", step_path(manager, step),
-                      f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__)
+      logging.warning(
+        "checkpoint %s: its saved config does not read (%s)",
+        step_path(manager, step),
+        f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__,
+      )
   return None
 
 
@@ -102,8 +122,11 @@ def restore_latest(manager: ocp.CheckpointManager, target) -> tuple | None:
     logging.warning("checkpoint %s is damaged: %s; falling back to the previous checkpoint", path, problem)
     quarantine(manager, step)
   if files.isdir(damaged_dir(manager)) and files.listdir(damaged_dir(manager)):
-    logging.warning("no whole checkpoint is left in %s (damaged ones are in %s): starting from step 0",
-                    manager.directory, damaged_dir(manager))
+    logging.warning(
+      "no whole checkpoint is left in %s (damaged ones are in %s): starting from step 0",
+      manager.directory,
+      damaged_dir(manager),
+    )
   return None
 
 
@@ -160,6 +183,7 @@ def save_artifact(path: str, tree: dict, method: str):
   from flax import traverse_util
   import numpy as np
   import safetensors.numpy
+
   flat = {"/".join(k): np.asarray(jax.device_get(v)) for k, v in traverse_util.flatten_dict(tree).items()}
   if not flat:
     return None
@@ -170,12 +194,14 @@ def save_artifact(path: str, tree: dict, method: str):
 def load_artifact(path: str, model_params: dict) -> dict:
   """The method tree rebuilt from a saved artifact on top of the pretrained `model_params`."""
   import safetensors.numpy
+
   return onto_pretrained(safetensors.numpy.load_file(path), model_params)
 
 
 def onto_pretrained(flat_artifact: dict, model_params: dict) -> dict:
   """The method tree of an artifact given as {'a/b/c': array}, on top of the pretrained `model_params`."""
   from flax import traverse_util
+
   artifact = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat_artifact.items()})
   model = traverse_util.flatten_dict(model_params)
   model.update(traverse_util.flatten_dict(artifact.pop("model", {})))

@@ -16,6 +16,7 @@ normalized pooled sentence, the MLM head's transformed state at the mask, or the
 last state before the label word. `zero_shot_head` gives the head that reproduces the zero-shot
 logits (exactly for similarity and mlm, and for causal when every label word is one token).
 """
+
 from typing import Callable, NamedTuple
 
 import jax
@@ -28,8 +29,8 @@ STYLES = ("similarity", "mlm", "causal")
 
 
 class Classifier(NamedTuple):
-  logits: Callable          # (tree, batch, rng=None) -> (batch, classes) float32; rng=None: no dropout
-  features: Callable        # (model params, batch) -> (batch, features): what a linear head reads
+  logits: Callable  # (tree, batch, rng=None) -> (batch, classes) float32; rng=None: no dropout
+  features: Callable  # (model params, batch) -> (batch, features): what a linear head reads
   zero_shot_head: Callable  # (model params, batch) -> (kernel, bias) that gives the zero-shot logits
 
 
@@ -81,69 +82,78 @@ def make_classifier(module, style: str, scale: float = 20.0) -> Classifier:
   """The classifier of `style` over the Flax model `module` (see the module docstring)."""
   if style not in STYLES:
     raise ValueError(f"unknown classifier style {style!r}; valid: {list(STYLES)}")
-  embed = make_embed_fn(module)
   output_embedding = FAMILIES.get(module.config.family).output_embedding  # the rows that score words
-
-  def head_logits(tree, features):
-    return features @ tree["head"]["kernel"] + tree["head"]["bias"]
-
   if style == "similarity":
-    def logits(tree, batch, rng=None):
-      sentence_rng, label_rng = (None, None) if rng is None else jax.random.split(rng)
-      noise = tree.get("noise")
-      sentences = embed(tree["model"], batch["input_ids"], batch["attention_mask"], sentence_rng, noise)
-      if "head" in tree:
-        return head_logits(tree, sentences)
-      labels = embed(tree["model"], batch["label_input_ids"], batch["label_attention_mask"], label_rng, noise)
-      return scale * sentences @ labels.T
+    return _similarity(module, scale)
+  return (_masked if style == "mlm" else _causal)(module, output_embedding)
 
-    features = lambda params, batch: embed(params, batch["input_ids"], batch["attention_mask"])
 
-    def zero_shot_head(params, batch):
-      labels = embed(params, batch["label_input_ids"], batch["label_attention_mask"])
-      return scale * labels.T, jnp.zeros((labels.shape[0],))
+def _head_logits(tree, features):
+  return features @ tree["head"]["kernel"] + tree["head"]["bias"]
 
-  elif style == "mlm":
-    def logits(tree, batch, rng=None):
-      run = lambda **kw: _apply(module, tree["model"], tree.get("noise"), batch["input_ids"], batch["attention_mask"],
-                                rng, positions=mask_positions(batch), **kw)
-      if "head" in tree:
-        return head_logits(tree, run(output="features").astype(jnp.float32))
-      return run(output="logits", vocab_ids=batch["verbalizer_ids"])
 
-    def features(params, batch):
-      return _apply(module, params, None, batch["input_ids"], batch["attention_mask"], None, output="features",
-                    positions=mask_positions(batch)).astype(jnp.float32)
+def _similarity(module, scale: float) -> Classifier:
+  embed = make_embed_fn(module)
 
-    def zero_shot_head(params, batch):
-      words = batch["verbalizer_ids"]
-      table = params[output_embedding]["embedding"]
-      return table[words].T.astype(jnp.float32), params["lm_bias"][words].astype(jnp.float32)
+  def logits(tree, batch, rng=None):
+    sentence_rng, label_rng = (None, None) if rng is None else jax.random.split(rng)
+    noise = tree.get("noise")
+    sentences = embed(tree["model"], batch["input_ids"], batch["attention_mask"], sentence_rng, noise)
+    if "head" in tree:
+      return _head_logits(tree, sentences)
+    labels = embed(tree["model"], batch["label_input_ids"], batch["label_attention_mask"], label_rng, noise)
+    return scale * sentences @ labels.T
 
-  else:
-    def logits(tree, batch, rng=None):
-      n, classes, length = batch["input_ids"].shape
-      flat = lambda x: x.reshape(n * classes, length)
-      if "head" in tree:
-        return head_logits(tree, features_at(tree["model"], tree.get("noise"), batch, rng))
-      out = _apply(module, tree["model"], tree.get("noise"), flat(batch["input_ids"]), flat(batch["attention_mask"]),
-                   rng, output="logits")
-      return target_log_likelihoods(out, flat(batch["input_ids"]), flat(batch["target_mask"])).reshape(n, classes)
+  def zero_shot_head(params, batch):
+    labels = embed(params, batch["label_input_ids"], batch["label_attention_mask"])
+    return scale * labels.T, jnp.zeros((labels.shape[0],))
 
-    def features_at(params, noise, batch, rng=None):
-      """The last state before the label word (of the first candidate: the prompt is the same for all)."""
-      position = _first_target(batch)[:, 0] - 1
-      return _apply(module, params, noise, batch["input_ids"][:, 0], batch["attention_mask"][:, 0], rng,
-                    output="features", positions=position).astype(jnp.float32)
+  features = lambda params, batch: embed(params, batch["input_ids"], batch["attention_mask"])
+  return Classifier(logits, features, zero_shot_head)
 
-    features = lambda params, batch: features_at(params, None, batch)
 
-    def zero_shot_head(params, batch):
-      first = _first_target(batch)[0]
-      words = batch["input_ids"][0, jnp.arange(first.shape[0]), first]
-      table = params[output_embedding if output_embedding in params else "word"]["embedding"]  # "word": tied
-      return table[words].T.astype(jnp.float32), jnp.zeros((first.shape[0],))
+def _masked(module, output_embedding: str) -> Classifier:
+  def run(params, noise, batch, rng, **kwargs):
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    return _apply(module, params, noise, ids, mask, rng, positions=mask_positions(batch), **kwargs)
 
+  def logits(tree, batch, rng=None):
+    if "head" in tree:
+      return _head_logits(
+        tree, run(tree["model"], tree.get("noise"), batch, rng, output="features").astype(jnp.float32)
+      )
+    return run(tree["model"], tree.get("noise"), batch, rng, output="logits", vocab_ids=batch["verbalizer_ids"])
+
+  def zero_shot_head(params, batch):
+    words = batch["verbalizer_ids"]
+    table = params[output_embedding]["embedding"]
+    return table[words].T.astype(jnp.float32), params["lm_bias"][words].astype(jnp.float32)
+
+  features = lambda params, batch: run(params, None, batch, None, output="features").astype(jnp.float32)
+  return Classifier(logits, features, zero_shot_head)
+
+
+def _causal(module, output_embedding: str) -> Classifier:
+  def features_at(params, noise, batch, rng=None):
+    """The last state before the label word (of the first candidate: the prompt is the same for all)."""
+    ids, mask, position = batch["input_ids"][:, 0], batch["attention_mask"][:, 0], _first_target(batch)[:, 0] - 1
+    return _apply(module, params, noise, ids, mask, rng, output="features", positions=position).astype(jnp.float32)
+
+  def logits(tree, batch, rng=None):
+    n, classes, length = batch["input_ids"].shape
+    if "head" in tree:
+      return _head_logits(tree, features_at(tree["model"], tree.get("noise"), batch, rng))
+    ids, mask, targets = (batch[k].reshape(n * classes, length) for k in ("input_ids", "attention_mask", "target_mask"))
+    out = _apply(module, tree["model"], tree.get("noise"), ids, mask, rng, output="logits")
+    return target_log_likelihoods(out, ids, targets).reshape(n, classes)
+
+  def zero_shot_head(params, batch):
+    first = _first_target(batch)[0]
+    words = batch["input_ids"][0, jnp.arange(first.shape[0]), first]
+    table = params[output_embedding if output_embedding in params else "word"]["embedding"]  # "word": tied
+    return table[words].T.astype(jnp.float32), jnp.zeros((first.shape[0],))
+
+  features = lambda params, batch: features_at(params, None, batch)
   return Classifier(logits, features, zero_shot_head)
 
 

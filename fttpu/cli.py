@@ -1,5 +1,6 @@
 """What every command line does with a user's mistake: one line naming it and the way out, no
 traceback. `cli.run(main)` in place of absl's `app.run(main)`."""
+
 import errno
 import sys
 
@@ -7,13 +8,16 @@ from absl import app
 
 from fttpu.errors import USER_ERRORS
 
-OS_HINTS = {errno.ENOSPC: "free space there and run again (a run resumes from its last checkpoint)",
-            errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
-            errno.EROFS: "it is on a read-only file system; choose another path",
-            errno.EEXIST: "a file is in the way; remove it or choose another path",
-            errno.ENOTDIR: "a file is in the way where a directory is expected; choose another path",
-            errno.EISDIR: "a directory is where a file is expected; choose another path",
-            errno.ENOENT: "it does not exist; check the path"}
+OS_HINTS = {
+  errno.ENOSPC: "free space there and run again (a run resumes from its last checkpoint)",
+  errno.EACCES: "check its permissions",
+  errno.EPERM: "check its permissions",
+  errno.EROFS: "it is on a read-only file system; choose another path",
+  errno.EEXIST: "a file is in the way; remove it or choose another path",
+  errno.ENOTDIR: "a file is in the way where a directory is expected; choose another path",
+  errno.EISDIR: "a directory is where a file is expected; choose another path",
+  errno.ENOENT: "it does not exist; check the path",
+}
 
 
 def describe(error: BaseException) -> str:
@@ -27,11 +31,13 @@ def describe(error: BaseException) -> str:
 
 def guarded(main):
   """main(argv), with USER_ERRORS exiting with status 1 and `error: <what and the way out>`."""
+
   def wrapped(argv):
     try:
       return main(argv)
     except USER_ERRORS as e:
       sys.exit(f"error: {describe(e)}")
+
   return wrapped
 
 

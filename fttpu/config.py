@@ -2,6 +2,7 @@
 --config.a.b flags checked against the fields that exist. (Validation belongs to each section's owner;
 fttpu.trainer.validate runs them all.)
 """
+
 import ast
 
 import ml_collections
@@ -66,8 +67,15 @@ def parse_value(key: str, old, raw: str):
   if isinstance(old, bool) and isinstance(raw, str) and raw.lower() in ("true", "false"):
     value = raw.lower() == "true"
   kind = type(old)
-  fits = (isinstance(value, bool) if kind is bool else isinstance(value, (int, float)) and not isinstance(value, bool)
-          and (kind is float or float(value).is_integer()) if kind in (int, float) else isinstance(value, (list, tuple)))
+  fits = (
+    isinstance(value, bool)
+    if kind is bool
+    else isinstance(value, (int, float))
+    and not isinstance(value, bool)
+    and (kind is float or float(value).is_integer())
+    if kind in (int, float)
+    else isinstance(value, (list, tuple))
+  )
   if not fits:
     example = ", e.g. true" if kind is bool else f", e.g. {old!r}"
     raise ConfigError(f"config.{key}={raw!r} is not a valid {kind.__name__}{example}")
@@ -81,13 +89,14 @@ def check_overrides(config: ml_collections.ConfigDict | None, argv: list[str]) -
   for arg in argv:
     if not arg.startswith("--config."):
       continue
-    path = arg[len("--config."):].split("=", 1)[0]
+    path = arg[len("--config.") :].split("=", 1)[0]
     node, walked = config, "config"
     for key in path.split("."):
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
         valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        raise ConfigError(f"unknown config key {walked}.{key} (from {arg.split('=', 1)[0]}); "
-                          f"valid keys of {walked}: {valid}")
+        raise ConfigError(
+          f"unknown config key {walked}.{key} (from {arg.split('=', 1)[0]}); valid keys of {walked}: {valid}"
+        )
       node, walked = node[key], f"{walked}.{key}"
     if "=" in arg and isinstance(node, (bool, int, float)):  # absl would fail with a bare int() traceback line
       parse_value(path, node, arg.split("=", 1)[1])

@@ -13,6 +13,7 @@ FTTPU_LOCAL_DEVICES as the launchers set it), a process that sees another number
 CPU processes exchange collectives through gloo. A peer that stops heartbeating for
 `heartbeat_timeout_s` makes every other process fail instead of waiting forever.
 """
+
 import importlib.util
 import logging
 import os
@@ -39,8 +40,13 @@ def cluster_detected() -> bool:
   return on_tpu_vm or srun_tasks > 1
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, heartbeat_timeout_s: int = 100, local_devices: int | None = None) -> int:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  heartbeat_timeout_s: int = 100,
+  local_devices: int | None = None,
+) -> int:
   """Joins the runtime when the run has several processes (see the module docstring); returns the
   number of processes. Must run before anything touches a JAX device."""
   expected = _from_env(local_devices, "FTTPU_LOCAL_DEVICES", int)
@@ -52,10 +58,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def check_local_devices(expected: int | None) -> None:
   """Fails when this process drives another number of devices than the launcher asked for."""
   if expected is not None and jax.local_device_count() != expected:
-    raise ValueError(f"process {jax.process_index()} sees {jax.local_device_count()} local "
-                     f"{jax.default_backend()} devices but the launcher asked for {expected} "
-                     "(--local_devices / FTTPU_LOCAL_DEVICES): check CUDA_VISIBLE_DEVICES, the job's GPUs per node "
-                     "(--gpus-per-node) or --devices_per_process")
+    raise ValueError(
+      f"process {jax.process_index()} sees {jax.local_device_count()} local "
+      f"{jax.default_backend()} devices but the launcher asked for {expected} "
+      "(--local_devices / FTTPU_LOCAL_DEVICES): check CUDA_VISIBLE_DEVICES, the job's GPUs per node "
+      "(--gpus-per-node) or --devices_per_process"
+    )
 
 
 def _join(coordinator_address, num_processes, process_id, heartbeat_timeout_s) -> int:
@@ -69,6 +77,12 @@ def _join(coordinator_address, num_processes, process_id, heartbeat_timeout_s) -
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only CPU devices use it
   explicit = {} if address is None else {"cluster_detection_method": "deactivate"}  # every visible device
   jax.distributed.initialize(address, count, index, heartbeat_timeout_seconds=heartbeat_timeout_s, **explicit)
-  logging.info("process %d of %d (coordinator %s): %d local of %d devices", jax.process_index(),
-               jax.process_count(), address or "auto-detected", jax.local_device_count(), jax.device_count())
+  logging.info(
+    "process %d of %d (coordinator %s): %d local of %d devices",
+    jax.process_index(),
+    jax.process_count(),
+    address or "auto-detected",
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return jax.process_count()

@@ -2,6 +2,7 @@
 
 A leaf module: everything may import it, it imports nothing of fttpu.
 """
+
 import re
 
 

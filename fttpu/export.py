@@ -11,6 +11,7 @@ Export never destroys: OUT may not be the workdir, the run's pretrained checkpoi
 and must be empty or new unless --overwrite, which replaces it as a whole (written beside it, then
 swapped in), so no file of an earlier export survives.
 """
+
 import json
 import os
 
@@ -37,30 +38,40 @@ def check_destination(out_dir: str, protected: dict, overwrite: bool) -> None:
   """Fails unless OUT may be written: not one of (or inside) the `protected` {what: directory}, and
   empty or new unless `overwrite`."""
   from fttpu.errors import ConfigError
+
   for what, directory in protected.items():
     if _inside(out_dir, directory):
-      raise ConfigError(f"--to={out_dir} is {'inside ' if _inside(out_dir, directory) and not _inside(directory, out_dir) else ''}"
-                        f"{what} {directory}: exporting there would overwrite it; choose another --to")
+      raise ConfigError(
+        f"--to={out_dir} is {'inside ' if _inside(out_dir, directory) and not _inside(directory, out_dir) else ''}"
+        f"{what} {directory}: exporting there would overwrite it; choose another --to"
+      )
   if files.exists(out_dir) and not files.isdir(out_dir):
     raise ConfigError(f"--to={out_dir} is a file; choose a directory")
   entries = files.listdir(out_dir) if files.isdir(out_dir) else []
   if entries and not overwrite:
-    raise ConfigError(f"--to={out_dir} is not empty ({len(entries)} entries, e.g. {entries[0]}); "
-                      "pass --overwrite to replace it, or choose a new directory")
+    raise ConfigError(
+      f"--to={out_dir} is not empty ({len(entries)} entries, e.g. {entries[0]}); "
+      "pass --overwrite to replace it, or choose a new directory"
+    )
 
 
 def check_trajectory(path: str, step: int) -> None:
   """A zeroth-order run's trajectory reads and covers `step` steps, else CheckpointError."""
   from fttpu.errors import CheckpointError
   import safetensors.numpy
+
   try:
     steps = len(safetensors.numpy.load(files.read_bytes(path))["projected_grad"])
   except Exception as e:  # safetensors raises its own error kinds for truncated or foreign files
-    raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {str(e)[:160]}); the export would ship a "
-                          "trajectory that cannot replay: resume the run to rewrite it") from None
+    raise CheckpointError(
+      f"{path} is damaged ({type(e).__name__}: {str(e)[:160]}); the export would ship a "
+      "trajectory that cannot replay: resume the run to rewrite it"
+    ) from None
   if steps < step:
-    raise CheckpointError(f"{path} holds {steps} steps but checkpoint {step} needs {step}: it is damaged or stale; "
-                          "resume the run to rewrite it")
+    raise CheckpointError(
+      f"{path} holds {steps} steps but checkpoint {step} needs {step}: it is damaged or stale; "
+      "resume the run to rewrite it"
+    )
 
 
 def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrite: bool = False) -> dict:
@@ -71,22 +82,30 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
   from fttpu import checkpoint, methods, models, optim, workdir as workdir_lib
   from fttpu.models import hf
   from fttpu.errors import CheckpointError
+
   workdir, out_dir = files.resolve(workdir), files.resolve(out_dir)
   if not files.isfile(files.join(workdir, "config.json")):
     raise CheckpointError(f"{workdir} is not a run's workdir: it has no config.json")
   saved, problem = workdir_lib.read_config_json(workdir)
   if saved is None:
-    raise CheckpointError(f"{problem}; run the same training command on this workdir once to rewrite it "
-                          "(it is checked against the config saved in the checkpoint)")
+    raise CheckpointError(
+      f"{problem}; run the same training command on this workdir once to rewrite it "
+      "(it is checked against the config saved in the checkpoint)"
+    )
   config = ml_collections.ConfigDict(saved)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints, config.train.best_metric)
   steps = manager.all_steps()
   if not steps or (step is not None and step not in steps):
-    raise CheckpointError(f"{manager.directory} has no checkpoint {step if step is not None else ''}".rstrip()
-                          + f"; its checkpoints: {sorted(steps)}")
+    raise CheckpointError(
+      f"{manager.directory} has no checkpoint {step if step is not None else ''}".rstrip()
+      + f"; its checkpoints: {sorted(steps)}"
+    )
   step = max(steps) if step is None else step
-  protected = {"the run's workdir": workdir, "the run's pretrained checkpoint": hf.find_checkpoint_dir(config.model.checkpoint),
-               "the local copy of the run's pretrained checkpoint": hf.resolve_checkpoint_dir(config.model.checkpoint)}
+  protected = {
+    "the run's workdir": workdir,
+    "the run's pretrained checkpoint": hf.find_checkpoint_dir(config.model.checkpoint),
+    "the local copy of the run's pretrained checkpoint": hf.resolve_checkpoint_dir(config.model.checkpoint),
+  }
   check_destination(out_dir, protected, overwrite)
   trajectory = files.join(workdir, "trajectory.safetensors")
   if files.exists(trajectory):
@@ -97,7 +116,9 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
   method = methods.get_method(config, optim.make_optimizer(config.optimizer, config.train.steps), model)
   merged = method.merge(tree)["model"]
   base_paths = traverse_util.flatten_dict(model.params).keys()  # prefixes stay in the artifact
-  merged = traverse_util.unflatten_dict({p: v for p, v in traverse_util.flatten_dict(merged).items() if p in base_paths})
+  merged = traverse_util.unflatten_dict(
+    {p: v for p, v in traverse_util.flatten_dict(merged).items() if p in base_paths}
+  )
 
   def build(directory):
     models.export(model, merged, directory)
@@ -119,4 +140,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from fttpu import cli
+
   cli.run(main)

@@ -6,6 +6,7 @@ A URI is never made absolute (`os.path.abspath("gs://b/x")` is the local folder 
 keeps it and makes only local paths absolute. Objects cannot be appended to, so `append_text` rewrites
 a remote file whole (fine for the small files fttpu appends: metrics lines).
 """
+
 import contextlib
 import os
 import re
@@ -26,7 +27,7 @@ def resolve(path) -> str:
   """An absolute local path, or the URI as given (without a trailing '/')."""
   path = str(path)
   if path.startswith("file://"):
-    path = path[len("file://"):]
+    path = path[len("file://") :]
   if is_remote(path):
     return path.rstrip("/")
   return os.path.abspath(os.path.expanduser(path))
@@ -155,8 +156,11 @@ def remove(path) -> None:
 def copy_tree(source, destination) -> None:
   """Copies a file, or a directory and everything below it, between any two places."""
   if not is_remote(source) and not is_remote(destination):
-    (shutil.copytree(source, destination, dirs_exist_ok=True) if os.path.isdir(source)
-     else shutil.copy(source, destination))
+    (
+      shutil.copytree(source, destination, dirs_exist_ok=True)
+      if os.path.isdir(source)
+      else shutil.copy(source, destination)
+    )
     return
   if not isdir(source):
     target = join(destination, os.path.basename(str(source))) if isdir(destination) else destination
@@ -212,6 +216,7 @@ def local_copy(path, cache_dir) -> str:
   if not is_remote(path):
     return path
   import filelock
+
   scheme, rest = str(path).split("://", 1)
   local = os.path.join(resolve(cache_dir), scheme, rest.rstrip("/"))
   os.makedirs(local, exist_ok=True)
@@ -230,4 +235,5 @@ def _download(uri, target) -> None:
   def stream(out):
     with as_path(uri).open("rb") as source:
       shutil.copyfileobj(source, out, length=64 << 20)
+
   _replace_local(target, stream)

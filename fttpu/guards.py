@@ -1,4 +1,5 @@
 """What stops a run before its last step: a signal (SIGTERM, Ctrl-C), a non-finite step, divergence."""
+
 import math
 import os
 import signal
@@ -49,8 +50,12 @@ def _stop_at_once(signum, frame):
   a save in progress is left unfinished, which orbax ignores (its commit never happened)."""
   del signum, frame
   sys.stdout.flush()
-  print("error: interrupted twice (Ctrl-C): stopped at once; the checkpoints saved so far are kept, run again "
-        "with the same --workdir to resume", file=sys.stderr, flush=True)
+  print(
+    "error: interrupted twice (Ctrl-C): stopped at once; the checkpoints saved so far are kept, run again "
+    "with the same --workdir to resume",
+    file=sys.stderr,
+    flush=True,
+  )
   os._exit(INTERRUPTED)
 
 
@@ -77,12 +82,16 @@ def divergence(record: dict, loss: float, projected, ratio: float, stuck_steps: 
     record.setdefault("first_loss", loss)
   bound = ratio * max(record.get("first_loss", math.inf), 1.0)
   if ratio and math.isfinite(loss) and loss > bound:
-    return (f"training loss {loss:.4g} is above train.divergence_ratio={ratio:g} x max(first step's loss "
-            f"{record['first_loss']:.4g}, 1) = {bound:.4g}")
+    return (
+      f"training loss {loss:.4g} is above train.divergence_ratio={ratio:g} x max(first step's loss "
+      f"{record['first_loss']:.4g}, 1) = {bound:.4g}"
+    )
   if projected is not None:
     record["zero_projections"] = record.get("zero_projections", 0) + 1 if not np.any(projected) else 0
     if stuck_steps and record["zero_projections"] >= stuck_steps:
-      return (f"the projected gradient has been exactly 0 for {record['zero_projections']} steps in a row "
-              f"(train.stuck_steps={stuck_steps}): the two losses are equal, so nothing trains (zo.eps below the "
-              "compute dtype's resolution, or a saturated loss)")
+      return (
+        f"the projected gradient has been exactly 0 for {record['zero_projections']} steps in a row "
+        f"(train.stuck_steps={stuck_steps}): the two losses are equal, so nothing trains (zo.eps below the "
+        "compute dtype's resolution, or a saturated loss)"
+      )
   return None

@@ -1,4 +1,5 @@
 """Entry point: python -m fttpu.main --config=configs/fewshot.py:task=sst2,method=full --workdir=DIR"""
+
 import importlib.util
 import json
 import os
@@ -13,15 +14,24 @@ from fttpu import cli, distributed, guards, metrics, train
 from fttpu.config import check_overrides
 from fttpu.errors import ConfigError
 
-config_flags.DEFINE_config_file("config", None, "Config file, optionally with :key=value,... arguments.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "Config file, optionally with :key=value,... arguments.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl, TensorBoard and checkpoints.")
-flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0 (else JAX_COORDINATOR_ADDRESS; "
-                    "TPU pods and SLURM steps are detected without it).")
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "Multi-host: HOST:PORT of process 0 (else JAX_COORDINATOR_ADDRESS; "
+  "TPU pods and SLURM steps are detected without it).",
+)
 flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes (else JAX_NUM_PROCESSES).")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index (else JAX_PROCESS_ID).")
-flags.DEFINE_integer("local_devices", None, "Devices each process must drive (else FTTPU_LOCAL_DEVICES, as the "
-                     "launchers set it); a process that sees another number stops.")
+flags.DEFINE_integer(
+  "local_devices",
+  None,
+  "Devices each process must drive (else FTTPU_LOCAL_DEVICES, as the "
+  "launchers set it); a process that sees another number stops.",
+)
 flags.DEFINE_integer("heartbeat_timeout", 100, "Multi-host: seconds without a peer's heartbeat before the run fails.")
 flags.mark_flags_as_required(["config", "workdir"])
 

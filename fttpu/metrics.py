@@ -1,4 +1,5 @@
 """Metrics to DIR/metrics.jsonl (one JSON object per line) and TensorBoard, plus progress lines."""
+
 import io
 import json
 import logging
@@ -18,6 +19,7 @@ def quiet_library_logs():
   class DropOrbaxInfo(logging.Filter):
     def filter(self, record):
       return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
   for handler in logging.getLogger().handlers + [absl_logging.get_absl_handler()]:
     handler.addFilter(DropOrbaxInfo())
 

@@ -1,4 +1,5 @@
 """The optimizer of config.optimizer: schedule + update rule, applied to trainable leaves only."""
+
 import jax
 import optax
 
@@ -20,9 +21,11 @@ def validate(config) -> None:
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
   decay_steps = max(total_steps - config.warmup_steps, 1)
-  after = {"constant": optax.constant_schedule(config.learning_rate),
-           "linear": optax.linear_schedule(config.learning_rate, 0.0, decay_steps),
-           "cosine": optax.cosine_decay_schedule(config.learning_rate, decay_steps)}[config.schedule]
+  after = {
+    "constant": optax.constant_schedule(config.learning_rate),
+    "linear": optax.linear_schedule(config.learning_rate, 0.0, decay_steps),
+    "cosine": optax.cosine_decay_schedule(config.learning_rate, decay_steps),
+  }[config.schedule]
   if not config.warmup_steps:
     return after
   warmup = optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
@@ -31,8 +34,7 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
 
 def _decay_mask(params):
   """Weight decay on matrices and embeddings, not on biases and norm scales (as HF and BERT)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, p: not str(path[-1].key) in ("bias", "scale"), params)
+  return jax.tree_util.tree_map_with_path(lambda path, p: not str(path[-1].key) in ("bias", "scale"), params)
 
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
@@ -41,8 +43,13 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   zo_sgd_sign is sgd here; the zeroth-order estimate hands it sign(g_i) z_i (fttpu.methods.zo)."""
   schedule = learning_rate_schedule(config, total_steps)
   if config.name == "adamw":
-    return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
-                       mask=_decay_mask)
-  rule = {"sgd": lambda: optax.sgd(schedule), "zo_sgd_sign": lambda: optax.sgd(schedule), "momentum": lambda: optax.sgd(schedule, momentum=config.b1),
-          "sign": lambda: optax.sign_sgd(schedule)}[config.name]()
+    return optax.adamw(
+      schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay, mask=_decay_mask
+    )
+  rule = {
+    "sgd": lambda: optax.sgd(schedule),
+    "zo_sgd_sign": lambda: optax.sgd(schedule),
+    "momentum": lambda: optax.sgd(schedule, momentum=config.b1),
+    "sign": lambda: optax.sign_sgd(schedule),
+  }[config.name]()
   return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask), rule)

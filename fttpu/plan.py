@@ -14,6 +14,7 @@ Selectors that read weights (sparse magnitude/gradient/lottery) are sized as `ra
 plain LoRA: the same shapes. Each method takes its default optimizer (configs/fewshot.py: ZO-SGD for
 mezo/zo, AdamW otherwise) unless its spec overrides it: `full:optimizer.name=sgd`.
 """
+
 import json
 import math
 import sys
@@ -21,15 +22,24 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Config file, optionally with :key=value,... arguments.",
-                                lock_config=False)
-flags.DEFINE_string("model", None, "A preset name (see fttpu/models/presets.py) or a checkpoint directory "
-                    "(only config.json is read); default: config.model.checkpoint.")
+config_flags.DEFINE_config_file(
+  "config", None, "Config file, optionally with :key=value,... arguments.", lock_config=False
+)
+flags.DEFINE_string(
+  "model",
+  None,
+  "A preset name (see fttpu/models/presets.py) or a checkpoint directory "
+  "(only config.json is read); default: config.model.checkpoint.",
+)
 flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. data=1,fsdp=8,tensor=1; default: config.mesh.")
-flags.DEFINE_list("methods", None, "Methods to plan, optionally with overrides (zo:zo.base=lora+zo.samples=4); "
-                  "default: config.method.")
-flags.DEFINE_float("hbm_gb", 0.0, "Memory per device in GiB (e.g. 32 for TPU v4, 80 for an A100/H100): "
-                   "marks each method as fitting or not.")
+flags.DEFINE_list(
+  "methods", None, "Methods to plan, optionally with overrides (zo:zo.base=lora+zo.samples=4); default: config.method."
+)
+flags.DEFINE_float(
+  "hbm_gb",
+  0.0,
+  "Memory per device in GiB (e.g. 32 for TPU v4, 80 for an A100/H100): marks each method as fitting or not.",
+)
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
@@ -41,28 +51,38 @@ def hf_config(model: str) -> dict:
   from fttpu.errors import ConfigError
   from fttpu import errors
   from fttpu.models import hf, presets
+
   if model in presets.PRESETS:
     return presets.PRESETS[model]
   try:
     return hf.read_config(hf.find_checkpoint_dir(model))
   except (errors.CheckpointError, OSError) as e:
-    raise ConfigError(f"--model={model!r} is neither a preset {sorted(presets.PRESETS)} nor a checkpoint directory "
-                      f"with config.json ({e})") from None
+    raise ConfigError(
+      f"--model={model!r} is neither a preset {sorted(presets.PRESETS)} nor a checkpoint directory "
+      f"with config.json ({e})"
+    ) from None
 
 
 def example_batch(style: str, batch_size: int, length: int, classes: int, label_length: int = 16) -> dict:
   """Zeros shaped as fttpu.data.pipeline's batches of `style` (with their prompts)."""
   import numpy as np
+
   rows = (batch_size, classes, length) if style == "causal" else (batch_size, length)
-  batch = {"input_ids": np.zeros(rows, np.int32), "attention_mask": np.ones(rows, np.int32),
-           "labels": np.zeros(batch_size, np.int32), "weights": np.ones(batch_size, np.float32)}
+  batch = {
+    "input_ids": np.zeros(rows, np.int32),
+    "attention_mask": np.ones(rows, np.int32),
+    "labels": np.zeros(batch_size, np.int32),
+    "weights": np.ones(batch_size, np.float32),
+  }
   if style == "causal":
     batch["target_mask"] = np.ones(rows, np.int32)
   elif style == "mlm":
     batch.update(verbalizer_ids=np.arange(classes, dtype=np.int32), mask_token_id=np.asarray(0, np.int32))
   else:
-    batch.update(label_input_ids=np.zeros((classes, label_length), np.int32),
-                 label_attention_mask=np.ones((classes, label_length), np.int32))
+    batch.update(
+      label_input_ids=np.zeros((classes, label_length), np.int32),
+      label_attention_mask=np.ones((classes, label_length), np.int32),
+    )
   return batch
 
 
@@ -73,6 +93,7 @@ def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
   from fttpu.methods import masks
   from fttpu.state import TrainState
   from configs import fewshot
+
   name, settings = config_lib.method_spec(spec)
   config = config.copy_and_resolve_references()
   if name != config.method:  # each method with its own default optimizer (mezo: ZO-SGD, no state; full: AdamW)
@@ -88,6 +109,7 @@ def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
     def traced(params):
       with jax.ensure_compile_time_eval():
         return prepare(params)
+
     return jax.eval_shape(traced, params)
 
   run = trainer.setup(config, model, lambda step: batch, batch, prepare=sized)
@@ -98,20 +120,24 @@ def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
   state_sharding = sharding.state_shardings(state, param_sharding, mesh)
   batch_sharding = sharding.batch_shardings(mesh, batch)
   abstract = lambda tree, shardings: jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
   step = trainer.compile_train_step(run, state_sharding, batch_sharding, mesh)
   compiled = step.lower(abstract(state, state_sharding), abstract(batch, batch_sharding)).compile()
   memory = compiled.memory_analysis()
   sizes = {key: getattr(memory, f"{key}_size_in_bytes") / MB for key in ("argument", "temp", "output", "alias")}
   labels = method.labels(tree)
-  return {"trainable": masks.count_trainable(tree, labels),
-          "optimizer_state_mb": sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state.opt_state)) / MB,
-          **{f"{key}_mb": value for key, value in sizes.items()},
-          "peak_mb": sizes["argument"] + sizes["temp"] + sizes["output"] - sizes["alias"]}
+  return {
+    "trainable": masks.count_trainable(tree, labels),
+    "optimizer_state_mb": sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state.opt_state)) / MB,
+    **{f"{key}_mb": value for key, value in sizes.items()},
+    "peak_mb": sizes["argument"] + sizes["temp"] + sizes["output"] - sizes["alias"],
+  }
 
 
 def model_axes(module):
   from fttpu import models
+
   return models.logical_axes(module)
 
 
@@ -120,10 +146,12 @@ def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
   import jax
   from fttpu import models, sharding
   from fttpu.data import tasks
+
   mesh = sharding.make_mesh(mesh_sizes, sharding.devices_for(math.prod(mesh_sizes.values())))
   m = config.model
-  model_config = models.make_config(m.family, hf_config(model_name), lm_head=m.classifier == "mlm",
-                                    dtype=m.compute_dtype, param_dtype=m.param_dtype)
+  model_config = models.make_config(
+    m.family, hf_config(model_name), lm_head=m.classifier == "mlm", dtype=m.compute_dtype, param_dtype=m.param_dtype
+  )
   models.check_length(model_config, config.data.max_length)
   module = models.FAMILIES.get(m.family).module(model_config)
   shapes = models.param_shapes(module)
@@ -133,10 +161,19 @@ def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
   sharding.check_batch_sizes(mesh, config.train.batch_size)
   batch = example_batch(m.classifier, config.train.batch_size, d.max_length, task.num_classes)
   parameters = sum(x.size for x in jax.tree_util.tree_leaves(shapes))
-  return {"model": model_name, "family": m.family, "parameters": parameters, "param_dtype": m.param_dtype,
-          "compute_dtype": m.compute_dtype, "classifier": m.classifier, "task": task.name,
-          "batch": [config.train.batch_size, d.max_length], "mesh": dict(mesh.shape), "platform": mesh.devices.flat[0].platform,
-          "methods": {spec: plan_method(config, spec, model, mesh, batch) for spec in method_specs}}
+  return {
+    "model": model_name,
+    "family": m.family,
+    "parameters": parameters,
+    "param_dtype": m.param_dtype,
+    "compute_dtype": m.compute_dtype,
+    "classifier": m.classifier,
+    "task": task.name,
+    "batch": [config.train.batch_size, d.max_length],
+    "mesh": dict(mesh.shape),
+    "platform": mesh.devices.flat[0].platform,
+    "methods": {spec: plan_method(config, spec, model, mesh, batch) for spec in method_specs},
+  }
 
 
 def count(n: int) -> str:
@@ -146,16 +183,20 @@ def count(n: int) -> str:
 def table(result: dict, hbm_gb: float) -> str:
   gb = lambda mb: f"{mb / 1024:.2f}"
   mesh = " ".join(f"{k}={v}" for k, v in result["mesh"].items())
-  lines = [f"{result['model']} ({result['family']}, {result['parameters'] / 1e6:.1f}M parameters in "
-           f"{result['param_dtype']}, compute {result['compute_dtype']}; {result['classifier']} classifier, task "
-           f"{result['task']}, batch {result['batch'][0]} x {result['batch'][1]} tokens)",
-           f"mesh {mesh} on {math.prod(result['mesh'].values())} {result['platform']} devices; GiB per device:",
-           f"{'method':<28}{'trainable':>12}{'arguments':>11}{'temp':>9}{'output':>9}{'alias':>9}{'peak':>9}"
-           + ("  fits" if hbm_gb else "")]
+  lines = [
+    f"{result['model']} ({result['family']}, {result['parameters'] / 1e6:.1f}M parameters in "
+    f"{result['param_dtype']}, compute {result['compute_dtype']}; {result['classifier']} classifier, task "
+    f"{result['task']}, batch {result['batch'][0]} x {result['batch'][1]} tokens)",
+    f"mesh {mesh} on {math.prod(result['mesh'].values())} {result['platform']} devices; GiB per device:",
+    f"{'method':<28}{'trainable':>12}{'arguments':>11}{'temp':>9}{'output':>9}{'alias':>9}{'peak':>9}"
+    + ("  fits" if hbm_gb else ""),
+  ]
   for spec, r in result["methods"].items():
     fits = ("  yes" if r["peak_mb"] / 1024 <= hbm_gb else "  NO") if hbm_gb else ""
-    lines.append(f"{spec:<28}{count(r['trainable']):>12}{gb(r['argument_mb']):>11}{gb(r['temp_mb']):>9}"
-                 f"{gb(r['output_mb']):>9}{gb(r['alias_mb']):>9}{gb(r['peak_mb']):>9}{fits}")
+    lines.append(
+      f"{spec:<28}{count(r['trainable']):>12}{gb(r['argument_mb']):>11}{gb(r['temp_mb']):>9}"
+      f"{gb(r['output_mb']):>9}{gb(r['alias_mb']):>9}{gb(r['peak_mb']):>9}{fits}"
+    )
   lines.append("peak = arguments + temp + output - alias (outputs written into donated arguments)")
   return "\n".join(lines)
 
@@ -166,6 +207,7 @@ def main(argv):
   import jax
   from fttpu import sharding
   from fttpu.errors import ConfigError
+
   config = FLAGS.config
   try:
     mesh_sizes = sharding.parse_mesh(FLAGS.mesh) if FLAGS.mesh else {k: max(v, 1) for k, v in config.mesh.items()}
@@ -178,4 +220,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from fttpu import cli
+
   cli.run(main)

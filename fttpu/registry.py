@@ -1,5 +1,6 @@
 """Things by name (methods, model families, config sections): `register` adds one, `get` finds it or
 fails with the valid names. A leaf module beside fttpu.errors."""
+
 from typing import Callable, Generic, Iterator, TypeVar
 
 from fttpu.errors import ConfigError

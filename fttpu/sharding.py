@@ -11,6 +11,7 @@ the kernel's input axes, B its output axes); heads and sparse deltas are replica
 warning. Optimizer state follows the parameter it belongs to. Batches split over `data` and
 `fsdp`; each process puts only its own rows on its own devices.
 """
+
 import logging
 import math
 
@@ -37,16 +38,28 @@ def default_rules(family: str) -> dict:
 
 def validate(config) -> None:
   """config.mesh and config.sharding_rules."""
-  check(all(v == -1 or v >= 1 for v in config.mesh.values()), "mesh", dict(config.mesh),
-        "axis sizes >= 1, or -1 for the remaining devices")
+  check(
+    all(v == -1 or v >= 1 for v in config.mesh.values()),
+    "mesh",
+    dict(config.mesh),
+    "axis sizes >= 1, or -1 for the remaining devices",
+  )
   check(set(config.mesh) <= set(AXES), "mesh", dict(config.mesh), f"axes among {list(AXES)}")
   check(list(config.mesh.values()).count(-1) <= 1, "mesh", dict(config.mesh), "at most one axis of size -1")
-  check(set(config.sharding_rules) <= set(LOGICAL_NAMES), "sharding_rules", dict(config.sharding_rules),
-        f"keys among the models' logical axes {list(LOGICAL_NAMES)}")
+  check(
+    set(config.sharding_rules) <= set(LOGICAL_NAMES),
+    "sharding_rules",
+    dict(config.sharding_rules),
+    f"keys among the models' logical axes {list(LOGICAL_NAMES)}",
+  )
   for name, targets in config.sharding_rules.items():
     axes = [a for a in (targets or "").split(",") if a]
-    check(all(a in config.mesh for a in axes) and len(set(axes)) == len(axes), f"sharding_rules.{name}", targets,
-          f"'' (replicated) or mesh axes of config.mesh {list(config.mesh)}, comma-separated")
+    check(
+      all(a in config.mesh for a in axes) and len(set(axes)) == len(axes),
+      f"sharding_rules.{name}",
+      targets,
+      f"'' (replicated) or mesh axes of config.mesh {list(config.mesh)}, comma-separated",
+    )
 
 
 def make_mesh(axes: dict, devices=None) -> Mesh:
@@ -59,8 +72,10 @@ def make_mesh(axes: dict, devices=None) -> Mesh:
   known = math.prod(s for s in sizes if s != -1)
   sizes = [len(devices) // known if s == -1 else s for s in sizes]
   if math.prod(sizes) != len(devices):
-    raise ConfigError(f"config.mesh={dict(axes)} needs {math.prod(sizes)} devices; {len(devices)} are available "
-                      "(set one axis to -1 to take the rest)")
+    raise ConfigError(
+      f"config.mesh={dict(axes)} needs {math.prod(sizes)} devices; {len(devices)} are available "
+      "(set one axis to -1 to take the rest)"
+    )
   # jax.make_mesh orders devices by the hardware topology (TPU slices, hosts); Auto: GSPMD propagates shardings.
   return jax.make_mesh(tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
@@ -92,8 +107,10 @@ def check_batch_sizes(mesh: Mesh, *batch_sizes: int) -> None:
   size = axis_size(mesh, BATCH_AXES)
   for batch_size in batch_sizes:
     if batch_size % size:
-      raise ConfigError(f"batch size {batch_size} does not divide over the mesh's data x fsdp axes of {size} devices; "
-                        f"use a multiple of {size} (train.batch_size, train.eval_batch_size)")
+      raise ConfigError(
+        f"batch size {batch_size} does not divide over the mesh's data x fsdp axes of {size} devices; "
+        f"use a multiple of {size} (train.batch_size, train.eval_batch_size)"
+      )
 
 
 # ------------------------------------------------------------------ parameters
@@ -119,8 +136,10 @@ def mesh_spec(shape: tuple, logical: tuple, rules: dict, mesh: Mesh, name: str =
       targets = ()
     size = math.prod(sizes[a] for a in targets)
     if targets and dim % size:
-      _warn_once(f"{name or 'array'}: dimension {dim} ({logical_name}) does not divide over mesh axes "
-                 f"{'x'.join(targets)} of {size} devices; replicated along it")
+      _warn_once(
+        f"{name or 'array'}: dimension {dim} ({logical_name}) does not divide over mesh axes "
+        f"{'x'.join(targets)} of {size} devices; replicated along it"
+      )
       targets = ()
     used.update(targets)
     spec.append(targets[0] if len(targets) == 1 else (targets or None))
@@ -164,14 +183,19 @@ def state_shardings(state, param_shardings: dict, mesh: Mesh):
         return flat[keys[start:]]
     return replicated(mesh)
 
-  return state.replace(params=param_shardings, opt_state=jax.tree_util.tree_map_with_path(follow, state.opt_state),
-                       step=replicated(mesh), rng=replicated(mesh))
+  return state.replace(
+    params=param_shardings,
+    opt_state=jax.tree_util.tree_map_with_path(follow, state.opt_state),
+    step=replicated(mesh),
+    rng=replicated(mesh),
+  )
 
 
 def create_state(params, tx, seed: int, mesh: Mesh, rules: dict, model_axes: dict, added_axes=None):
   """(TrainState, its shardings) on `mesh`: the parameters placed by the rules, the optimizer state
   created in place beside them (never whole on one device). The parameters are donated."""
   from fttpu.state import TrainState
+
   param_sharding = named(mesh, param_specs(params, model_axes, rules, mesh, added_axes))
   create = lambda params: TrainState.create(params, tx, seed)
   shardings = state_shardings(jax.eval_shape(create, params), param_sharding, mesh)
@@ -181,11 +205,13 @@ def create_state(params, tx, seed: int, mesh: Mesh, rules: dict, model_axes: dic
 def put(tree, shardings):
   """The tree placed as `shardings` say. Host arrays are cut into each device's block (every process
   holds the same values and transfers only its devices' blocks); device arrays are resharded."""
+
   def place(x, s):
     if isinstance(x, jax.Array):
       return x if x.sharding == s else jax.device_put(x, s)
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+
   return jax.tree_util.tree_map(place, tree, shardings)
 
 
@@ -193,12 +219,14 @@ def to_host(tree):
   """numpy copies of a tree's arrays; arrays sharded across processes are gathered first (a collective:
   every process must call this at the same point). Under tracing (fttpu.plan sizes a method's tree
   with jax.eval_shape) tracers pass through."""
+
   def get(x):
     if isinstance(x, jax.core.Tracer):
       return x
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
   return jax.tree_util.tree_map(get, tree)
 
 

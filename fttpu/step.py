@@ -1,4 +1,5 @@
 """The pure train and eval steps: (state, batch) -> (state, metrics). Every method uses these."""
+
 import jax
 import jax.numpy as jnp
 
@@ -35,7 +36,7 @@ def all_finite(loss, aux: dict) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in values]))
 
 
-ROUNDING_STREAM = 0x5eed  # folded into the step key for stochastic rounding of low-precision weights
+ROUNDING_STREAM = 0x5EED  # folded into the step key for stochastic rounding of low-precision weights
 
 
 def apply_gradients(state: TrainState, grads, labels, tx, finite=True) -> TrainState:
@@ -50,8 +51,9 @@ def apply_gradients(state: TrainState, grads, labels, tx, finite=True) -> TrainS
   params = masks.apply_updates(state.params, updates, labels, key)
   if finite is not True:
     keep = lambda new, old: jnp.where(finite, new, old)
-    params = jax.tree_util.tree_map(lambda label, new, old: keep(new, old) if label == masks.TRAIN else old,
-                                    labels, params, state.params)
+    params = jax.tree_util.tree_map(
+      lambda label, new, old: keep(new, old) if label == masks.TRAIN else old, labels, params, state.params
+    )
     opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
 

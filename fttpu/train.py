@@ -3,6 +3,7 @@
 `run(config, workdir)` is the whole program; main.py only parses flags. The setup is fttpu.trainer's;
 this module adds what a run owns: its workdir, checkpoints, metrics and the loop over steps.
 """
+
 import contextlib
 import dataclasses
 import functools
@@ -14,8 +15,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from fttpu import (checkpoint, files, guards, metrics, models, sharding, step as step_lib, trainer,
-                   workdir as workdir_lib)
+from fttpu import (
+  checkpoint,
+  files,
+  guards,
+  metrics,
+  models,
+  sharding,
+  step as step_lib,
+  trainer,
+  workdir as workdir_lib,
+)
 from fttpu.data import pipeline
 from fttpu.errors import CheckpointError
 from fttpu.methods import base as method_base, masks
@@ -62,8 +72,10 @@ def check_resumable(config, workdir: str, manager) -> None:
 
 def data_fingerprints(data: pipeline.FewShotData) -> dict:
   """{split: fingerprint} of the sampled, tokenized splits."""
-  return {name: workdir_lib.fingerprint(*(x for x in dataclasses.astuple(getattr(data, name)) if x is not None))
-          for name in ("train", "dev", "test")}
+  return {
+    name: workdir_lib.fingerprint(*(x for x in dataclasses.astuple(getattr(data, name)) if x is not None))
+    for name in ("train", "dev", "test")
+  }
 
 
 def stop_diverged(manager, step: int, saved_step: int | None, what: str) -> str:
@@ -74,7 +86,9 @@ def stop_diverged(manager, step: int, saved_step: int | None, what: str) -> str:
   if saved_step == step and step in manager.all_steps():
     checkpoint.quarantine(manager, step)
   kept = manager.latest_step()
-  where = f"the last good state is checkpoint {kept} in {manager.directory}" if kept is not None else "no checkpoint kept"
+  where = (
+    f"the last good state is checkpoint {kept} in {manager.directory}" if kept is not None else "no checkpoint kept"
+  )
   return f"step {step + 1}: {what}; stopped ({where}; set train.divergence=continue to train on)"
 
 
@@ -93,21 +107,33 @@ def start(config, workdir: str, closing: contextlib.ExitStack) -> "Loop":
   model = models.load_for(config.model, shardings=lambda module: model_shardings(module, rules, mesh))
   models.check_length(model.config, config.data.max_length)
   data = pipeline.load_few_shot(config.data, model.tokenizer, config.seed, config.model.classifier)
-  logging.info("task %s: %d train, %d dev, %d test examples; checkpoint %s", data.task.name, len(data.train),
-               len(data.dev), len(data.test), model.checkpoint_dir)
+  logging.info(
+    "task %s: %d train, %d dev, %d test examples; checkpoint %s",
+    data.task.name,
+    len(data.train),
+    len(data.dev),
+    len(data.test),
+    model.checkpoint_dir,
+  )
   batch_at, train_set = trainer.data_batches(config, data)
   started = time.perf_counter()
   run = trainer.setup(config, model, batch_at, train_set)
   labels = run.method.labels(run.tree)
-  logging.info("method %s: %d of %d parameters train (prepared in %.1fs)", run.method.name,
-               masks.count_trainable(run.tree, labels), sum(p.size for p in jax.tree_util.tree_leaves(run.tree)),
-               time.perf_counter() - started)
+  logging.info(
+    "method %s: %d of %d parameters train (prepared in %.1fs)",
+    run.method.name,
+    masks.count_trainable(run.tree, labels),
+    sum(p.size for p in jax.tree_util.tree_leaves(run.tree)),
+    time.perf_counter() - started,
+  )
   # a method that records a value per step saves it beside its initial trainable tree (the ZO trajectory)
   initial = sharding.to_host(run.method.artifact(run.tree)) if run.method.record else None
   state, state_sharding = trainer.place(run, config.seed, mesh, rules, models.logical_axes(model.module))
-  logging.info("parameters: %.1f MB in all, at most %.1f MB on one device", sum(
-      p.nbytes for p in jax.tree_util.tree_leaves(state.params)) / 2**20,
-      max(sharding.device_bytes(state.params).values()) / 2**20)
+  logging.info(
+    "parameters: %.1f MB in all, at most %.1f MB on one device",
+    sum(p.nbytes for p in jax.tree_util.tree_leaves(state.params)) / 2**20,
+    max(sharding.device_bytes(state.params).values()) / 2**20,
+  )
   loop = Loop(config, workdir, mesh, manager, run, data, batch_at, state, state_sharding, initial)
   loop.resume()
   loop.writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=loop.saved_step)
@@ -119,6 +145,7 @@ def start(config, workdir: str, closing: contextlib.ExitStack) -> "Loop":
 class Loop:
   """A run's mutable state between steps: the TrainState, the record saved in each checkpoint, the last
   saved step. `train` runs the steps, `finish` saves the artifact and evaluates on the test split."""
+
   config: Any
   workdir: str
   mesh: Any
@@ -135,8 +162,9 @@ class Loop:
   eval_step: Any = None
   timings: dict = dataclasses.field(default_factory=dict)
   # saved beside the state in each checkpoint; "projected_grad": the method's per-step record (method.record)
-  record: dict = dataclasses.field(default_factory=lambda: {"projected_grad": [], "skipped_batches": 0,
-                                                            "divergence": {}})
+  record: dict = dataclasses.field(
+    default_factory=lambda: {"projected_grad": [], "skipped_batches": 0, "divergence": {}}
+  )
 
   @property
   def method(self) -> method_base.Method:
@@ -158,26 +186,41 @@ class Loop:
     restored = checkpoint.restore_latest(self.manager, self.state)
     if restored is not None:
       self.saved_step, self.state, saved = restored
-      workdir_lib.check_data(self.workdir, f"checkpoint {self.saved_step}", saved.get("data_fingerprint", fingerprints),
-                             fingerprints)
+      workdir_lib.check_data(
+        self.workdir, f"checkpoint {self.saved_step}", saved.get("data_fingerprint", fingerprints), fingerprints
+      )
       self.record.update({k: saved[k] for k in self.record if k in saved})
       logging.info("resumed from %s at step %d", checkpoint.step_path(self.manager, self.saved_step), self.step)
     if self.method.record and len(self.recorded) != self.step:
-      raise CheckpointError(f"checkpoint {self.saved_step} in {self.manager.directory} holds {len(self.recorded)} "
-                            f"recorded steps ({self.method.record.metric}) for step {self.step}; it cannot resume "
-                            f"this {self.method.name} run")
+      raise CheckpointError(
+        f"checkpoint {self.saved_step} in {self.manager.directory} holds {len(self.recorded)} "
+        f"recorded steps ({self.method.record.metric}) for step {self.step}; it cannot resume "
+        f"this {self.method.name} run"
+      )
     self.fingerprints = fingerprints
 
   def save(self, dev: dict | None = None) -> None:
     step, best = self.step, self.config.train.best_metric
     # copies: orbax serializes the record in the background while the loop appends to it
-    record = {**self.record, "projected_grad": list(self.recorded), "divergence": dict(self.record["divergence"]),
-              "data_position": step, "seed": self.config.seed, "data_fingerprint": self.fingerprints}
-    checkpoint.save(self.manager, self.state, record, json.loads(self.config.to_json()),
-                    metrics={best: dev[best]} if dev and best else None)
+    record = {
+      **self.record,
+      "projected_grad": list(self.recorded),
+      "divergence": dict(self.record["divergence"]),
+      "data_position": step,
+      "seed": self.config.seed,
+      "data_fingerprint": self.fingerprints,
+    }
+    checkpoint.save(
+      self.manager,
+      self.state,
+      record,
+      json.loads(self.config.to_json()),
+      metrics={best: dev[best]} if dev and best else None,
+    )
     if self.method.record and jax.process_index() == 0 and self.recorded:
-      self.method.record.save(self.workdir, self.initial_artifact, jax.device_get(self.state.rng),
-                              np.asarray(self.recorded), self.method.name)
+      self.method.record.save(
+        self.workdir, self.initial_artifact, jax.device_get(self.state.rng), np.asarray(self.recorded), self.method.name
+      )
     self.saved_step = step
 
   def save_unless_saved(self) -> None:
@@ -186,15 +229,26 @@ class Loop:
     checkpoint.finish(self.manager)
 
   def evaluate(self, split: pipeline.Encoded) -> dict:
-    return evaluate(self.eval_step, self.method.merge(self.state.params), split, self.data.prompts,
-                    self.config.train.eval_batch_size, self.mesh)
+    return evaluate(
+      self.eval_step,
+      self.method.merge(self.state.params),
+      split,
+      self.data.prompts,
+      self.config.train.eval_batch_size,
+      self.mesh,
+    )
 
   def compile(self, total_steps: int):
     """The jitted train and eval steps; the train step compiled now (its time is a metric of the run)."""
     self.eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=self.run.logits_fn))
     example = sharding.put_batch(self.mesh, self.batch_at(0))
-    step = trainer.compile_train_step(self.run, self.state_sharding, sharding.batch_shardings(self.mesh, self.batch_at(0)),
-                                      self.mesh, self.config.train.nonfinite == "skip")
+    step = trainer.compile_train_step(
+      self.run,
+      self.state_sharding,
+      sharding.batch_shardings(self.mesh, self.batch_at(0)),
+      self.mesh,
+      self.config.train.nonfinite == "skip",
+    )
     if self.step >= total_steps:
       return step
     started = time.perf_counter()
@@ -245,8 +299,12 @@ class Loop:
 
   def preempted(self, step: int, reason: str) -> dict:
     self.save_unless_saved()
-    logging.warning("%s: saved checkpoint %d in %s; run again with the same --workdir to resume",
-                    "interrupted (Ctrl-C)" if reason == "Ctrl-C" else "preempted (SIGTERM)", step, self.manager.directory)
+    logging.warning(
+      "%s: saved checkpoint %d in %s; run again with the same --workdir to resume",
+      "interrupted (Ctrl-C)" if reason == "Ctrl-C" else "preempted (SIGTERM)",
+      step,
+      self.manager.directory,
+    )
     return {"step": step, "preempted": reason, "checkpoint": checkpoint.step_path(self.manager, step)}
 
   def check_finite(self, step: int, step_metrics: dict) -> None:
@@ -256,8 +314,10 @@ class Loop:
     what = guards.describe_nonfinite(step_metrics)
     if self.config.train.nonfinite != "skip":  # the state is still the one before this step: keep it, then stop
       self.save_unless_saved()
-      raise FloatingPointError(f"step {step + 1}: {what}; stopped with the last good state saved as checkpoint {step} "
-                               f"in {self.manager.directory} (set train.nonfinite=skip to skip such batches)")
+      raise FloatingPointError(
+        f"step {step + 1}: {what}; stopped with the last good state saved as checkpoint {step} "
+        f"in {self.manager.directory} (set train.nonfinite=skip to skip such batches)"
+      )
     self.record["skipped_batches"] += 1
     logging.warning("step %d: %s; batch skipped (%d so far)", step + 1, what, self.record["skipped_batches"])
 
@@ -275,10 +335,16 @@ class Loop:
     if jax.process_index() == 0:
       saved = checkpoint.save_artifact(files.join(self.workdir, "artifact.safetensors"), artifact, self.method.name)
       if saved:
-        logging.info("saved %s (%.2f MB): what %s adds to the pretrained checkpoint", saved[0], saved[1],
-                     self.method.name)
+        logging.info(
+          "saved %s (%.2f MB): what %s adds to the pretrained checkpoint", saved[0], saved[1], self.method.name
+        )
     test = self.evaluate(self.data.test)
-    result = self.writer.write(self.step, {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **self.timings},
-                               split="test", examples=len(self.data.test), final=True)
+    result = self.writer.write(
+      self.step,
+      {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **self.timings},
+      split="test",
+      examples=len(self.data.test),
+      final=True,
+    )
     logging.info("final test accuracy %.4f on %d examples", test["accuracy"], len(self.data.test))
     return result

@@ -6,6 +6,7 @@ state and the jitted steps. train.py, bench.py, plan.py and the tests build thei
   place(setup, tree, mesh, rules)            -> (TrainState on the mesh, its shardings)
   compile_train_step(setup, shardings, ...)  the jitted, donated train step
 """
+
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -27,12 +28,20 @@ def check_train(config) -> None:
   check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
   for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     check(t[key] >= 1, f"train.{key}", t[key], "an integer >= 1")
-  check(t.best_metric in ("", *checkpoint.BEST_METRICS), "train.best_metric", t.best_metric,
-        f"one of {sorted(checkpoint.BEST_METRICS)} or '' (none)")
+  check(
+    t.best_metric in ("", *checkpoint.BEST_METRICS),
+    "train.best_metric",
+    t.best_metric,
+    f"one of {sorted(checkpoint.BEST_METRICS)} or '' (none)",
+  )
   check(t.nonfinite in NONFINITE, "train.nonfinite", t.nonfinite, str(list(NONFINITE)))
   check(t.divergence in DIVERGENCE, "train.divergence", t.divergence, str(list(DIVERGENCE)))
-  check(t.divergence_ratio == 0 or t.divergence_ratio > 1, "train.divergence_ratio", t.divergence_ratio,
-        "a number > 1 (a multiple of the first step's loss), or 0 (off)")
+  check(
+    t.divergence_ratio == 0 or t.divergence_ratio > 1,
+    "train.divergence_ratio",
+    t.divergence_ratio,
+    "a number > 1 (a multiple of the first step's loss), or 0 (off)",
+  )
   check(t.stuck_steps >= 0, "train.stuck_steps", t.stuck_steps, "an integer >= 0 (0: off)")
 
 
@@ -50,15 +59,24 @@ def validate(config) -> None:
 
 class Setup(NamedTuple):
   """A run's method on its model: what every caller of the train step needs."""
+
   method: methods.Method
-  tree: Any                 # the prepared parameters (host or sharded arrays)
-  loss_fn: Callable         # (tree, batch, rng) -> (loss, aux)
-  logits_fn: Callable       # (tree, batch, rng) -> logits
-  optimizer: Any            # config.optimizer's transform (before the mask)
+  tree: Any  # the prepared parameters (host or sharded arrays)
+  loss_fn: Callable  # (tree, batch, rng) -> (loss, aux)
+  logits_fn: Callable  # (tree, batch, rng) -> logits
+  optimizer: Any  # config.optimizer's transform (before the mask)
 
 
-def setup(config, model, batch_at: Callable, train_set: dict, *, total_steps: int | None = None, rng=None,
-          prepare: Callable | None = None) -> Setup:
+def setup(
+  config,
+  model,
+  batch_at: Callable,
+  train_set: dict,
+  *,
+  total_steps: int | None = None,
+  rng=None,
+  prepare: Callable | None = None,
+) -> Setup:
   """config.method on `model`, prepared from its weights. `batch_at(step)` and `train_set` are training
   batches with their prompts (what sparse selection and linear probes read). `prepare` wraps the method's
   prepare (fttpu.plan sizes it under jax.eval_shape)."""
@@ -66,8 +84,9 @@ def setup(config, model, batch_at: Callable, train_set: dict, *, total_steps: in
   loss_fn = classifier.make_loss_fn(classify.logits)
   optimizer = optim.make_optimizer(config.optimizer, config.train.steps if total_steps is None else total_steps)
   method = methods.get_method(config, optimizer, model)
-  context = methods.Context(loss_fn=loss_fn, classifier=classify, train_batch=batch_at, train_set=train_set,
-                            optimizer=optimizer)
+  context = methods.Context(
+    loss_fn=loss_fn, classifier=classify, train_batch=batch_at, train_set=train_set, optimizer=optimizer
+  )
   rng = jax.random.key(config.seed) if rng is None else rng
   run_prepare = lambda params: method.prepare(params, rng, context)
   tree = (prepare or (lambda f, params: f(params)))(run_prepare, model.params)
@@ -76,8 +95,10 @@ def setup(config, model, batch_at: Callable, train_set: dict, *, total_steps: in
 
 def data_batches(config, data: pipeline.FewShotData) -> tuple[Callable, dict]:
   """(batch_at(step), the whole training set), each with the task's prompts."""
-  batch_at = lambda step: {**pipeline.train_batch(data.train, step, config.train.batch_size, config.seed),
-                           **data.prompts}
+  batch_at = lambda step: {
+    **pipeline.train_batch(data.train, step, config.train.batch_size, config.seed),
+    **data.prompts,
+  }
   return batch_at, {**pipeline.whole(data.train), **data.prompts}
 
 
@@ -89,5 +110,9 @@ def place(run: Setup, seed: int, mesh, rules: dict, model_axes: dict):
 def compile_train_step(run: Setup, state_sharding, batch_sharding, mesh, skip_nonfinite: bool = False):
   """The train step jitted over the mesh, state donated."""
   step = functools.partial(step_lib.train_step, method=run.method, loss_fn=run.loss_fn, skip_nonfinite=skip_nonfinite)
-  return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  return jax.jit(
+    step,
+    in_shardings=(state_sharding, batch_sharding),
+    out_shardings=(state_sharding, sharding.replicated(mesh)),
+    donate_argnums=0,
+  )

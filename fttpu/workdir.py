@@ -1,6 +1,7 @@
 """A run's workdir: one run at a time (a lock that dies with its process, or in a bucket a lease that
 lapses without it), and what a resume must match (the config saved in the checkpoint and the
 fingerprint of the sampled data)."""
+
 import contextlib
 import hashlib
 import json
@@ -50,7 +51,9 @@ class _FileLock:
       self.lock.acquire()
     except filelock.Timeout:
       return f"workdir {self.workdir} is in use by another run ({_holder(self.workdir)})"
-    files.write_atomic(os.path.join(self.workdir, HOLDER), json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    files.write_atomic(
+      os.path.join(self.workdir, HOLDER), json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+    )
     return ""
 
   def release(self) -> None:
@@ -64,8 +67,13 @@ class BucketLease:
   LEASE_SECONDS (its run was killed); after writing it waits SETTLE_SECONDS and reads it back, so
   of two runs starting at once only the last writer goes on (bucket reads follow writes)."""
 
-  def __init__(self, workdir: str, lease_seconds: float = LEASE_SECONDS, renew_seconds: float = RENEW_SECONDS,
-               settle_seconds: float = SETTLE_SECONDS):
+  def __init__(
+    self,
+    workdir: str,
+    lease_seconds: float = LEASE_SECONDS,
+    renew_seconds: float = RENEW_SECONDS,
+    settle_seconds: float = SETTLE_SECONDS,
+  ):
     self.path = files.join(workdir, LEASE)
     self.workdir, self.lease, self.renew, self.settle = workdir, lease_seconds, renew_seconds, settle_seconds
     self.token = uuid.uuid4().hex
@@ -81,19 +89,28 @@ class BucketLease:
       return {}  # half a lease from another tool: treat as lapsed
 
   def _write(self) -> None:
-    files.write_atomic(self.path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                              "token": self.token, "renewed": time.time()}))
+    files.write_atomic(
+      self.path,
+      json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": self.token, "renewed": time.time()}),
+    )
 
   def acquire(self) -> str:
     held = self._read()
     if held and held.get("token") != self.token:
       age = time.time() - float(held.get("renewed", 0))
       if age < self.lease:
-        return (f"workdir {self.workdir} is in use by another run (process {held.get('pid')} on host "
-                f"{held.get('host')}, its lease {self.path} renewed {age:.0f} s ago; a killed run's lease "
-                f"lapses {self.lease:.0f} s after its last renewal)")
-      logging.warning("taking over %s: its run (process %s on host %s) last renewed it %.0f s ago", self.path,
-                      held.get("pid"), held.get("host"), age)
+        return (
+          f"workdir {self.workdir} is in use by another run (process {held.get('pid')} on host "
+          f"{held.get('host')}, its lease {self.path} renewed {age:.0f} s ago; a killed run's lease "
+          f"lapses {self.lease:.0f} s after its last renewal)"
+        )
+      logging.warning(
+        "taking over %s: its run (process %s on host %s) last renewed it %.0f s ago",
+        self.path,
+        held.get("pid"),
+        held.get("host"),
+        age,
+      )
     self._write()
     time.sleep(self.settle)
     held = self._read()
@@ -135,6 +152,7 @@ def exclusive(workdir: str):
       problem += "; wait for it to finish, stop it, or use another --workdir"
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     busy = multihost_utils.broadcast_one_to_all(np.asarray(bool(problem)))
     if busy and not problem:
       problem = f"workdir {workdir} is in use by another run (process 0 could not lock it)"
@@ -158,23 +176,33 @@ def flatten(config: dict, prefix: str = "") -> dict:
 
 
 # Settings a resumed run may change: they do not change what the run computes.
-RESUMABLE_CHANGES = ("train.nonfinite", "train.divergence", "train.divergence_ratio", "train.stuck_steps",
-                     "train.log_every")
+RESUMABLE_CHANGES = (
+  "train.nonfinite",
+  "train.divergence",
+  "train.divergence_ratio",
+  "train.stuck_steps",
+  "train.log_every",
+)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
   """'key: old -> new' for every setting (but RESUMABLE_CHANGES) where two configs differ."""
   old, new = flatten(saved), flatten(current)
-  return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
-          if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
+  return [
+    f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+    for k in sorted(old.keys() | new.keys())
+    if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+  ]
 
 
 def check_config(workdir: str, checkpoint_name: str, saved: dict, current: dict) -> None:
   """A workdir with checkpoints resumes only the config its checkpoint was saved with."""
   differs = config_differences(saved, current)
   if differs:
-    raise ConfigError(f"{workdir} holds checkpoints of a run with another config ({', '.join(differs[:8])}), "
-                      f"as saved in {checkpoint_name}; resume with the same config or use a new --workdir")
+    raise ConfigError(
+      f"{workdir} holds checkpoints of a run with another config ({', '.join(differs[:8])}), "
+      f"as saved in {checkpoint_name}; resume with the same config or use a new --workdir"
+    )
 
 
 def read_config_json(workdir: str) -> tuple[dict | None, str]:
@@ -192,8 +220,9 @@ def note_config_json(workdir: str, checkpoint_name: str) -> None:
   """Says (once, on resume) when config.json is missing or damaged; the run rewrites it."""
   _, problem = read_config_json(workdir)
   if problem:
-    logging.warning("%s; the run's config was checked against %s instead and config.json is rewritten",
-                    problem, checkpoint_name)
+    logging.warning(
+      "%s; the run's config was checked against %s instead and config.json is rewritten", problem, checkpoint_name
+    )
 
 
 def fingerprint(*arrays) -> str:
@@ -210,6 +239,8 @@ def check_data(workdir: str, checkpoint_name: str, saved: dict, current: dict) -
   """The splits a resumed run trains and evaluates on are the ones its checkpoint was trained on."""
   differs = [split for split in sorted(saved) if saved[split] != current.get(split)]
   if differs:
-    raise ConfigError(f"the sampled {' and '.join(differs)} data differ from what {checkpoint_name} was trained on "
-                      f"(the task files changed since the run started?); resuming in {workdir} would mix two "
-                      "samples: restore the files or use a new --workdir")
+    raise ConfigError(
+      f"the sampled {' and '.join(differs)} data differ from what {checkpoint_name} was trained on "
+      f"(the task files changed since the run started?); resuming in {workdir} would mix two "
+      "samples: restore the files or use a new --workdir"
+    )

@@ -10,6 +10,7 @@ JAX_PROCESS_ID, which fttpu.main passes to jax.distributed.initialize, and its o
 index. The launcher waits for every process and exits with the first failure's code: it never
 kills the others, so a process whose peer died must stop on its own (the runtime's heartbeat).
 """
+
 import argparse
 import os
 import shlex
@@ -28,9 +29,14 @@ def free_port() -> int:
 def process_env(index: int, processes: int, port: int, devices: int) -> dict:
   """The environment of process `index`: the coordinator, its index, its fake CPU devices."""
   flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
-  return {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(processes),
-          "JAX_PROCESS_ID": str(index), "JAX_PLATFORMS": "cpu", "FTTPU_LOCAL_DEVICES": str(devices),
-          "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}".strip()}
+  return {
+    "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+    "JAX_NUM_PROCESSES": str(processes),
+    "JAX_PROCESS_ID": str(index),
+    "JAX_PLATFORMS": "cpu",
+    "FTTPU_LOCAL_DEVICES": str(devices),
+    "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}".strip(),
+  }
 
 
 def stream(index: int, pipe) -> None:
@@ -40,8 +46,9 @@ def stream(index: int, pipe) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--processes", type=int, default=2)
   parser.add_argument("--devices_per_process", type=int, default=1, help="fake CPU devices per process")
   parser.add_argument("--port", type=int, default=0, help="coordinator port (0: a free one)")
@@ -57,8 +64,10 @@ def main(argv=None) -> int:
     print("+ " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(command), flush=True)
   if args.dry_run:
     return 0
-  children = [subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True) for env in envs]
+  children = [
+    subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for env in envs
+  ]
   for index, child in enumerate(children):
     print(f"[launch] process {index}: pid {child.pid}", flush=True)
   threads = [threading.Thread(target=stream, args=(i, c.stdout), daemon=True) for i, c in enumerate(children)]

@@ -1,4 +1,5 @@
 """Shared fixtures: the real MiniLM checkpoint and real 16-shot SST-2, loaded once per session."""
+
 import os
 from pathlib import Path
 
@@ -26,12 +27,14 @@ def tfds_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm():
   from fttpu import models
+
   return models.load("bert", "")
 
 
 @pytest.fixture(scope="session")
 def sst2_config(tfds_dir):
   from configs import fewshot
+
   config = fewshot.get_config("task=sst2,method=full,k=16,seed=42")
   config.data.dir = data_dir()
   config.data.cache_dir = tfds_dir
@@ -41,6 +44,7 @@ def sst2_config(tfds_dir):
 @pytest.fixture(scope="session")
 def sst2_16shot(sst2_config, minilm):
   from fttpu.data import pipeline
+
   return pipeline.load_few_shot(sst2_config.data, minilm.tokenizer, sst2_config.seed)
 
 
@@ -48,6 +52,7 @@ def sst2_16shot(sst2_config, minilm):
 def tiny_roberta(tmp_path_factory, tfds_dir):
   """A tiny random RoBERTa checkpoint directory (tokenizer trained on SST-2), for end-to-end runs."""
   from fttpu.models import tiny
+
   path = str(tmp_path_factory.mktemp("tiny-roberta"))
   return tiny.build("roberta", path, tiny.task_texts("sst2", data_dir(), tfds_dir))
 
@@ -63,8 +68,17 @@ def make_tiny():
   import numpy as np
   from fttpu import models
   from fttpu.models import bert
-  config = models.transformer.ModelConfig(family="bert", vocab_size=1200, hidden_size=32, num_layers=2, num_heads=4,
-                                          intermediate_size=64, max_positions=32, type_vocab_size=2)
+
+  config = models.transformer.ModelConfig(
+    family="bert",
+    vocab_size=1200,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
+    max_positions=32,
+    type_vocab_size=2,
+  )
   module = bert.BertEncoder(config)
   params = jax.tree_util.tree_map(np.asarray, models.init_params(module, jax.random.key(0)))
   return models.LoadedModel(module, params, None, config, "")
@@ -73,13 +87,18 @@ def make_tiny():
 def tiny_batch(seed: int, size: int = 8, length: int = 12) -> dict:
   """Random token ids with padding, binary labels and two label descriptions."""
   import numpy as np
+
   rng = np.random.default_rng(seed)
   lengths = rng.integers(4, length + 1, size)
   mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
-  return {"input_ids": (rng.integers(1000, 1200, (size, length)) * mask).astype(np.int32), "attention_mask": mask,
-          "labels": rng.integers(0, 2, size).astype(np.int32), "weights": np.ones(size, np.float32),
-          "label_input_ids": rng.integers(1000, 1200, (2, 5)).astype(np.int32),
-          "label_attention_mask": np.ones((2, 5), np.int32)}
+  return {
+    "input_ids": (rng.integers(1000, 1200, (size, length)) * mask).astype(np.int32),
+    "attention_mask": mask,
+    "labels": rng.integers(0, 2, size).astype(np.int32),
+    "weights": np.ones(size, np.float32),
+    "label_input_ids": rng.integers(1000, 1200, (2, 5)).astype(np.int32),
+    "label_attention_mask": np.ones((2, 5), np.int32),
+  }
 
 
 # The method matrix (tests/test_family_methods.py) runs whole on RoBERTa (encoder, MLM) and Llama (decoder:
@@ -91,9 +110,13 @@ SHARED_CODE_FAST_METHODS = ("full", "lora", "mezo")
 
 def pytest_collection_modifyitems(config, items):
   import pytest
+
   for item in items:
     callspec = getattr(item, "callspec", None)
-    if (item.originalname == "test_every_method_trains_its_leaves_on_every_family" and callspec
-        and callspec.params.get("family_setup") in SHARED_CODE_FAMILIES
-        and callspec.params.get("method_name") not in SHARED_CODE_FAST_METHODS):
+    if (
+      item.originalname == "test_every_method_trains_its_leaves_on_every_family"
+      and callspec
+      and callspec.params.get("family_setup") in SHARED_CODE_FAMILIES
+      and callspec.params.get("method_name") not in SHARED_CODE_FAST_METHODS
+    ):
       item.add_marker(pytest.mark.slow)

@@ -1,5 +1,6 @@
 """The structure the next person relies on: imports point one way (no cycle in fttpu/, function-local
 imports counted), no function over 80 lines, and a method added as one module plus one line."""
+
 import ast
 import importlib
 import sys
@@ -44,8 +45,12 @@ def import_graph() -> dict[str, set]:
   graph = {}
   for name, path in modules.items():
     tree = ast.parse(path.read_text())
-    graph[name] = {m for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
-                   for m in imported(node, name, modules)} - {name}
+    graph[name] = {
+      m
+      for node in ast.walk(tree)
+      if isinstance(node, (ast.Import, ast.ImportFrom))
+      for m in imported(node, name, modules)
+    } - {name}
   return graph
 
 
@@ -95,10 +100,13 @@ def test_fttpu_has_no_import_cycle():
 
 
 def test_no_function_in_fttpu_is_longer_than_80_lines():
-  long = [f"{path.relative_to(PACKAGE.parent)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-          for path in module_files().values() for node in ast.walk(ast.parse(path.read_text()))
-          if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-          and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+  long = [
+    f"{path.relative_to(PACKAGE.parent)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+    for path in module_files().values()
+    for node in ast.walk(ast.parse(path.read_text()))
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+  ]
   assert not long, long
 
 
@@ -106,6 +114,7 @@ def test_no_function_in_fttpu_is_longer_than_80_lines():
 def toy_method():
   """tests/toy_method.py imported as the table's new line would import it; unregistered afterwards."""
   from fttpu.methods import METHODS, SECTIONS
+
   module = importlib.import_module("tests.toy_method")
   yield module
   METHODS.unregister("norms")
@@ -121,6 +130,7 @@ def test_a_new_method_is_one_module_and_one_line(toy_method, tiny):
   from fttpu import errors, step as step_lib, trainer
   from fttpu.methods import masks
   from fttpu.state import TrainState
+
   config = fewshot.get_config("method=norms")
   assert config.norms.pattern == r"norm/(scale|bias)$" and config.optimizer.learning_rate == 1e-2
   assert fewshot.get_config("method=zo,zo_base=norms").optimizer.learning_rate == 1e-3
@@ -136,8 +146,8 @@ def test_a_new_method_is_one_module_and_one_line(toy_method, tiny):
     run = trainer.setup(config, tiny, lambda step: batch, batch, total_steps=50, rng=jax.random.key(0))
     labels = run.method.labels(run.tree)
     assert {p for p, l in zip(masks.leaf_paths(run.tree), jax.tree_util.tree_leaves(labels)) if l == masks.TRAIN} == {
-        f"model/layers/{m}/{p}" for m in ("attention_norm", "mlp_norm") for p in ("scale", "bias")} | {
-        "model/embedding_norm/scale", "model/embedding_norm/bias"}
+      f"model/layers/{m}/{p}" for m in ("attention_norm", "mlp_norm") for p in ("scale", "bias")
+    } | {"model/embedding_norm/scale", "model/embedding_norm/bias"}
     step = jax.jit(lambda s, b: step_lib.train_step(s, b, method=run.method, loss_fn=run.loss_fn))
     state = TrainState.create(run.tree, run.method.tx, 0)
     losses = []

@@ -1,5 +1,6 @@
 """Every command line turns a user's mistake (OSError included) into one line naming the path or key
 and the way out: each runs here in a subprocess on such input, and none may print a traceback."""
+
 import subprocess
 import sys
 
@@ -34,44 +35,97 @@ def damaged_config(tmp_path):
 
 # (id, module, arguments as a function of tmp_path, expected part of the one line)
 CASES = [
-    ("main: workdir is a file", "fttpu.main",
-     lambda t: ["--config=configs/fewshot.py:task=sst2", f"--config.data.dir={data_dir()}", f"--workdir={a_file(t)}"],
-     "a-file: File exists; a file is in the way"),
-    ("main: workdir under a file", "fttpu.main",
-     lambda t: ["--config=configs/fewshot.py:task=sst2", f"--config.data.dir={data_dir()}",
-                f"--workdir={a_file(t)}/run"], "a-file/run: Not a directory; a file is in the way"),
-    ("export: no workdir", "fttpu.export", lambda t: [f"--workdir={t}/nowhere", f"--to={t}/out"],
-     "nowhere is not a run's workdir: it has no config.json"),
-    ("export: damaged config.json", "fttpu.export", lambda t: [f"--workdir={damaged_config(t)}", f"--to={t}/out"],
-     "run/config.json is damaged (JSONDecodeError"),
-    ("replay: no workdir", "fttpu.replay", lambda t: [f"--workdir={t}/nowhere"],
-     "nowhere is not a run's workdir: "),
-    ("replay: not a zeroth-order run", "fttpu.replay", lambda t: [f"--workdir={workdir_with(t, 'full')}"],
-     "is a method=full run; only zeroth-order runs (method mezo or zo) have a trajectory to replay"),
-    ("replay: truncated trajectory", "fttpu.replay", lambda t: [f"--workdir={workdir_with(t, 'mezo', b'x' * 40)}"],
-     "run/trajectory.safetensors is damaged"),
-    ("plan: no such model", "fttpu.plan", lambda t: ["--config=configs/fewshot.py", f"--model={t}/nowhere"],
-     "nowhere' is neither a preset"),
-    ("bench: unknown method", "fttpu.bench", lambda t: ["--methods=adapter", "--steps=1"],
-     "benchmark of adapter on mesh data=1: unknown method 'adapter'; valid: ['bitfit'"),
-    ("tiny: out under a file", "fttpu.models.tiny", lambda t: [f"--out={a_file(t)}/tiny", f"--data_dir={data_dir()}"],
-     "Not a directory; a file is in the way"),
-    ("tiny: no data", "fttpu.models.tiny", lambda t: [f"--out={t}/tiny", f"--data_dir={t}/nowhere"],
-     "nowhere/sst2, and the TFDS dataset 'glue/sst2' could not be loaded"),
-    ("demo: no data", "experiments.demo", lambda t: [f"--data_dir={t}/nowhere", f"--workdir={t}/demo"],
-     "nowhere/sst2, and the TFDS dataset 'glue/sst2' could not be loaded"),
-    ("sweep runner: workdir is a file", "experiments.mezo_k16_cpu.run",
-     lambda t: [f"--workdir={a_file(t)}", "--tasks=sst2", "--seeds=42", "--only=zero-shot"],
-     "a-file/sst2: Not a directory; a file is in the way"),
-    ("sweep aggregate: nothing there", "experiments.mezo_k16_cpu.aggregate",
-     lambda t: [f"--workdir={t}/nowhere", f"--out={t}/out"], "nowhere holds no finished cell of mezo_k16_cpu"),
+  (
+    "main: workdir is a file",
+    "fttpu.main",
+    lambda t: ["--config=configs/fewshot.py:task=sst2", f"--config.data.dir={data_dir()}", f"--workdir={a_file(t)}"],
+    "a-file: File exists; a file is in the way",
+  ),
+  (
+    "main: workdir under a file",
+    "fttpu.main",
+    lambda t: [
+      "--config=configs/fewshot.py:task=sst2",
+      f"--config.data.dir={data_dir()}",
+      f"--workdir={a_file(t)}/run",
+    ],
+    "a-file/run: Not a directory; a file is in the way",
+  ),
+  (
+    "export: no workdir",
+    "fttpu.export",
+    lambda t: [f"--workdir={t}/nowhere", f"--to={t}/out"],
+    "nowhere is not a run's workdir: it has no config.json",
+  ),
+  (
+    "export: damaged config.json",
+    "fttpu.export",
+    lambda t: [f"--workdir={damaged_config(t)}", f"--to={t}/out"],
+    "run/config.json is damaged (JSONDecodeError",
+  ),
+  ("replay: no workdir", "fttpu.replay", lambda t: [f"--workdir={t}/nowhere"], "nowhere is not a run's workdir: "),
+  (
+    "replay: not a zeroth-order run",
+    "fttpu.replay",
+    lambda t: [f"--workdir={workdir_with(t, 'full')}"],
+    "is a method=full run; only zeroth-order runs (method mezo or zo) have a trajectory to replay",
+  ),
+  (
+    "replay: truncated trajectory",
+    "fttpu.replay",
+    lambda t: [f"--workdir={workdir_with(t, 'mezo', b'x' * 40)}"],
+    "run/trajectory.safetensors is damaged",
+  ),
+  (
+    "plan: no such model",
+    "fttpu.plan",
+    lambda t: ["--config=configs/fewshot.py", f"--model={t}/nowhere"],
+    "nowhere' is neither a preset",
+  ),
+  (
+    "bench: unknown method",
+    "fttpu.bench",
+    lambda t: ["--methods=adapter", "--steps=1"],
+    "benchmark of adapter on mesh data=1: unknown method 'adapter'; valid: ['bitfit'",
+  ),
+  (
+    "tiny: out under a file",
+    "fttpu.models.tiny",
+    lambda t: [f"--out={a_file(t)}/tiny", f"--data_dir={data_dir()}"],
+    "Not a directory; a file is in the way",
+  ),
+  (
+    "tiny: no data",
+    "fttpu.models.tiny",
+    lambda t: [f"--out={t}/tiny", f"--data_dir={t}/nowhere"],
+    "nowhere/sst2, and the TFDS dataset 'glue/sst2' could not be loaded",
+  ),
+  (
+    "demo: no data",
+    "experiments.demo",
+    lambda t: [f"--data_dir={t}/nowhere", f"--workdir={t}/demo"],
+    "nowhere/sst2, and the TFDS dataset 'glue/sst2' could not be loaded",
+  ),
+  (
+    "sweep runner: workdir is a file",
+    "experiments.mezo_k16_cpu.run",
+    lambda t: [f"--workdir={a_file(t)}", "--tasks=sst2", "--seeds=42", "--only=zero-shot"],
+    "a-file/sst2: Not a directory; a file is in the way",
+  ),
+  (
+    "sweep aggregate: nothing there",
+    "experiments.mezo_k16_cpu.aggregate",
+    lambda t: [f"--workdir={t}/nowhere", f"--out={t}/out"],
+    "nowhere holds no finished cell of mezo_k16_cpu",
+  ),
 ]
 
 
 @pytest.mark.parametrize("module, make_args, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_a_user_error_is_one_line_without_a_traceback(tmp_path, module, make_args, expected):
-  result = subprocess.run([sys.executable, "-m", module, *make_args(tmp_path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-m", module, *make_args(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode != 0, result.stderr[-2000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]

@@ -1,4 +1,5 @@
 """Task data: strict TSV reading, the TFDS builder, the k-shot protocol, batching."""
+
 import os
 
 import numpy as np
@@ -15,8 +16,13 @@ def write(path, text: bytes | str):
     f.write(text.encode() if isinstance(text, str) else text)
 
 
-@pytest.mark.parametrize("body, message", [
-    ("sentence\tlabel\ngood film\t1\nbad\tfilm\t0\n", r"bad.tsv:3: expected 2 tab-separated columns \(sentence, label\), got 3"),
+@pytest.mark.parametrize(
+  "body, message",
+  [
+    (
+      "sentence\tlabel\ngood film\t1\nbad\tfilm\t0\n",
+      r"bad.tsv:3: expected 2 tab-separated columns \(sentence, label\), got 3",
+    ),
     ("sentence\tlabel\ngood film\t1\nno label here\n", r"bad.tsv:3: expected 2 tab-separated columns"),
     ("sentence\tlabel\ngood film\t2\n", r"bad.tsv:2: label '2' is not an integer in 0..1"),
     ("sentence\tlabel\ngood film\tpositive\n", r"bad.tsv:2: label 'positive' is not an integer in 0..1"),
@@ -24,7 +30,8 @@ def write(path, text: bytes | str):
     (b"sentence\tlabel\ngood \xff film\t1\n", r"bad.tsv:2: not valid UTF-8"),
     ("", r"bad.tsv: empty file"),
     ("sentence\tlabel\n", r"bad.tsv: no rows after the header"),
-])
+  ],
+)
 def test_malformed_rows_name_file_line_and_expectation(tmp_path, body, message):
   write(tmp_path / "bad.tsv", body)
   with pytest.raises(errors.DataError, match=message):
@@ -73,6 +80,7 @@ def test_processes_preparing_one_dataset_at_once_both_get_it(tmp_path):
   the lock the slower one failed on TFDS's rename: 'Destination ... already exists')."""
   import concurrent.futures
   import multiprocessing
+
   rows = "".join(f"sentence number {i}\t{i % 2}\n" for i in range(20_000))
   write(tmp_path / "big/train.tsv", "sentence\tlabel\n" + rows)
   write(tmp_path / "big/test.tsv", "sentence\tlabel\n" + rows[:200])
@@ -85,12 +93,17 @@ def test_processes_preparing_one_dataset_at_once_both_get_it(tmp_path):
 
 
 def test_unknown_task_and_missing_data_say_where_to_point(tmp_path, tfds_dir, monkeypatch):
-  with pytest.raises(ValueError, match=r"unknown task 'nope'.*registered: \['boolq', 'cb', 'mnli', 'multirc', 'rte', 'snli', 'sst2', 'sst5', 'trec', 'wic', 'wsc'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"unknown task 'nope'.*registered: \['boolq', 'cb', 'mnli', 'multirc', 'rte', 'snli', 'sst2', 'sst5', 'trec', 'wic', 'wsc'\]",
+  ):
     tasks.get_task("nope", str(tmp_path))
   # No local copy and no network: the TFDS catalog fallback fails at once and says what to do.
   import socket
+
   def offline(*args, **kwargs):
     raise socket.gaierror(-2, "Name or service not known")
+
   monkeypatch.setattr(socket, "getaddrinfo", offline)
   with pytest.raises(FileNotFoundError, match=r"no local copy at .*sst2.*'glue/sst2'.*--config.data.dir=DIR"):
     tfds_local.load_splits(tasks.get_task("sst2", str(tmp_path)), str(tmp_path), str(tmp_path / "tfds"))

@@ -1,6 +1,7 @@
 """The sweep machinery of experiments/ on a tiny grid: cells run once (a second sweep skips them),
 hyperparameters are chosen by mean dev accuracy, and the tables and the plot are written. The task is
 a new folder in the TSV format, given only its entry of task settings (its prompts; no code)."""
+
 import dataclasses
 import logging
 import os
@@ -15,8 +16,10 @@ from tests.conftest import data_dir
 
 PROMPT = (("data.mlm_template", "{sentence} It was {mask} ."), ("data.label_words", ("terrible", "great")))
 STEPS = (("train.steps", 3), ("train.eval_every", 3))
-ROWS = [sweeps.Row("zero-shot", "zero_shot"),
-        sweeps.Row("FT", "full", fixed=STEPS, grid=(("optimizer.learning_rate", (1e-5, 3e-2)),))]
+ROWS = [
+  sweeps.Row("zero-shot", "zero_shot"),
+  sweeps.Row("FT", "full", fixed=STEPS, grid=(("optimizer.learning_rate", (1e-5, 3e-2)),)),
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,9 @@ def test_hyperparameters_are_chosen_by_mean_dev_accuracy_and_tables_written(swep
   assert lines[1]["reviews"]["mean"] == pytest.approx(sum(tests) / 2) and lines[1]["reviews"]["seeds"] == 2
   md = sweeps.markdown(lines, ["reviews"], "paper")
   assert md.splitlines()[2].startswith("| zero-shot | ") and "| 91.9 |" in md.splitlines()[3]
-  assert sweeps.csv_text(lines, ["reviews"]).splitlines()[0] == "row,reviews_mean,reviews_std,reviews_seeds,reviews_paper"
+  assert (
+    sweeps.csv_text(lines, ["reviews"]).splitlines()[0] == "row,reviews_mean,reviews_std,reviews_seeds,reviews_paper"
+  )
   assert "FT & " in sweeps.latex(lines, ["reviews"], "caption")
   sweeps.plot(lines, chosen, ["reviews"], str(tmp_path / "table.png"), "tiny")
   assert os.path.getsize(tmp_path / "table.png") > 10_000
@@ -68,8 +73,17 @@ def test_hyperparameters_are_chosen_by_mean_dev_accuracy_and_tables_written(swep
 
 def test_the_mezo_k16_grid_names_every_row_of_the_issue_with_the_paper_beside_it():
   names = [r.name for r in grid.ROWS]
-  assert names == ["zero-shot", "LP", "FT", "FT (LoRA)", "FT (sparse)", "FT (spiel)", "MeZO", "MeZO (LoRA)",
-                   "MeZO (prefix)"]
+  assert names == [
+    "zero-shot",
+    "LP",
+    "FT",
+    "FT (LoRA)",
+    "FT (sparse)",
+    "FT (spiel)",
+    "MeZO",
+    "MeZO (LoRA)",
+    "MeZO (prefix)",
+  ]
   assert grid.SEEDS == (13, 21, 42, 87, 100) and grid.TASKS == ("sst2", "trec") and grid.K == 16
   config = sweeps.Cell(grid.ROWS[7], "trec", 13, grid.ROWS[7].settings()[0]).config(f"k={grid.K}", data_dir())
   assert (config.method, config.zo.base, config.train.steps, config.data.task) == ("zo", "lora", grid.ZO_STEPS, "trec")
@@ -85,16 +99,23 @@ def test_the_cpu_zeroth_order_rows_carry_the_papers_eps_and_weight_decay_in_new_
   and prefix cells' workdirs name eps and decay, so the earlier cells at eps 1e-3 without decay (in
   .../learning_rate=0.001/) do not count as finished cells of this grid."""
   rows = {r.name: r for r in grid.ROWS}
-  expected = {"MeZO": (1e-3, 0.0, [1e-5]), "MeZO (LoRA)": (1e-3, 0.1, [1e-4, 1e-3]),
-              "MeZO (prefix)": (1e-1, 0.0, [1e-2, 1e-1])}
+  expected = {
+    "MeZO": (1e-3, 0.0, [1e-5]),
+    "MeZO (LoRA)": (1e-3, 0.1, [1e-4, 1e-3]),
+    "MeZO (prefix)": (1e-1, 0.0, [1e-2, 1e-1]),
+  }
   for name, (eps, decay, rates) in expected.items():
-    configs = [sweeps.Cell(rows[name], "sst2", 13, hp).config(f"k={grid.K}", data_dir()) for hp in rows[name].settings()]
+    configs = [
+      sweeps.Cell(rows[name], "sst2", 13, hp).config(f"k={grid.K}", data_dir()) for hp in rows[name].settings()
+    ]
     assert [(c.zo.eps, c.optimizer.weight_decay) for c in configs] == [(eps, decay)] * len(rates)
     assert [c.optimizer.learning_rate for c in configs] == rates
   lora = sweeps.Cell(rows["MeZO (LoRA)"], "sst2", 13, rows["MeZO (LoRA)"].settings()[1])
   assert lora.workdir("R") == "R/sst2/mezo_lora/eps=0.001_weight_decay=0.1_learning_rate=0.001/seed13"
-  assert sweeps.Cell(rows["MeZO"], "sst2", 13, rows["MeZO"].settings()[0]).workdir("R") == \
-      "R/sst2/mezo/learning_rate=1e-05/seed13"  # unchanged: the cells run before stand
+  assert (
+    sweeps.Cell(rows["MeZO"], "sst2", 13, rows["MeZO"].settings()[0]).workdir("R")
+    == "R/sst2/mezo/learning_rate=1e-05/seed13"
+  )  # unchanged: the cells run before stand
   config = lora.config(f"k={grid.K}", data_dir())
   assert (config.lora.rank, config.lora.alpha, config.lora.targets) == (8, 16.0, "query|value")
 
@@ -104,8 +125,15 @@ def test_aggregating_only_some_rows_keeps_the_other_rows_of_the_table(swept, tmp
   rows' lines from the table already there: its table.json, or table.csv and table.md (tables written
   before table.json)."""
   root, _, _, _ = swept
-  tiny = types.SimpleNamespace(ROWS=ROWS, TASKS=("reviews",), SEEDS=(13, 21), TASK_SETTINGS={"reviews": PROMPT},
-                               PAPER={}, CAPTION="tiny", NAME="tiny")
+  tiny = types.SimpleNamespace(
+    ROWS=ROWS,
+    TASKS=("reviews",),
+    SEEDS=(13, 21),
+    TASK_SETTINGS={"reviews": PROMPT},
+    PAPER={},
+    CAPTION="tiny",
+    NAME="tiny",
+  )
   out = str(tmp_path / "results")
   full = sweeps.write_tables(tiny, str(root / "runs"), out)
   table = open(os.path.join(out, "table.md")).read()
@@ -123,8 +151,14 @@ def test_every_row_of_the_roberta_large_grid_runs_on_a_tiny_roberta(tiny_roberta
   """The full-scale grid's smoke run: one cell per row (its first setting), two steps, through the sweep
   (sign noise for the zeroth-order rows: gaussian compiles 4x slower here and shards the same)."""
   from experiments.mezo_k16_roberta_large import grid as large
-  smoke = (("train.steps", 2), ("train.batch_size", 4), ("train.eval_every", 2), ("train.checkpoint_every", 2),
-           ("zo.noise", "rademacher"))
+
+  smoke = (
+    ("train.steps", 2),
+    ("train.batch_size", 4),
+    ("train.eval_every", 2),
+    ("train.checkpoint_every", 2),
+    ("zo.noise", "rademacher"),
+  )
   rows = [dataclasses.replace(r, fixed=r.fixed + smoke) for r in large.ROWS]
   cells = [sweeps.Cell(r, "sst2", 13, r.settings()[0]) for r in rows]
   assert sweeps.run_cells(cells, str(tmp_path), f"family=roberta,checkpoint={tiny_roberta},k=16", data_dir()) == []
@@ -141,10 +175,19 @@ def test_every_row_of_the_opt13b_grid_runs_on_a_tiny_opt(tmp_path, tfds_dir):
   the large-model protocol scaled down (rows drawn, not k per class), two steps, through the sweep."""
   from experiments.mezo_opt13b import grid as opt13b
   from fttpu.models import tiny
+
   checkpoint = tiny.build("opt", str(tmp_path / "tiny-opt"), tiny.task_texts("sst2", data_dir(), tfds_dir))
-  smoke = (("train.steps", 2), ("train.batch_size", 4), ("train.eval_every", 2), ("train.checkpoint_every", 2),
-           ("data.num_train", 24), ("data.num_dev", 16), ("data.num_test", 40), ("data.max_length", 48),
-           ("zo.noise", "rademacher"))
+  smoke = (
+    ("train.steps", 2),
+    ("train.batch_size", 4),
+    ("train.eval_every", 2),
+    ("train.checkpoint_every", 2),
+    ("data.num_train", 24),
+    ("data.num_dev", 16),
+    ("data.num_test", 40),
+    ("data.max_length", 48),
+    ("zo.noise", "rademacher"),
+  )
   rows = [dataclasses.replace(r, fixed=r.fixed + smoke) for r in opt13b.ROWS]
   cells = [sweeps.Cell(r, "sst2", 0, r.settings()[0], opt13b.TASK_SETTINGS["sst2"]) for r in rows]
   assert sweeps.run_cells(cells, str(tmp_path / "runs"), f"family=opt,checkpoint={checkpoint}", data_dir()) == []
@@ -152,7 +195,12 @@ def test_every_row_of_the_opt13b_grid_runs_on_a_tiny_opt(tmp_path, tfds_dir):
   assert [r["row"] for r in records] == [r.name for r in opt13b.ROWS]
   assert [r["steps"] for r in records] == [0, 0, 2, 2, 2, 2]
   config = cells[2].config(f"family=opt,checkpoint={checkpoint}", data_dir())
-  assert (config.data.num_train, config.data.num_test, config.zo.eps, config.optimizer.learning_rate) == (24, 40, 1e-3, 1e-6)
+  assert (config.data.num_train, config.data.num_test, config.zo.eps, config.optimizer.learning_rate) == (
+    24,
+    40,
+    1e-3,
+    1e-6,
+  )
   assert (config.model.compute_dtype, config.model.param_dtype, config.mesh.fsdp) == ("float16", "float16", -1)
   ft = cells[5].config(f"family=opt,checkpoint={checkpoint}", data_dir())  # MeZO's --fp16: float32 weights
   assert (ft.model.compute_dtype, ft.model.param_dtype, ft.optimizer.weight_decay) == ("bfloat16", "float32", 0.0)
@@ -167,6 +215,7 @@ def test_every_row_of_the_opt13b_grid_runs_on_a_tiny_opt(tmp_path, tfds_dir):
 def test_a_tpu_vm_runs_one_cell_at_a_time():
   """Only one process may own a TPU VM's chips: --jobs=2 there is refused before any cell starts."""
   from fttpu.errors import ConfigError
+
   sweeps.check_jobs(2, on_tpu=False)
   sweeps.check_jobs(1, on_tpu=True)
   with pytest.raises(ConfigError, match="--jobs=2 on a TPU VM: only one process may own its TPU chips"):

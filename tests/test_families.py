@@ -4,6 +4,7 @@ A tiny random model is built by transformers, saved as safetensors and loaded by
 right-padded batches must agree to 1e-4, and for the decoders the per-token log-likelihoods too.
 Export writes fine-tuned weights back and transformers must reproduce fttpu's logits.
 """
+
 import os
 
 import jax
@@ -28,15 +29,18 @@ def hf_model(family: str):
     config = transformers.BertConfig(**SIZES, intermediate_size=64, max_position_embeddings=64)
     return transformers.BertForMaskedLM(config)
   if family == "roberta":
-    config = transformers.RobertaConfig(**SIZES, intermediate_size=64, max_position_embeddings=66, pad_token_id=1,
-                                        type_vocab_size=1)
+    config = transformers.RobertaConfig(
+      **SIZES, intermediate_size=64, max_position_embeddings=66, pad_token_id=1, type_vocab_size=1
+    )
     return transformers.RobertaForMaskedLM(config)
   if family == "opt":
-    config = transformers.OPTConfig(**SIZES, ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=32,
-                                    pad_token_id=1)
+    config = transformers.OPTConfig(
+      **SIZES, ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=1
+    )
     return transformers.OPTForCausalLM(config)
-  config = transformers.LlamaConfig(**SIZES, intermediate_size=64, num_key_value_heads=2, rope_theta=500.0,
-                                    max_position_embeddings=64)
+  config = transformers.LlamaConfig(
+    **SIZES, intermediate_size=64, num_key_value_heads=2, rope_theta=500.0, max_position_embeddings=64
+  )
   return transformers.LlamaForCausalLM(config)
 
 
@@ -101,8 +105,9 @@ def test_logits_match_transformers_on_padded_batches(pair):
   np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4, rtol=0)
   if family in ("opt", "llama"):
     scored = real[:, 1:]
-    np.testing.assert_allclose(token_log_likelihoods(ours, ids)[scored], token_log_likelihoods(theirs, ids)[scored],
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+      token_log_likelihoods(ours, ids)[scored], token_log_likelihoods(theirs, ids)[scored], atol=1e-4, rtol=0
+    )
   print(f"{family}: max |logit diff| {np.abs(ours[real] - theirs[real]).max():.2e}")
 
 
@@ -112,7 +117,9 @@ def test_verbalizer_logits_at_positions_are_the_full_logits_there(pair):
   ids, mask = padded_batch(loaded.config.pad_token_id)
   positions, words = np.array([4, 2, 0]), np.array([7, 11, 3])
   full = fttpu_logits(loaded, loaded.params, ids, mask)
-  picked = loaded.module.apply({"params": loaded.params}, ids, mask, output="logits", positions=positions, vocab_ids=words)
+  picked = loaded.module.apply(
+    {"params": loaded.params}, ids, mask, output="logits", positions=positions, vocab_ids=words
+  )
   np.testing.assert_allclose(np.asarray(picked), full[np.arange(3), positions][:, words], atol=1e-5)
 
 
@@ -135,8 +142,9 @@ def test_export_after_changing_weights_gives_transformers_the_same_logits(pair, 
   reference = reloaded.from_pretrained(tmp_path).eval()
   ids, mask = padded_batch(loaded.config.pad_token_id)
   real = mask.astype(bool)
-  np.testing.assert_allclose(torch_logits(reference, ids, mask)[real], fttpu_logits(loaded, changed, ids, mask)[real],
-                             atol=1e-4, rtol=0)
+  np.testing.assert_allclose(
+    torch_logits(reference, ids, mask)[real], fttpu_logits(loaded, changed, ids, mask)[real], atol=1e-4, rtol=0
+  )
 
 
 SLICED_LOAD = """
@@ -181,21 +189,27 @@ def test_sliced_reads_under_a_sharding_read_only_each_devices_block(pair):
   for the two devices of this process that hold it, and the arrays equal a full load."""
   import subprocess
   import sys
+
   family, _, path = pair
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run([sys.executable, "-c", SLICED_LOAD, family, path], env=env, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", SLICED_LOAD, family, path], env=env, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
 def test_unknown_tensor_and_shape_mismatch_name_the_tensor(tmp_path):
   from safetensors.numpy import load_file, save_file
+
   model = hf_model("opt")
   model.save_pretrained(tmp_path)
   write_tokenizer(tmp_path, SIZES["vocab_size"])
   tensors = load_file(tmp_path / "model.safetensors")
-  save_file({**tensors, "model.decoder.layers.0.self_attn.extra.weight": np.zeros(3, np.float32)},
-            tmp_path / "model.safetensors", metadata={"format": "pt"})
+  save_file(
+    {**tensors, "model.decoder.layers.0.self_attn.extra.weight": np.zeros(3, np.float32)},
+    tmp_path / "model.safetensors",
+    metadata={"format": "pt"},
+  )
   with pytest.raises(errors.CheckpointError, match="self_attn.extra.weight"):
     models.load("opt", str(tmp_path))
   tensors["model.decoder.layers.1.fc1.weight"] = np.zeros((63, 32), np.float32)

@@ -4,6 +4,7 @@ bert and roberta classify with the MLM head at the prompt's mask (LM-BFF), opt a
 label words' log-likelihood (MeZO's OPT protocol). Checkpoints are tiny random models with a
 tokenizer trained on SST-2 (fttpu.models.tiny), read through the Hugging Face import.
 """
+
 import jax
 import numpy as np
 import pytest
@@ -58,8 +59,9 @@ def run_steps(config, model, data, steps=3):
   steps of config.method, with the method's refresh (SpIEL's prune/regrow, LISA's fold and resampling)
   before step 2 as train.py calls it."""
   batch_at = lambda i: {**pipeline.train_batch(data.train, i, config.train.batch_size, 0), **data.prompts}
-  run = trainer.setup(config, model, batch_at, {**pipeline.whole(data.train), **data.prompts}, total_steps=10,
-                      rng=jax.random.key(0))
+  run = trainer.setup(
+    config, model, batch_at, {**pipeline.whole(data.train), **data.prompts}, total_steps=10, rng=jax.random.key(0)
+  )
   method, loss_fn = run.method, run.loss_fn
   state = TrainState.create(run.tree, method.tx, 0)
   initial = jax.tree_util.tree_map(np.array, state.params)
@@ -86,8 +88,9 @@ def test_every_method_trains_its_leaves_on_every_family(family_setup, method_nam
   assert np.all(np.isfinite(losses)), losses
   labels = method.labels(state.params)
   moved = frozen_moved = 0
-  for before, after, label in zip(jax.tree_util.tree_leaves(initial), jax.tree_util.tree_leaves(state.params),
-                                  jax.tree_util.tree_leaves(labels)):
+  for before, after, label in zip(
+    jax.tree_util.tree_leaves(initial), jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(labels)
+  ):
     changed = not np.array_equal(before, np.asarray(after))
     moved += changed and label == masks.TRAIN
     frozen_moved += changed and label == masks.FREEZE
@@ -113,6 +116,7 @@ def test_fine_tune_then_export_gives_transformers_the_same_logits(family_setup, 
   """Import -> LoRA steps -> merge (adapters folded) -> export -> transformers -> the same logits."""
   import torch  # test-only reference (make install-test installs it)
   import transformers
+
   family, config_for, model, data = family_setup
   method, _, state, _ = run_steps(config_for("lora"), model, data, steps=3)
   merged = method.merge(state.params)["model"]
@@ -156,8 +160,10 @@ def test_zeroth_order_steps_in_low_precision_move_the_weights(family_setup, low_
   config, low = low_precision
   method, initial, state, losses = run_steps(config, low, data, steps=3)
   assert np.all(np.isfinite(losses))
-  changed = [np.mean(np.asarray(a, np.float32) != np.asarray(b, np.float32))
-             for a, b in zip(jax.tree_util.tree_leaves(initial), jax.tree_util.tree_leaves(state.params))]
+  changed = [
+    np.mean(np.asarray(a, np.float32) != np.asarray(b, np.float32))
+    for a, b in zip(jax.tree_util.tree_leaves(initial), jax.tree_util.tree_leaves(state.params))
+  ]
   assert max(changed) > 0.01, changed  # lr 1e-5 x |g| is far below bf16 spacing: nearest rounding moves nothing
   config = config.copy_and_resolve_references()
   config.zo.eps = 1e-6
@@ -167,15 +173,16 @@ def test_zeroth_order_steps_in_low_precision_move_the_weights(family_setup, low_
 
 def test_stochastic_rounding_is_unbiased_where_nearest_rounding_loses_the_update():
   import jax.numpy as jnp
+
   weights = jnp.full((200_000,), 1.0, jnp.bfloat16)  # spacing above 1.0 is 2^-7
   update = 1e-4
   nearest = (weights.astype(jnp.float32) + update).astype(jnp.bfloat16)
   assert np.all(np.asarray(nearest) == 1.0)
   rounded = masks.stochastic_round(weights.astype(jnp.float32) + update, jnp.bfloat16, jax.random.key(0))
   values = np.asarray(rounded, np.float32)
-  assert set(np.unique(values)) == {1.0, 1.0 + 2 ** -7}
-  p = update / 2 ** -7
-  standard_error = 2 ** -7 * np.sqrt(p * (1 - p) / values.size)
+  assert set(np.unique(values)) == {1.0, 1.0 + 2**-7}
+  p = update / 2**-7
+  standard_error = 2**-7 * np.sqrt(p * (1 - p) / values.size)
   assert abs(values.mean() - (1.0 + update)) < 5 * standard_error
 
 

@@ -1,4 +1,5 @@
 """The entry point end to end, as a user runs it: files written, resume, bad input."""
+
 import json
 import os
 import subprocess
@@ -16,8 +17,13 @@ def run_main(*args, workdir):
 def test_short_sst2_run_writes_config_metrics_tensorboard_checkpoints_and_resumes(tmp_path, tfds_dir):
   workdir = tmp_path / "run"
   assert read_metrics(str(workdir)) == []  # nothing written yet
-  args = ["--config=configs/fewshot.py:task=sst2,method=full,k=16,seed=42,steps=4", f"--config.data.dir={data_dir()}",
-          "--config.train.log_every=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2"]
+  args = [
+    "--config=configs/fewshot.py:task=sst2,method=full,k=16,seed=42,steps=4",
+    f"--config.data.dir={data_dir()}",
+    "--config.train.log_every=2",
+    "--config.train.eval_every=2",
+    "--config.train.checkpoint_every=2",
+  ]
   result = run_main(*args, workdir=workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "step 4/4" in result.stderr and "steps/s" in result.stderr and "ETA" in result.stderr
@@ -53,13 +59,17 @@ def test_bad_input_fails_before_training_with_a_message(tmp_path):
   assert result.returncode != 0
   assert "unknown config key config.train.stepz" in result.stderr and "'steps'" in result.stderr
   result = run_main("--config=configs/fewshot.py:task=sst2,method=adapter", workdir=tmp_path / "bad")
-  assert result.returncode != 0 and "config.method='adapter' is invalid; valid: ['bitfit', 'full', 'head'" in result.stderr
-  result = run_main("--config=configs/fewshot.py:task=sst2,method=lora", "--config.lora.targets=attention_in",
-                    workdir=tmp_path / "bad")  # found when the method is prepared, before anything compiles
+  assert (
+    result.returncode != 0 and "config.method='adapter' is invalid; valid: ['bitfit', 'full', 'head'" in result.stderr
+  )
+  result = run_main(
+    "--config=configs/fewshot.py:task=sst2,method=lora", "--config.lora.targets=attention_in", workdir=tmp_path / "bad"
+  )  # found when the method is prepared, before anything compiles
   assert result.returncode != 0 and "lora.targets='attention_in' matches no projection" in result.stderr
   assert "compiled" not in result.stderr and "Traceback" not in result.stderr
-  result = run_main("--config=configs/fewshot.py:task=trec,method=zero_shot", f"--config.data.dir={tmp_path}",
-                    workdir=tmp_path / "bad")
+  result = run_main(
+    "--config=configs/fewshot.py:task=trec,method=zero_shot", f"--config.data.dir={tmp_path}", workdir=tmp_path / "bad"
+  )
   assert result.returncode != 0 and f"no directory {tmp_path}/trec" in result.stderr
   assert "--config.data.dir=DIR" in result.stderr and "Traceback" not in result.stderr
 
@@ -72,9 +82,12 @@ def test_a_new_task_folder_runs_with_label_descriptions_from_the_command_line(tm
     (tmp_path / "data" / "reviews").mkdir(parents=True, exist_ok=True)
     (tmp_path / "data" / "reviews" / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(part) + "\n")
   workdir = tmp_path / "run"
-  result = run_main("--config=configs/fewshot.py:task=reviews,method=zero_shot,k=4",
-                    f"--config.data.dir={tmp_path / 'data'}",
-                    """--config.data.label_descriptions=("A bad movie.", "A good movie.")""", workdir=workdir)
+  result = run_main(
+    "--config=configs/fewshot.py:task=reviews,method=zero_shot,k=4",
+    f"--config.data.dir={tmp_path / 'data'}",
+    """--config.data.label_descriptions=("A bad movie.", "A good movie.")""",
+    workdir=workdir,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   config = json.loads((workdir / "config.json").read_text())
   assert config["data"]["label_descriptions"] == ["A bad movie.", "A good movie."]

@@ -1,5 +1,6 @@
 """Update rules on the real MiniLM checkpoint: LoRA/DoRA against HF PEFT, and the small
 artifacts of a run reproducing its test accuracy on the pretrained weights."""
+
 import functools
 
 import jax
@@ -20,16 +21,20 @@ def test_lora_and_dora_match_peft_on_the_same_adapters(minilm, dora, rslora):
   import torch
   from peft import LoraConfig, get_peft_model
   from transformers import BertModel
-  _, tree, _ = build(minilm, make_config("lora", **{"lora.dora": dora, "lora.rslora": rslora}),
-                     batches=tiny_batch)  # (LoRA reads no data)
+
+  _, tree, _ = build(
+    minilm, make_config("lora", **{"lora.dora": dora, "lora.rslora": rslora}), batches=tiny_batch
+  )  # (LoRA reads no data)
   rng = np.random.default_rng(0)
   layers = tree["model"]["layers"]
   for module in ("query", "value"):  # nonzero adapters (and magnitudes), as after training
     for name in ("lora_a", "lora_b") + (("dora_magnitude",) if dora else ()):
       leaf = layers[module][name]
       layers[module][name] = (leaf + rng.normal(0, 0.02, leaf.shape)).astype(np.float32)
-  peft_model = get_peft_model(BertModel.from_pretrained(minilm.checkpoint_dir), LoraConfig(
-      r=8, lora_alpha=16, target_modules=["query", "value"], use_dora=dora, use_rslora=rslora)).eval()
+  peft_model = get_peft_model(
+    BertModel.from_pretrained(minilm.checkpoint_dir),
+    LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], use_dora=dora, use_rslora=rslora),
+  ).eval()
   with torch.no_grad():
     for l, layer in enumerate(peft_model.base_model.model.encoder.layer):
       for module in ("query", "value"):
@@ -40,8 +45,9 @@ def test_lora_and_dora_match_peft_on_the_same_adapters(minilm, dora, rslora):
           target.lora_magnitude_vector["default"].weight.copy_(torch.from_numpy(ours["dora_magnitude"][l].reshape(-1)))
   ids, mask = pipeline.encode(minilm.tokenizer, real_sentences(), 64)
   with torch.no_grad():
-    theirs = peft_model(input_ids=torch.from_numpy(ids).long(),
-                        attention_mask=torch.from_numpy(mask).long()).last_hidden_state.numpy()
+    theirs = peft_model(
+      input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+    ).last_hidden_state.numpy()
   unmerged = np.asarray(minilm.module.apply({"params": tree["model"]}, ids, mask))
   merged = np.asarray(minilm.module.apply({"params": base.merge(tree)["model"]}, ids, mask))
   real = mask.astype(bool)
@@ -51,10 +57,10 @@ def test_lora_and_dora_match_peft_on_the_same_adapters(minilm, dora, rslora):
   assert np.abs(merged[real] - unmerged[real]).max() <= 1e-5
 
 
-@pytest.mark.parametrize("method,overrides", [
-    ("lora", {}), ("sparse", {}), ("spiel", {"spiel.every": 2})])
+@pytest.mark.parametrize("method,overrides", [("lora", {}), ("sparse", {}), ("spiel", {"spiel.every": 2})])
 def test_artifact_on_the_pretrained_weights_reproduces_the_runs_test_accuracy(
-    method, overrides, sst2_config, sst2_16shot, minilm, tmp_path):
+  method, overrides, sst2_config, sst2_16shot, minilm, tmp_path
+):
   config = sst2_config.copy_and_resolve_references()
   config.method = method
   for key, value in overrides.items():
@@ -65,8 +71,9 @@ def test_artifact_on_the_pretrained_weights_reproduces_the_runs_test_accuracy(
   tree = checkpoint.load_artifact(str(tmp_path / "artifact.safetensors"), minilm.params)
   logits_fn = classifier.make_classifier(minilm.module, "similarity", config.model.logit_scale).logits
   eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
-  reloaded = train.evaluate(eval_step, base.merge(tree), sst2_16shot.test, sst2_16shot.prompts, 64,
-                            make_mesh({"data": -1}))
+  reloaded = train.evaluate(
+    eval_step, base.merge(tree), sst2_16shot.test, sst2_16shot.prompts, 64, make_mesh({"data": -1})
+  )
   assert reloaded["accuracy"] == record["eval/accuracy"]
   np.testing.assert_allclose(reloaded["loss"], record["eval/loss"], rtol=1e-5)
   size_mb = (tmp_path / "artifact.safetensors").stat().st_size / 2**20

@@ -1,4 +1,5 @@
 """The Flax BERT matches HF transformers (PyTorch) on the same weights; checkpoint import is strict."""
+
 import json
 import re
 import shutil
@@ -23,6 +24,7 @@ def real_sentences(n=12):
 def test_last_hidden_states_match_transformers(minilm):
   import torch
   from transformers import AutoTokenizer, BertModel
+
   sentences = real_sentences()
   ids, mask = pipeline.encode(minilm.tokenizer, sentences, 64)
   assert mask.sum(1).min() < 64 and mask.sum(1).max() > mask.sum(1).min(), "batch must mix lengths and padding"
@@ -30,7 +32,8 @@ def test_last_hidden_states_match_transformers(minilm):
 
   reference = BertModel.from_pretrained(minilm.checkpoint_dir).eval()
   tokens = AutoTokenizer.from_pretrained(minilm.checkpoint_dir)(
-      sentences, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+    sentences, padding="max_length", max_length=64, truncation=True, return_tensors="pt"
+  )
   np.testing.assert_array_equal(tokens["input_ids"].numpy(), ids)
   with torch.no_grad():
     theirs = reference(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state.numpy()
@@ -59,14 +62,21 @@ def test_sharded_safetensors_with_index_load_the_same_params(checkpoint_copy, mi
   chex.assert_trees_all_equal(loaded.params, minilm.params)
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(
+  "edit, message",
+  [
     (lambda t: t.pop("encoder.layer.3.attention.self.key.weight"), "encoder.layer.3.attention.self.key.weight"),
     (lambda t: t.update({"encoder.layer.0.extra.weight": np.zeros(3, np.float32)}), "encoder.layer.0.extra.weight"),
-    (lambda t: t.update({"encoder.layer.2.output.dense.bias": np.zeros(7, np.float32)}),
-     "encoder.layer.2.output.dense.bias"),
-    (lambda t: t.update({"embeddings.word_embeddings.weight": np.zeros((100, 384), np.float32)}),
-     "embeddings.word_embeddings.weight: the checkpoint has (100, 384)"),
-])
+    (
+      lambda t: t.update({"encoder.layer.2.output.dense.bias": np.zeros(7, np.float32)}),
+      "encoder.layer.2.output.dense.bias",
+    ),
+    (
+      lambda t: t.update({"embeddings.word_embeddings.weight": np.zeros((100, 384), np.float32)}),
+      "embeddings.word_embeddings.weight: the checkpoint has (100, 384)",
+    ),
+  ],
+)
 def test_bad_checkpoints_name_the_offending_tensor(checkpoint_copy, edit, message):
   path, tensors = checkpoint_copy
   edit(tensors)
@@ -94,6 +104,7 @@ def test_staging_a_pytorch_checkpoint_gives_the_same_model_and_tokenizer(minilm,
   import torch
   from safetensors.torch import load_file as load_torch
   from tests.conftest import REPO
+
   legacy, staged = tmp_path / "hf", tmp_path / "staged"
   legacy.mkdir()
   source = minilm.checkpoint_dir
@@ -105,9 +116,15 @@ def test_staging_a_pytorch_checkpoint_gives_the_same_model_and_tokenizer(minilm,
   for shard, keys in shards.items():
     torch.save({k: tensors[k] for k in keys}, legacy / shard)
   (legacy / "pytorch_model.bin.index.json").write_text(
-      json.dumps({"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}}))
-  result = subprocess.run([sys.executable, "-m", "fttpu.models.stage", f"--from={legacy}", f"--to={staged}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    json.dumps({"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}})
+  )
+  result = subprocess.run(
+    [sys.executable, "-m", "fttpu.models.stage", f"--from={legacy}", f"--to={staged}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   files = json.loads(result.stdout.strip().splitlines()[-1])["files"]
   assert "model.safetensors.index.json" in files and "tokenizer.json" in files
@@ -115,9 +132,16 @@ def test_staging_a_pytorch_checkpoint_gives_the_same_model_and_tokenizer(minilm,
   loaded = models.load("bert", str(staged))
   chex.assert_trees_all_equal(loaded.params, minilm.params)
   sentences = real_sentences()
-  tokens = lambda tokenizer: [[i for i, m in zip(e.ids, e.attention_mask) if m] for e in tokenizer.encode_batch(sentences)]
+  tokens = lambda tokenizer: [
+    [i for i, m in zip(e.ids, e.attention_mask) if m] for e in tokenizer.encode_batch(sentences)
+  ]
   assert tokens(loaded.tokenizer) == tokens(minilm.tokenizer)  # the shipped file also pads to 128: fttpu pads itself
-  again = subprocess.run([sys.executable, "-m", "fttpu.models.stage", f"--from={legacy}", f"--to={staged}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+  again = subprocess.run(
+    [sys.executable, "-m", "fttpu.models.stage", f"--from={legacy}", f"--to={staged}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert again.returncode != 0 and "exists and is not an empty directory" in again.stderr
   assert "Traceback" not in again.stderr

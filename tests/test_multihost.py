@@ -1,6 +1,7 @@
 """A real multi-process run on localhost: jax.distributed with gloo CPU collectives, 2 processes x 2
 fake devices, started by launch/multiprocess.py, against one process on one device; and a killed
 peer that must not leave the other process hanging."""
+
 import json
 import os
 import signal
@@ -21,17 +22,27 @@ STEPS = 3
 def main_args(checkpoint: str, steps: int = STEPS) -> list:
   """FSDP over every device of every process (fsdp=-1): each process holds half of each parameter and
   reads half of the checkpoint, and the batch is split across the processes."""
-  return [sys.executable, "-m", "fttpu.main",
-          f"--config=configs/fewshot.py:family=roberta,checkpoint={checkpoint},method=full,steps={steps}",
-          f"--config.data.dir={data_dir()}", "--config.mesh.data=1", "--config.mesh.fsdp=-1",
-          "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=1e-3", "--config.train.log_every=1",
-          f"--config.train.eval_every={steps}", f"--config.train.checkpoint_every={steps}"]
+  return [
+    sys.executable,
+    "-m",
+    "fttpu.main",
+    f"--config=configs/fewshot.py:family=roberta,checkpoint={checkpoint},method=full,steps={steps}",
+    f"--config.data.dir={data_dir()}",
+    "--config.mesh.data=1",
+    "--config.mesh.fsdp=-1",
+    "--config.optimizer.name=sgd",
+    "--config.optimizer.learning_rate=1e-3",
+    "--config.train.log_every=1",
+    f"--config.train.eval_every={steps}",
+    f"--config.train.checkpoint_every={steps}",
+  ]
 
 
 def saved_state(workdir, step: int, like=None) -> dict:
   """The saved TrainState tree, onto `like`'s shapes and shardings (a checkpoint written by other devices
   than this process's needs a target)."""
   import orbax.checkpoint as ocp
+
   target = None if like is None else jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
   return ocp.StandardCheckpointer().restore(str(workdir / "checkpoints" / str(step) / "state"), target)
 
@@ -44,8 +55,15 @@ def losses(workdir) -> list:
 @pytest.fixture(scope="module")
 def two_processes(tiny_roberta, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("two")
-  command = [sys.executable, "launch/multiprocess.py", "--processes=2", "--devices_per_process=2", "--",
-             *main_args(tiny_roberta), f"--workdir={workdir}"]
+  command = [
+    sys.executable,
+    "launch/multiprocess.py",
+    "--processes=2",
+    "--devices_per_process=2",
+    "--",
+    *main_args(tiny_roberta),
+    f"--workdir={workdir}",
+  ]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-4000:]
   return workdir, result.stdout
@@ -57,8 +75,14 @@ def test_two_processes_train_like_one(two_processes, tiny_roberta, tmp_path):
   reassociation; times lr 1e-3 that is far below a parameter's own rounding step. Measured: at most
   one float32 ulp of the parameter; the bound allows two (2.4e-7 relative) plus 1e-8."""
   workdir, _ = two_processes
-  single = subprocess.run([*main_args(tiny_roberta), f"--workdir={tmp_path}"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  single = subprocess.run(
+    [*main_args(tiny_roberta), f"--workdir={tmp_path}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert single.returncode == 0, single.stderr[-3000:]
   one = saved_state(tmp_path, STEPS)
   two = saved_state(workdir, STEPS, like=one)  # written by 4 devices of 2 processes, read onto this one
@@ -74,7 +98,9 @@ def test_each_process_joins_reads_its_half_and_only_process_0_logs(two_processes
   assert any(l.startswith("[1] ") and "process 1 of 2 (coordinator 127.0.0.1:" in l for l in lines)
   assert any(l.startswith("[0] ") and "mesh {'data': 1, 'fsdp': 4, 'tensor': 1} over 4 cpu devices" in l for l in lines)
   # Process 0's devices hold half of every split parameter (the attention biases, 0.3%, are replicated).
-  read = [float(l.split("read ")[1].split("%")[0]) for l in lines if l.startswith("[0] ") and "of the checkpoint's" in l]
+  read = [
+    float(l.split("read ")[1].split("%")[0]) for l in lines if l.startswith("[0] ") and "of the checkpoint's" in l
+  ]
   assert len(read) == 1 and 50 <= read[0] <= 55, read
   progress = [l for l in lines if "train/loss=" in l]
   assert len(progress) == STEPS and all(l.startswith("[0] ") for l in progress)
@@ -88,13 +114,20 @@ def test_each_process_joins_reads_its_half_and_only_process_0_logs(two_processes
 def test_a_killed_peer_stops_the_other_process_with_an_error(tiny_roberta, tmp_path):
   """Process 1 is killed (SIGKILL) mid-training: process 0 must exit with an error within the bound
   (a 10 s heartbeat timeout, plus shutdown), not hang in a collective."""
-  env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "2",
-         "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {
+    **os.environ,
+    "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}",
+    "JAX_NUM_PROCESSES": "2",
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+  }
   command = [*main_args(tiny_roberta, steps=100000), f"--workdir={tmp_path}", "--heartbeat_timeout=10"]
-  lead = subprocess.Popen(command, cwd=REPO, env={**env, "JAX_PROCESS_ID": "0"}, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  peer = subprocess.Popen(command, cwd=REPO, env={**env, "JAX_PROCESS_ID": "1"}, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  lead = subprocess.Popen(
+    command, cwd=REPO, env={**env, "JAX_PROCESS_ID": "0"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+  peer = subprocess.Popen(
+    command, cwd=REPO, env={**env, "JAX_PROCESS_ID": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   try:
     output = []
     for line in lead.stdout:  # wait until training runs across both processes
@@ -120,6 +153,7 @@ def test_a_killed_peer_stops_the_other_process_with_an_error(tiny_roberta, tmp_p
 def free_port() -> int:
   sys.path.insert(0, str(REPO / "launch"))
   from multiprocess import free_port as port
+
   return port()
 
 
@@ -127,20 +161,33 @@ PREEMPT_STEPS = 200
 
 
 def launch_two(tiny_roberta, workdir) -> list:
-  return [sys.executable, "launch/multiprocess.py", "--processes=2", "--devices_per_process=2", "--",
-          *main_args(tiny_roberta, steps=PREEMPT_STEPS), f"--workdir={workdir}", "--config.train.checkpoint_every=50"]
+  return [
+    sys.executable,
+    "launch/multiprocess.py",
+    "--processes=2",
+    "--devices_per_process=2",
+    "--",
+    *main_args(tiny_roberta, steps=PREEMPT_STEPS),
+    f"--workdir={workdir}",
+    "--config.train.checkpoint_every=50",
+  ]
 
 
-def test_sigterm_to_one_process_checkpoints_every_process_at_one_step_and_the_resume_is_exact(tiny_roberta,
-                                                                                              tmp_path):
+def test_sigterm_to_one_process_checkpoints_every_process_at_one_step_and_the_resume_is_exact(tiny_roberta, tmp_path):
   """SIGTERM to process 1 only (what a preempted host gets): JAX's preemption service and orbax's
   sync point make both processes save the same step and exit 0, and the resumed 2-process run
   ends bit-identical to an uninterrupted one."""
-  reference = subprocess.Popen(launch_two(tiny_roberta, tmp_path / "uninterrupted"), cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  reference = subprocess.Popen(
+    launch_two(tiny_roberta, tmp_path / "uninterrupted"),
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   workdir = tmp_path / "preempted"
-  run = subprocess.Popen(launch_two(tiny_roberta, workdir), cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+  run = subprocess.Popen(
+    launch_two(tiny_roberta, workdir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   output, pids = [], {}
   for line in run.stdout:
     output.append(line)
@@ -151,8 +198,9 @@ def test_sigterm_to_one_process_checkpoints_every_process_at_one_step_and_the_re
       break
   output.extend(run.stdout)
   assert run.wait(timeout=300) == 0, "".join(output[-40:])
-  saved = [int(l.split("saved checkpoint ", 1)[1].split()[0]) for l in output
-           if "preempted (SIGTERM): saved checkpoint" in l]
+  saved = [
+    int(l.split("saved checkpoint ", 1)[1].split()[0]) for l in output if "preempted (SIGTERM): saved checkpoint" in l
+  ]
   assert len(saved) == 2 and len(set(saved)) == 1 and 60 <= saved[0] < PREEMPT_STEPS, "".join(output[-40:])
   assert "[launch] process 0 exited with 0" in "".join(output) and "[launch] process 1 exited with 0" in "".join(output)
   assert os.path.isdir(workdir / "checkpoints" / str(saved[0]))
@@ -160,6 +208,7 @@ def test_sigterm_to_one_process_checkpoints_every_process_at_one_step_and_the_re
   assert resumed.returncode == 0 and f"at step {saved[0]}" in resumed.stdout, resumed.stdout[-4000:]
   assert reference.wait(timeout=600) == 0, reference.stdout.read()[-4000:]
   from fttpu import checkpoint
+
   read = lambda w: checkpoint.restore_untyped(checkpoint.make_manager(str(w), 2), PREEMPT_STEPS)  # onto 1 device
   ours, theirs = read(workdir), read(tmp_path / "uninterrupted")
   for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
@@ -169,14 +218,22 @@ def test_sigterm_to_one_process_checkpoints_every_process_at_one_step_and_the_re
 
 # ---------------------------------------------------------------- joining: every device, the right count
 
-SLURM_STEP = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1",
-              "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_NODELIST": "gpu[07-08]"}
+SLURM_STEP = {
+  "SLURM_JOB_ID": "4242",
+  "SLURM_NTASKS": "2",
+  "SLURM_STEP_NUM_TASKS": "2",
+  "SLURM_PROCID": "1",
+  "SLURM_LOCALID": "0",
+  "SLURM_STEP_NODELIST": "gpu[07-08]",
+  "SLURM_NODELIST": "gpu[07-08]",
+}
 
 
 @pytest.fixture
 def joins(monkeypatch):
   """The arguments fttpu hands jax.distributed.initialize (recorded, not run), in a clean environment."""
   from fttpu import distributed
+
   for name in [*SLURM_STEP, "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "FTTPU_LOCAL_DEVICES"]:
     monkeypatch.delenv(name, raising=False)
   calls = []
@@ -227,12 +284,27 @@ def test_a_process_that_sees_another_device_count_than_its_launcher_asked_for_st
 
 def test_two_processes_check_their_device_count_through_the_real_runtime(tiny_roberta, tmp_path):
   """The same code path as a pod or a SLURM job: 2 processes x 2 fake devices, told to expect 4 each."""
-  env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "2",
-         "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "FTTPU_LOCAL_DEVICES": "4"}
+  env = {
+    **os.environ,
+    "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}",
+    "JAX_NUM_PROCESSES": "2",
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    "FTTPU_LOCAL_DEVICES": "4",
+  }
   command = [*main_args(tiny_roberta), f"--workdir={tmp_path}"]
-  processes = [subprocess.Popen(command, cwd=REPO, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+  processes = [
+    subprocess.Popen(
+      command,
+      cwd=REPO,
+      env={**env, "JAX_PROCESS_ID": str(i)},
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in (0, 1)
+  ]
   outputs = [p.communicate(timeout=300)[0] for p in processes]
   for index, (process, output) in enumerate(zip(processes, outputs)):
     assert process.returncode != 0 and "Traceback" not in output, output[-3000:]
-    assert (f"error: process {index} sees 2 local cpu devices but the launcher asked for 4" in output), output[-3000:]
+    assert f"error: process {index} sees 2 local cpu devices but the launcher asked for 4" in output, output[-3000:]

@@ -1,4 +1,5 @@
 """The optimizer factory, the mesh helpers and the benchmark CLI."""
+
 import json
 import subprocess
 import sys
@@ -14,8 +15,11 @@ from tests.conftest import REPO
 
 
 def optimizer_config(**overrides):
-  config = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-3, weight_decay=0.1, b1=0.9, b2=0.999,
-                                          eps=1e-8, schedule="linear", warmup_steps=0))
+  config = ml_collections.ConfigDict(
+    dict(
+      name="adamw", learning_rate=1e-3, weight_decay=0.1, b1=0.9, b2=0.999, eps=1e-8, schedule="linear", warmup_steps=0
+    )
+  )
   config.update(overrides)
   return config
 
@@ -31,8 +35,10 @@ def test_schedules_warm_up_then_decay_to_zero():
 
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_weight_decay_spares_biases_and_norm_scales(name):
-  params = {"dense": {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)},
-            "norm": {"scale": np.ones(2, np.float32), "bias": np.ones(2, np.float32)}}
+  params = {
+    "dense": {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)},
+    "norm": {"scale": np.ones(2, np.float32), "bias": np.ones(2, np.float32)},
+  }
   tx = optim.make_optimizer(optimizer_config(name=name, schedule="constant"), total_steps=10)
   zero_grads = jax.tree_util.tree_map(np.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
@@ -46,8 +52,9 @@ def test_sign_steps_by_the_element_wise_sign_of_the_decayed_gradient():
   """optimizer.name=sign is signSGD: every entry moves by exactly lr, against the sign of its own
   (decayed) gradient entry, not by a shared sign."""
   params = {"dense": {"kernel": np.array([[1.0, -2.0], [0.5, 3.0]], np.float32), "bias": np.ones(2, np.float32)}}
-  grads = {"dense": {"kernel": np.array([[0.3, -1e-6], [-0.2, -0.7]], np.float32),
-                     "bias": np.array([-4.0, 1e-5], np.float32)}}
+  grads = {
+    "dense": {"kernel": np.array([[0.3, -1e-6], [-0.2, -0.7]], np.float32), "bias": np.array([-4.0, 1e-5], np.float32)}
+  }
   tx = optim.make_optimizer(optimizer_config(name="sign", schedule="constant", weight_decay=0.1), total_steps=10)
   updates, _ = tx.update(grads, tx.init(params), params)
   decayed_kernel = grads["dense"]["kernel"] + 0.1 * params["dense"]["kernel"]  # [[0.4, 0.2], [-0.15, -0.4]]
@@ -64,18 +71,23 @@ def test_mesh_needs_the_devices_it_names():
 
 
 def test_batch_sizes_must_divide_over_the_data_and_fsdp_axes():
-  command = [sys.executable, "-c", "from fttpu import sharding; "
-             "sharding.check_batch_sizes(sharding.make_mesh({'data': -1, 'fsdp': 2, 'tensor': 1}), 8, 6)"]
+  command = [
+    sys.executable,
+    "-c",
+    "from fttpu import sharding; "
+    "sharding.check_batch_sizes(sharding.make_mesh({'data': -1, 'fsdp': 2, 'tensor': 1}), 8, 6)",
+  ]
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PATH": ""}
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
   assert result.returncode != 0
-  assert "batch size 6 does not divide over the mesh's data x fsdp axes of 4 devices; use a multiple of 4" in result.stderr
+  assert (
+    "batch size 6 does not divide over the mesh's data x fsdp axes of 4 devices; use a multiple of 4" in result.stderr
+  )
 
 
 def test_bench_cli_prints_json_per_method():
   methods = ("forward", "zero_shot", "zo:zo.base=head+zo.noise=rademacher")
-  command = [sys.executable, "-m", "fttpu.bench", f"--methods={','.join(methods)}", "--batch=2", "--seq=8",
-             "--steps=1"]
+  command = [sys.executable, "-m", "fttpu.bench", f"--methods={','.join(methods)}", "--batch=2", "--seq=8", "--steps=1"]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(result.stdout)
@@ -90,8 +102,17 @@ def test_bench_cli_prints_json_per_method():
 def test_bench_compares_meshes_over_fake_devices():
   """--mesh twice: the same method on 1 device and on 4 fake CPU devices with FSDP, each in its own
   process, with the step-time ratio to the first mesh; FSDP's compiled arguments are about a quarter."""
-  command = [sys.executable, "-m", "fttpu.bench", "--methods=forward", "--mesh=data=1", "--mesh=fsdp=4", "--batch=4",
-             "--seq=8", "--steps=1"]
+  command = [
+    sys.executable,
+    "-m",
+    "fttpu.bench",
+    "--methods=forward",
+    "--mesh=data=1",
+    "--mesh=fsdp=4",
+    "--batch=4",
+    "--seq=8",
+    "--steps=1",
+  ]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(result.stdout)

@@ -1,4 +1,5 @@
 """fttpu.plan: the train step compiled on abstract shapes (config.json only, no weights) over fake devices."""
+
 import json
 import os
 import subprocess
@@ -8,9 +9,18 @@ import pytest
 
 from tests.conftest import REPO, data_dir
 
-SMALL_ROBERTA = {"model_type": "roberta", "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2,
-                 "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 130,
-                 "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1}
+SMALL_ROBERTA = {
+  "model_type": "roberta",
+  "vocab_size": 1000,
+  "hidden_size": 64,
+  "num_hidden_layers": 2,
+  "num_attention_heads": 4,
+  "intermediate_size": 128,
+  "max_position_embeddings": 130,
+  "type_vocab_size": 1,
+  "layer_norm_eps": 1e-5,
+  "pad_token_id": 1,
+}
 
 SCRIPT = """
 import json, sys
@@ -37,8 +47,14 @@ def config_only(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plans(config_only):
-  result = subprocess.run([sys.executable, "-c", SCRIPT, config_only, data_dir()], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  result = subprocess.run(
+    [sys.executable, "-c", SCRIPT, config_only, data_dir()],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.listdir(config_only) == ["config.json"]
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -65,18 +81,30 @@ def test_optimizer_state_and_activation_memory_order_the_methods(plans):
   assert m["mezo"]["temp_mb"] < m["full"]["temp_mb"]
   for method in m.values():  # the step donates its state: every parameter is written in place
     assert method["alias_mb"] > 0 and method["peak_mb"] == pytest.approx(
-        method["argument_mb"] + method["temp_mb"] + method["output_mb"] - method["alias_mb"])
+      method["argument_mb"] + method["temp_mb"] + method["output_mb"] - method["alias_mb"]
+    )
 
 
 def test_plan_cli_prints_a_table_per_method_and_rejects_a_bad_mesh(config_only):
-  command = [sys.executable, "-m", "fttpu.plan", "--config=configs/fewshot.py:family=roberta", f"--model={config_only}",
-             f"--config.data.dir={data_dir()}", "--mesh=fsdp=2,tensor=2", "--methods=zo:zo.base=lora", "--hbm_gb=1"]
+  command = [
+    sys.executable,
+    "-m",
+    "fttpu.plan",
+    "--config=configs/fewshot.py:family=roberta",
+    f"--model={config_only}",
+    f"--config.data.dir={data_dir()}",
+    "--mesh=fsdp=2,tensor=2",
+    "--methods=zo:zo.base=lora",
+    "--hbm_gb=1",
+  ]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.splitlines()
   assert lines[1].startswith("mesh data=1 fsdp=2 tensor=2 on 4 cpu devices")
   assert lines[3].startswith("zo:zo.base=lora") and lines[3].endswith("yes")
-  bad = subprocess.run([*command[:-3], "--mesh=fsdp=2,pipeline=2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  bad = subprocess.run(
+    [*command[:-3], "--mesh=fsdp=2,pipeline=2"], cwd=REPO, capture_output=True, text=True, timeout=120
+  )
   assert bad.returncode != 0 and "--mesh item 'pipeline=2' is invalid" in bad.stderr
   unknown = subprocess.run([*command[:4], "--model=gpt-5"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert unknown.returncode != 0 and "--model='gpt-5' is neither a preset" in unknown.stderr

@@ -1,4 +1,5 @@
 """Prompt styles: LM-BFF masked-LM templates, MeZO-style causal candidates, sentence-pair tasks."""
+
 import os
 import socket
 
@@ -24,7 +25,7 @@ def write(path, text: str):
 
 def sst2_rows(n: int, offset: int = 0) -> tuple[list[tuple[str, ...]], np.ndarray]:
   rows, labels = tsv.read_tsv(os.path.join(data_dir(), "sst2", "train.tsv"), 2)
-  return rows[offset:offset + n], labels[offset:offset + n]
+  return rows[offset : offset + n], labels[offset : offset + n]
 
 
 def corpus() -> list[str]:
@@ -48,6 +49,7 @@ def opt():
 @pytest.fixture(scope="module")
 def minilm_tokenizer():
   from fttpu.models import hf
+
   return tokenizers.Tokenizer.from_file(os.path.join(hf.default_checkpoint_dir(), "tokenizer.json"))
 
 
@@ -57,10 +59,12 @@ def real(tokenizer, ids, mask) -> str:
 
 
 def test_family_tokenizers_have_the_families_special_tokens_and_padding():
-  expected = {"roberta": ({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}, "<s> hi</s>", 1),
-              "opt": ({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}, "</s> hi", 1),
-              "llama": ({"<unk>": 0, "<s>": 1, "</s>": 2}, "<s> hi", 0),
-              "bert": ({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}, "[CLS] hi [SEP]", 0)}
+  expected = {
+    "roberta": ({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}, "<s> hi</s>", 1),
+    "opt": ({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}, "</s> hi", 1),
+    "llama": ({"<unk>": 0, "<s>": 1, "</s>": 2}, "<s> hi", 0),
+    "bert": ({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}, "[CLS] hi [SEP]", 0),
+  }
   for family, (specials, text, pad_id) in expected.items():
     tokenizer = tiny.train_tokenizer(["hi there", "hi again"] * 5, family, vocab_size=300)
     assert {t: tokenizer.token_to_id(t) for t in specials} == specials, family
@@ -101,8 +105,11 @@ def test_verbalizer_ids_are_the_label_words_after_a_space(roberta):
 
 def test_a_label_word_of_several_tokens_fails_naming_it(roberta):
   task = tasks.get_task("sst2", data_dir(), label_words=("terrible", "zqxwvjk"), style="mlm")
-  with pytest.raises(ConfigError, match=r"label word 'zqxwvjk' is not one token: ' zqxwvjk' -> \['Ġ', 'z'.*"
-                                        r"MLM prompts need one token per class"):
+  with pytest.raises(
+    ConfigError,
+    match=r"label word 'zqxwvjk' is not one token: ' zqxwvjk' -> \['Ġ', 'z'.*"
+    r"MLM prompts need one token per class",
+  ):
     pipeline.prompts(roberta, task, "mlm")
 
 
@@ -151,8 +158,10 @@ def test_causal_word_follows_a_prompt_ending_in_a_newline_directly(opt):
 
 def rte_like(root, train_rows: str = None):
   body = "sentence1\tsentence2\tlabel\n"
-  write(root / "train.tsv", train_rows or body + "".join(
-      f"The cat sat on mat {i}.\tA cat is on mat {i}.\t{i % 2}\n" for i in range(12)))
+  write(
+    root / "train.tsv",
+    train_rows or body + "".join(f"The cat sat on mat {i}.\tA cat is on mat {i}.\t{i % 2}\n" for i in range(12)),
+  )
   write(root / "test.tsv", body + "Dogs bark loudly!\tSome animals make noise.\t0\n")
 
 
@@ -165,15 +174,20 @@ def test_pair_task_directory_encodes_both_sentences(tmp_path, tfds_dir, roberta)
   assert splits["test"][0] == [("Dogs bark loudly!", "Some animals make noise.")]
   encoded = pipeline.encode_split(roberta, task, *splits["test"], 64, "mlm")
   # sentence1 without its final punctuation, "?", the mask, ",", sentence2 with a lowercase first letter.
-  assert real(roberta, encoded.input_ids[0], encoded.attention_mask[0]) == \
-      "<s>Dogs bark loudly?<mask>, some animals make noise.</s>"
+  assert (
+    real(roberta, encoded.input_ids[0], encoded.attention_mask[0])
+    == "<s>Dogs bark loudly?<mask>, some animals make noise.</s>"
+  )
   causal = pipeline.encode_split(roberta, task, *splits["test"], 64, "causal")
-  assert real(roberta, causal.input_ids[0, 1], causal.attention_mask[0, 1]) == \
-      '<s>Dogs bark loudly!\nDoes this mean that "Some animals make noise." is true? Yes or No?\nNo</s>'
+  assert (
+    real(roberta, causal.input_ids[0, 1], causal.attention_mask[0, 1])
+    == '<s>Dogs bark loudly!\nDoes this mean that "Some animals make noise." is true? Yes or No?\nNo</s>'
+  )
   # An unregistered pair directory takes its fields from the header.
   rte_like(tmp_path / "pairs")
-  pairs = tasks.get_task("pairs", str(tmp_path), mlm_template="{sentence1} {mask} {sentence2}",
-                         label_words=("Yes", "No"), style="mlm")
+  pairs = tasks.get_task(
+    "pairs", str(tmp_path), mlm_template="{sentence1} {mask} {sentence2}", label_words=("Yes", "No"), style="mlm"
+  )
   assert pairs.text_fields == ("sentence1", "sentence2") and pairs.num_classes == 2
 
 
@@ -186,13 +200,18 @@ def test_a_mask_between_two_sentences_survives_a_long_pair(roberta):
   assert text.startswith("<s>The committee discussed") and text.endswith("?<mask>, the budget was discussed.</s>")
 
 
-@pytest.mark.parametrize("body, message", [
-    ("sentence1\tsentence2\tlabel\nA.\tB.\t1\nonly one\t0\n",
-     r"pairs/train.tsv:3: expected 3 tab-separated columns \(sentence1, sentence2, label\), got 2"),
+@pytest.mark.parametrize(
+  "body, message",
+  [
+    (
+      "sentence1\tsentence2\tlabel\nA.\tB.\t1\nonly one\t0\n",
+      r"pairs/train.tsv:3: expected 3 tab-separated columns \(sentence1, sentence2, label\), got 2",
+    ),
     ("sentence1\tsentence2\tlabel\nA.\tB.\tC.\t1\n", r"pairs/train.tsv:2: expected 3 tab-separated columns"),
     ("sentence1\tsentence2\tlabel\nA.\tB.\tyes\n", r"pairs/train.tsv:2: label 'yes' is not an integer in 0..1"),
     ("sentence\tlabel\nA.\t1\n", r"pairs/train.tsv:1: expected the header 'sentence1\\tsentence2\\tlabel'"),
-])
+  ],
+)
 def test_malformed_pair_rows_name_file_and_line(tmp_path, tfds_dir, body, message):
   rte_like(tmp_path / "pairs", body)
   with pytest.raises(errors.DataError, match=message):
@@ -203,29 +222,43 @@ def test_malformed_pair_rows_name_file_and_line(tmp_path, tfds_dir, body, messag
     tfds_local.load_splits(task, str(tmp_path), tfds_dir)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(mlm_template="{sentence} It was good."), r"data.mlm_template='.*' must contain \{sentence\} and \{mask\} "
-                                                   r"exactly once$"),
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (
+      dict(mlm_template="{sentence} It was good."),
+      r"data.mlm_template='.*' must contain \{sentence\} and \{mask\} "
+      r"exactly once$",
+    ),
     (dict(mlm_template="{mask} {sentence} {mask}"), r"must contain \{sentence\} and \{mask\} exactly once$"),
-    (dict(causal_template="{sentence} It was {mask}"), r"data.causal_template=.* must contain \{sentence\} and no "
-                                                       r"other \{...\} field"),
+    (
+      dict(causal_template="{sentence} It was {mask}"),
+      r"data.causal_template=.* must contain \{sentence\} and no "
+      r"other \{...\} field",
+    ),
     (dict(template="{sentence} {mask}"), r"data.template=.* no other \{...\} field"),
     (dict(label_words=("bad", "okay", "good")), r"task 'sst2' has 2 classes .* but 3 label words"),
-])
+  ],
+)
 def test_prompt_overrides_are_checked(overrides, message):
   with pytest.raises(ConfigError, match=message):
     tasks.get_task("sst2", data_dir(), **overrides)
 
 
 def test_pair_templates_need_both_sentences_and_unregistered_tasks_their_words(tmp_path):
-  with pytest.raises(ConfigError, match=r"data.template='\{sentence\}' must contain \{sentence1\}, \{sentence2\} "
-                                        r"and no other"):
+  with pytest.raises(
+    ConfigError,
+    match=r"data.template='\{sentence\}' must contain \{sentence1\}, \{sentence2\} "
+    r"and no other",
+  ):
     tasks.get_task("rte", data_dir(), template="{sentence}")
   with pytest.raises(ConfigError, match=r"must contain \{sentence1\}, \{sentence2\} and \{mask\} exactly once$"):
     tasks.get_task("mnli", data_dir(), mlm_template="{sentence1_trimmed}? {mask}")
   task = tasks.get_task("mnli", data_dir(), mlm_template="{sentence2_lowerfirst} {mask} {sentence1_trimmed}")
-  assert tasks.fill(task.mlm_template, task.text_fields, ("A dog runs .", "The dog moves."), mask="_") == \
-      "the dog moves. _ A dog runs"
+  assert (
+    tasks.fill(task.mlm_template, task.text_fields, ("A dog runs .", "The dog moves."), mask="_")
+    == "the dog moves. _ A dog runs"
+  )
   rte_like(tmp_path / "pairs")
   with pytest.raises(ConfigError, match=r"not registered.*--config.data.mlm_template=.*--config.data.label_words"):
     tasks.get_task("pairs", str(tmp_path), style="mlm")
@@ -236,8 +269,10 @@ def test_pair_templates_need_both_sentences_and_unregistered_tasks_their_words(t
 def test_missing_data_says_which_tasks_have_a_catalog_entry(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError, match=r"task 'sst5' has no TFDS catalog entry and no directory"):
     tfds_local.load_splits(tasks.get_task("sst5", str(tmp_path)), str(tmp_path), str(tmp_path / "tfds"))
+
   def offline(*args, **kwargs):
     raise socket.gaierror(-2, "Name or service not known")
+
   monkeypatch.setattr(socket, "getaddrinfo", offline)
   for name, catalog in (("rte", "glue/rte"), ("mnli", "glue/mnli"), ("snli", "snli")):
     with pytest.raises(FileNotFoundError, match=rf"no local copy at .*{name}.*'{catalog}'.*gaierror"):
@@ -245,8 +280,18 @@ def test_missing_data_says_which_tasks_have_a_catalog_entry(tmp_path, monkeypatc
 
 
 def few_shot_config(task: str, tfds_dir: str) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(task=task, dir=data_dir(), cache_dir=tfds_dir, k=4, max_length=32,
-                                        template="", label_descriptions=(), label_names=()))
+  return ml_collections.ConfigDict(
+    dict(
+      task=task,
+      dir=data_dir(),
+      cache_dir=tfds_dir,
+      k=4,
+      max_length=32,
+      template="",
+      label_descriptions=(),
+      label_names=(),
+    )
+  )
 
 
 @pytest.mark.parametrize("name, classes, test_size", [("sst2", 2, 872), ("trec", 6, 500)])
@@ -264,10 +309,15 @@ def test_load_few_shot_for_each_style(name, classes, test_size, tfds_dir, minilm
     evals = list(pipeline.eval_batches(data.test, 64))
     assert sum(b["weights"].sum() for b in evals) == test_size
     for b in (batch, evals[-1], pipeline.whole(data.dev)):
-      assert set(b) == {"input_ids", "attention_mask", "labels", "weights"} | ({"target_mask"} if style == "causal"
-                                                                                 else set())
+      assert set(b) == {"input_ids", "attention_mask", "labels", "weights"} | (
+        {"target_mask"} if style == "causal" else set()
+      )
       assert b["input_ids"].shape[1:] == shape and b["input_ids"].shape == b.get("target_mask", b["input_ids"]).shape
-    expected = {"similarity": {"label_input_ids", "label_attention_mask"}, "mlm": {"verbalizer_ids", "mask_token_id"}, "causal": set()}
+    expected = {
+      "similarity": {"label_input_ids", "label_attention_mask"},
+      "mlm": {"verbalizer_ids", "mask_token_id"},
+      "causal": set(),
+    }
     assert set(data.prompts) == expected[style]
     if style == "mlm":
       mask_id = minilm_tokenizer.token_to_id("[MASK]")
@@ -298,10 +348,12 @@ def test_multiple_choice_rows_score_their_own_choices(tmp_path, opt):
   the target tokens decode to them, and a non-causal style is refused."""
   folder = tmp_path / "copa_like"
   folder.mkdir()
-  rows = [("The man broke his toe because", "he dropped a hammer on his foot", "he got a hole in his sock", 0),
-          ("I tipped the bottle so", "the liquid poured out", "the liquid froze", 0),
-          ("The sun was rising so", "I went to sleep", "I woke up", 1),
-          ("She was thirsty so", "she drank water", "she sang a song", 0)]
+  rows = [
+    ("The man broke his toe because", "he dropped a hammer on his foot", "he got a hole in his sock", 0),
+    ("I tipped the bottle so", "the liquid poured out", "the liquid froze", 0),
+    ("The sun was rising so", "I went to sleep", "I woke up", 1),
+    ("She was thirsty so", "she drank water", "she sang a song", 0),
+  ]
   for split in ("train", "test"):
     with open(folder / f"{split}.tsv", "w") as f:
       f.write(tsv.choice_header(2) + "\n")

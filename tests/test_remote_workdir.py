@@ -2,6 +2,7 @@
 the JSON API that gcsfs and tensorstore speak), so the code under test is the code a pod runs:
 epath + gcsfs for fttpu's files, orbax + tensorstore's GCS driver for the arrays. Tiny random
 RoBERTa, real SST-2 rows."""
+
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ def _send_generations(objects, handlers) -> None:
     if response.status.value in (200, 206):
       params = request.params
       response["x-goog-generation"] = storage.get_file_obj(params["bucket_name"], params["object_id"])["generation"]
+
   objects.download = download_with_generation  # objects.get (alt=media) calls it by name
   for _, routes in handlers:
     for method, handler in routes.items():
@@ -43,6 +45,7 @@ def bucket():
   from gcp_storage_emulator import server as emulator
   from gcp_storage_emulator.handlers import objects
   from gcp_storage_emulator.server import create_server
+
   _send_generations(objects, emulator.HANDLERS)
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -50,8 +53,11 @@ def bucket():
   server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
   server.start()
   url = f"http://127.0.0.1:{port}"
-  env = {"STORAGE_EMULATOR_HOST": url,  # gcsfs (epath's gs:// backend without TensorFlow)
-         "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test"}  # orbax's arrays
+  env = {
+    "STORAGE_EMULATOR_HOST": url,  # gcsfs (epath's gs:// backend without TensorFlow)
+    "TENSORSTORE_GCS_HTTP_URL": url,
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
+  }  # orbax's arrays
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
   try:
@@ -71,8 +77,9 @@ def test_a_uri_is_never_made_a_local_folder_and_local_paths_become_absolute(tmp_
   assert str(checkpoint.make_manager("runs/x", keep=1).directory) == str(tmp_path / "runs" / "x" / "checkpoints")
 
 
-def test_a_run_in_a_bucket_trains_as_a_local_one_and_resumes_past_a_damaged_checkpoint(bucket, tiny_roberta,
-                                                                                         tmp_path, caplog, monkeypatch):
+def test_a_run_in_a_bucket_trains_as_a_local_one_and_resumes_past_a_damaged_checkpoint(
+  bucket, tiny_roberta, tmp_path, caplog, monkeypatch
+):
   monkeypatch.setattr(hf, "MODEL_CACHE", str(tmp_path / "model-cache"))
   model, data = f"{bucket}/models/tiny-roberta", f"{bucket}/data"
   files.copy_tree(tiny_roberta, model)
@@ -85,7 +92,8 @@ def test_a_run_in_a_bucket_trains_as_a_local_one_and_resumes_past_a_damaged_chec
   for key in ("eval/accuracy", "eval/loss", "examples"):
     assert record[key] == local[key], key  # the same weights and rows, read from the bucket
   assert [l["train/loss"] for l in metrics.read_metrics(workdir) if "train/loss" in l] == [
-      l["train/loss"] for l in metrics.read_metrics(str(tmp_path / "local")) if "train/loss" in l]
+    l["train/loss"] for l in metrics.read_metrics(str(tmp_path / "local")) if "train/loss" in l
+  ]
   assert not os.path.exists(REPO / "gs:") and not os.path.exists("gs:"), "nothing became a local gs: folder"
   copied = tmp_path / "model-cache" / "gs" / BUCKET / "models" / "tiny-roberta"
   assert sorted(os.listdir(copied)) == sorted(os.listdir(tiny_roberta)), "the weights are read from a local copy"
@@ -103,8 +111,10 @@ def test_a_run_in_a_bucket_trains_as_a_local_one_and_resumes_past_a_damaged_chec
   again = train.run(config, workdir)
   assert f"checkpoint {workdir}/checkpoints/6 is damaged: 1 file(s) of the wrong size" in caplog.text
   assert [name.split("-")[0] for name in files.listdir(f"{workdir}/damaged")] == ["6"], "moved aside, not deleted"
-  resumed = [np.asarray(x) for x in jax.tree_util.tree_leaves(checkpoint.restore_untyped(
-      checkpoint.make_manager(workdir, keep=3), 6))]
+  resumed = [
+    np.asarray(x)
+    for x in jax.tree_util.tree_leaves(checkpoint.restore_untyped(checkpoint.make_manager(workdir, keep=3), 6))
+  ]
   assert all(np.array_equal(a, b) for a, b in zip(saved, resumed, strict=True)), "resumed from 4 to the same step 6"
   assert again["eval/accuracy"] == record["eval/accuracy"]
   lines = metrics.read_metrics(workdir)
@@ -125,8 +135,10 @@ def test_a_bucket_workdir_is_held_by_a_lease_that_a_killed_run_gives_up_when_it_
   time.sleep(0.6)
   assert json.loads(files.read_text(f"{workdir}/{workdir_lib.LEASE}"))["renewed"] > renewed, "the holder renews it"
   second = workdir_lib.BucketLease(workdir, **fast)
-  assert second.acquire().startswith(f"workdir {workdir} is in use by another run (process {os.getpid()} on host "
-                                     f"{socket.gethostname()}, its lease {workdir}/{workdir_lib.LEASE} renewed")
+  assert second.acquire().startswith(
+    f"workdir {workdir} is in use by another run (process {os.getpid()} on host "
+    f"{socket.gethostname()}, its lease {workdir}/{workdir_lib.LEASE} renewed"
+  )
   first.release()
   assert not files.exists(f"{workdir}/{workdir_lib.LEASE}")
   assert second.acquire() == "", "free once released"
@@ -149,15 +161,19 @@ def test_a_bucket_workdir_is_held_by_a_lease_that_a_killed_run_gives_up_when_it_
 def test_a_sweep_finds_finished_cells_in_a_bucket_and_uploads_each_cells_log(bucket, monkeypatch):
   from experiments import sweeps
   from experiments.mezo_opt13b import grid
+
   root = f"{bucket}/sweep"
   done, todo = sweeps.cells(grid.ROWS, ["sst2"], [13, 42])[:2]
   files.makedirs(done.workdir(root))
-  files.write_atomic(files.join(done.workdir(root), "metrics.jsonl"),
-                     json.dumps({"step": 1, "train/loss": 0.7}) + "\n" + json.dumps({"step": 1, "final": True}) + "\n")
+  files.write_atomic(
+    files.join(done.workdir(root), "metrics.jsonl"),
+    json.dumps({"step": 1, "train/loss": 0.7}) + "\n" + json.dumps({"step": 1, "final": True}) + "\n",
+  )
   assert sweeps.finished(done, root) and not sweeps.finished(todo, root)
 
   def fake_run(config, workdir):
     logging.getLogger().warning("cell trained in %s", workdir)
+
   monkeypatch.setattr(train, "run", fake_run)
   assert sweeps.run_cell(todo, root, "", data_dir()) is None
   assert f"cell trained in {todo.workdir(root)}" in files.read_text(files.join(todo.workdir(root), "run.log"))

@@ -1,6 +1,7 @@
 """Runs that survive: SIGKILL then resume bit for bit, SIGTERM preemption, damaged checkpoints,
 NaN/Inf steps, and export. The end-to-end runs use `python -m fttpu.main` on a tiny random RoBERTa
 (its steps take ~10 ms, so 300 of them leave time to kill a run in the middle)."""
+
 import json
 import logging
 import os
@@ -27,10 +28,18 @@ KILL_AT = 80  # the run is killed (or sent SIGTERM) once it logs this step; it c
 
 
 def main_args(checkpoint_dir: str, method: str, workdir, steps: int = STEPS) -> list:
-  return [sys.executable, "-m", "fttpu.main",
-          f"--config=configs/fewshot.py:family=roberta,checkpoint={checkpoint_dir},method={method},steps={steps}",
-          f"--config.data.dir={data_dir()}", "--config.train.log_every=10", "--config.train.eval_every=100",
-          "--config.train.checkpoint_every=25", "--config.spiel.every=7", f"--workdir={workdir}"]
+  return [
+    sys.executable,
+    "-m",
+    "fttpu.main",
+    f"--config=configs/fewshot.py:family=roberta,checkpoint={checkpoint_dir},method={method},steps={steps}",
+    f"--config.data.dir={data_dir()}",
+    "--config.train.log_every=10",
+    "--config.train.eval_every=100",
+    "--config.train.checkpoint_every=25",
+    "--config.spiel.every=7",
+    f"--workdir={workdir}",
+  ]
 
 
 def saved_state(workdir, step: int) -> list:
@@ -72,8 +81,12 @@ class References:
     if method not in self.runs:
       workdir = self.tmp.mktemp(f"uninterrupted-{method}")
       log = open(workdir / "log.txt", "w")
-      self.runs[method] = (workdir, subprocess.Popen(main_args(self.checkpoint_dir, method, workdir), cwd=REPO,
-                                                     stdout=log, stderr=subprocess.STDOUT))
+      self.runs[method] = (
+        workdir,
+        subprocess.Popen(
+          main_args(self.checkpoint_dir, method, workdir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        ),
+      )
 
   def get(self, method):
     self.start(method)
@@ -107,14 +120,19 @@ def test_a_killed_run_resumes_to_the_uninterrupted_parameters_bit_for_bit(method
   assert train_losses(tmp_path) == train_losses(reference)
   if method == "mezo":
     import safetensors.numpy
+
     load = lambda w: safetensors.numpy.load_file(os.path.join(str(w), "trajectory.safetensors"))["projected_grad"]
     assert load(tmp_path).shape == (STEPS, 1) and np.array_equal(load(tmp_path), load(reference))
 
 
-@pytest.mark.parametrize("sig,status,said", [(signal.SIGTERM, 0, "preempted (SIGTERM)"),
-                                             (signal.SIGINT, 130, "interrupted (Ctrl-C)")], ids=["SIGTERM", "Ctrl-C"])
-def test_sigterm_or_ctrl_c_checkpoints_at_the_next_step_and_exits_then_resumes(references, tiny_roberta, tmp_path,
-                                                                               sig, status, said):
+@pytest.mark.parametrize(
+  "sig,status,said",
+  [(signal.SIGTERM, 0, "preempted (SIGTERM)"), (signal.SIGINT, 130, "interrupted (Ctrl-C)")],
+  ids=["SIGTERM", "Ctrl-C"],
+)
+def test_sigterm_or_ctrl_c_checkpoints_at_the_next_step_and_exits_then_resumes(
+  references, tiny_roberta, tmp_path, sig, status, said
+):
   """The signal checkpoints at the next step boundary and exits with one line (Ctrl-C used to print a
   KeyboardInterrupt traceback and save nothing); the resumed run ends as the uninterrupted one."""
   args = main_args(tiny_roberta, "full", tmp_path)
@@ -127,7 +145,9 @@ def test_sigterm_or_ctrl_c_checkpoints_at_the_next_step_and_exits_then_resumes(r
   assert KILL_AT <= step < STEPS and os.path.isdir(tmp_path / "checkpoints" / str(step))
   resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0 and f"at step {step}" in resumed.stderr, resumed.stderr[-3000:]
-  assert all(np.array_equal(a, b) for a, b in zip(saved_state(tmp_path, STEPS), saved_state(references.get("full"), STEPS)))
+  assert all(
+    np.array_equal(a, b) for a, b in zip(saved_state(tmp_path, STEPS), saved_state(references.get("full"), STEPS))
+  )
 
 
 def test_a_second_ctrl_c_stops_at_once_with_one_line(tiny_roberta, tmp_path):
@@ -144,14 +164,17 @@ def test_a_second_ctrl_c_stops_at_once_with_one_line(tiny_roberta, tmp_path):
   assert "error: interrupted twice (Ctrl-C): stopped at once" in rest and "Traceback" not in rest, rest[-3000:]
 
 
-def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_finishes_the_same(references, tiny_roberta,
-                                                                                     tmp_path, caplog):
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_finishes_the_same(
+  references, tiny_roberta, tmp_path, caplog
+):
   workdir = tmp_path / "run"
   shutil.copytree(references.get("lora"), workdir)
   expected = saved_state(workdir, STEPS)
   largest = largest_file(workdir / "checkpoints" / str(STEPS))
   os.truncate(largest, os.path.getsize(largest) // 2)
-  again = subprocess.run(main_args(tiny_roberta, "lora", workdir), cwd=REPO, capture_output=True, text=True, timeout=600)
+  again = subprocess.run(
+    main_args(tiny_roberta, "lora", workdir), cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"checkpoint {workdir}/checkpoints/{STEPS} is damaged: 1 file(s) of the wrong size" in again.stderr
   assert f"resumed from {workdir}/checkpoints/{STEPS - 25} at step {STEPS - 25}" in again.stderr
@@ -166,22 +189,28 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_finishes_the_
 def small_states():
   tx = optax.adam(0.1)
   state = TrainState.create({"w": jnp.arange(4096, dtype=jnp.float32), "b": jnp.ones(3)}, tx, 0)
-  return [state.replace(step=jnp.asarray(s, jnp.int32), params=jax.tree_util.tree_map(lambda x: x * s, state.params))
-          for s in (1, 2, 3)]
+  return [
+    state.replace(step=jnp.asarray(s, jnp.int32), params=jax.tree_util.tree_map(lambda x: x * s, state.params))
+    for s in (1, 2, 3)
+  ]
 
 
 def largest_file(path: str) -> str:
   return max((os.path.join(root, f) for root, _, files in os.walk(path) for f in files), key=os.path.getsize)
 
 
-@pytest.mark.parametrize("damage, manifest, expected", [
+@pytest.mark.parametrize(
+  "damage, manifest, expected",
+  [
     ("truncate", True, "1 file(s) of the wrong size"),
     ("delete", True, "1 file(s) missing"),
     ("truncate", False, "orbax cannot read it"),
     ("delete", False, "orbax cannot read it"),
-])
-def test_a_damaged_newest_checkpoint_is_named_moved_aside_and_the_previous_restored(tmp_path, caplog, damage,
-                                                                                  manifest, expected):
+  ],
+)
+def test_a_damaged_newest_checkpoint_is_named_moved_aside_and_the_previous_restored(
+  tmp_path, caplog, damage, manifest, expected
+):
   states = small_states()
   manager = checkpoint.make_manager(str(tmp_path), keep=5)
   for state in states:
@@ -220,6 +249,7 @@ def poisoned_loss(monkeypatch, config, step: int, kind: str):
   """Makes the loss (kind 'loss') or only its gradient (kind 'grad') NaN on the batch of `step`."""
   from fttpu import classifier, models
   from fttpu.data import pipeline
+
   model = models.load_for(config.model)
   data = pipeline.load_few_shot(config.data, model.tokenizer, config.seed, config.model.classifier)
   target = pipeline.train_batch(data.train, step, config.train.batch_size, config.seed)["input_ids"]
@@ -228,6 +258,7 @@ def poisoned_loss(monkeypatch, config, step: int, kind: str):
   @jax.custom_vjp
   def nan_gradient(x):
     return x
+
   nan_gradient.defvjp(lambda x: (x, None), lambda _, g: (jnp.where(g != 0, jnp.nan, g),))  # where's other branch: 0
 
   def make_loss_fn(logits_fn):
@@ -237,12 +268,15 @@ def poisoned_loss(monkeypatch, config, step: int, kind: str):
       loss, aux = loss_fn(tree, batch, rng)
       bad = jnp.all(batch["input_ids"] == target)
       return jnp.where(bad, jnp.nan if kind == "loss" else nan_gradient(loss), loss), aux
+
     return poisoned
+
   monkeypatch.setattr(classifier, "make_loss_fn", make_loss_fn)
 
 
 def nan_config(tiny_roberta, nonfinite: str):
   from configs import fewshot
+
   config = fewshot.get_config(f"family=roberta,checkpoint={tiny_roberta},method=full,steps=6")
   config.data.dir = data_dir()
   config.train.checkpoint_every = config.train.log_every = 1
@@ -252,9 +286,11 @@ def nan_config(tiny_roberta, nonfinite: str):
 
 
 @pytest.mark.parametrize("kind", ["loss", "grad"])
-def test_a_nonfinite_step_stops_the_run_naming_it_and_keeps_the_last_good_state(monkeypatch, tiny_roberta, tmp_path,
-                                                                                kind):
+def test_a_nonfinite_step_stops_the_run_naming_it_and_keeps_the_last_good_state(
+  monkeypatch, tiny_roberta, tmp_path, kind
+):
   from fttpu import train
+
   poisoned_loss(monkeypatch, nan_config(tiny_roberta, "stop"), 3, kind)
   with pytest.raises(FloatingPointError) as error:
     train.run(nan_config(tiny_roberta, "stop"), str(tmp_path / "stop"))
@@ -281,6 +317,7 @@ def test_a_nonfinite_step_stops_the_run_naming_it_and_keeps_the_last_good_state(
 def test_a_stopped_run_resumes_with_skip_once_the_user_switches(monkeypatch, tiny_roberta, tmp_path):
   """train.nonfinite may change on resume (it changes nothing the run computed); other keys may not."""
   from fttpu import train
+
   poisoned_loss(monkeypatch, nan_config(tiny_roberta, "stop"), 3, "loss")
   with pytest.raises(FloatingPointError):
     train.run(nan_config(tiny_roberta, "stop"), str(tmp_path))
@@ -296,12 +333,20 @@ def test_export_writes_the_merged_model_for_transformers_and_the_method_artifact
   import torch  # test-only reference (make install-test installs it)
   import transformers
   from fttpu import models
+
   workdir, out = references.get("lora"), tmp_path / "hf"
-  result = subprocess.run([sys.executable, "-m", "fttpu.export", f"--workdir={workdir}", f"--to={out}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, "-m", "fttpu.export", f"--workdir={workdir}", f"--to={out}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   printed = json.loads(result.stdout.strip().splitlines()[-1])
-  assert printed["step"] == STEPS and {"model.safetensors", "config.json", "artifact.safetensors"} <= set(printed["files"])
+  assert printed["step"] == STEPS and {"model.safetensors", "config.json", "artifact.safetensors"} <= set(
+    printed["files"]
+  )
   config = json.loads((workdir / "config.json").read_text())
   trained = checkpoint.restore_untyped(checkpoint.make_manager(str(workdir), 2), STEPS)["params"]
   model = models.load("roberta", config["model"]["checkpoint"], lm_head=True)
@@ -317,8 +362,13 @@ def test_export_writes_the_merged_model_for_transformers_and_the_method_artifact
 
 
 def test_export_of_a_workdir_without_a_run_says_so(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "fttpu.export", f"--workdir={tmp_path}", f"--to={tmp_path}/out"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-m", "fttpu.export", f"--workdir={tmp_path}", f"--to={tmp_path}/out"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode != 0 and f"{tmp_path} is not a run's workdir: it has no config.json" in result.stderr
   assert "Traceback" not in result.stderr
 
@@ -338,8 +388,14 @@ checkpoint.finish(manager)
 def test_export_reads_a_checkpoint_written_by_another_mesh(tmp_path):
   """fttpu.export restores without a target: an FSDP checkpoint of 8 devices reads onto this one device."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run([sys.executable, "-c", SAVE_ON_8_DEVICES, str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", SAVE_ON_8_DEVICES, str(tmp_path)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   state = checkpoint.restore_untyped(checkpoint.make_manager(str(tmp_path), 2), 0)
   np.testing.assert_array_equal(state["params"]["w"], np.arange(64.0).reshape(8, 8))

@@ -4,6 +4,7 @@ The 8-device runs share one subprocess (XLA_FLAGS must be set before JAX starts)
 trains the tiny BERT for a few steps on each mesh, and the parameters are compared with the
 one-device run of the same steps.
 """
+
 import json
 import logging
 import os
@@ -19,16 +20,24 @@ from fttpu import methods, models, sharding
 from tests.conftest import REPO
 
 STEPS = 4
-MESHES = {"one": {"data": 1, "fsdp": 1, "tensor": 1}, "data": {"data": 8, "fsdp": 1, "tensor": 1},
-          "fsdp": {"data": 1, "fsdp": 8, "tensor": 1}, "tensor": {"data": 2, "fsdp": 1, "tensor": 4}}
+MESHES = {
+  "one": {"data": 1, "fsdp": 1, "tensor": 1},
+  "data": {"data": 8, "fsdp": 1, "tensor": 1},
+  "fsdp": {"data": 1, "fsdp": 8, "tensor": 1},
+  "tensor": {"data": 2, "fsdp": 1, "tensor": 4},
+}
 # (method, optimizer, learning rate): rates large enough that STEPS steps move the parameters well above
 # float32 rounding. Full fine-tuning with momentum, not Adam: Adam divides by the gradient's magnitude, so
 # a leaf whose exact gradient is 0 (the attention key bias: softmax ignores a constant shift) takes
 # rounding noise, which differs with any summation order, to a full lr-sized step. LoRA and sparse keep
 # Adam (their leaves have real gradients). MeZO with sign noise (gaussian compiles 4x slower here; the
 # noise kind does not change how anything is sharded).
-METHODS = {"full": ("full", "momentum", 1e-3), "lora": ("lora", "adamw", 1e-2), "sparse": ("sparse", "adamw", 1e-2),
-           "mezo": ("mezo", "sgd", 1e-3)}
+METHODS = {
+  "full": ("full", "momentum", 1e-3),
+  "lora": ("lora", "adamw", 1e-2),
+  "sparse": ("sparse", "adamw", 1e-2),
+  "mezo": ("mezo", "sgd", 1e-3),
+}
 # Allowed |parameter difference| as a fraction of how far training moved the parameters (see below).
 TOLERANCE = {"full": 1e-4, "lora": 1e-4, "sparse": 1e-4, "mezo": 1e-3}
 
@@ -131,8 +140,9 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def eight_devices():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
+  result = subprocess.run(
+    [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -158,7 +168,10 @@ def test_sharded_training_matches_one_device(eight_devices, method, mesh):
 def test_data_parallel_zeroth_order_exchanges_scalars_only(eight_devices):
   """Every replica regenerates z from the shared step key: MeZO's compiled data-parallel step all-reduces
   only the loss sums (a few scalars), where autodiff's all-reduces every gradient."""
-  mezo, full = eight_devices["mezo"]["data"]["all_reduce_elements"], eight_devices["full"]["data"]["all_reduce_elements"]
+  mezo, full = (
+    eight_devices["mezo"]["data"]["all_reduce_elements"],
+    eight_devices["full"]["data"]["all_reduce_elements"],
+  )
   assert mezo and max(mezo) <= 16, mezo
   assert max(full) >= 1200 * 32, max(full)  # the word embedding's gradient, at least
 
@@ -203,8 +216,9 @@ def test_a_dimension_that_does_not_divide_is_replicated_with_a_warning(caplog):
   """4 heads over 8 tensor devices cannot split: that axis is replicated, the others still shard."""
   mesh = AbstractMesh((2, 8), ("fsdp", "tensor"))
   with caplog.at_level(logging.WARNING):
-    spec = sharding.mesh_spec((2, 32, 4, 8), ("layers", "embed", "heads", "kv"), sharding.default_rules("bert"), mesh,
-                              "layers/query/kernel")
+    spec = sharding.mesh_spec(
+      (2, 32, 4, 8), ("layers", "embed", "heads", "kv"), sharding.default_rules("bert"), mesh, "layers/query/kernel"
+    )
   assert spec == P(None, "fsdp", None, None)
   assert "layers/query/kernel: dimension 4 (heads) does not divide over mesh axes tensor of 8 devices" in caplog.text
 
@@ -220,20 +234,31 @@ def test_every_leaf_a_method_adds_gets_its_axes_from_the_model(tiny, variant, ca
   """LoRA/DoRA leaves on every projection and prefix keys/values: no leaf falls back to replication for
   want of logical names, and every leaf with a hidden-size axis is split over fsdp."""
   from tests.test_methods import build, make_config
-  config = (make_config("lora", **{"lora.targets": "query|key|value|attention_out|mlp_in|mlp_out", "lora.dora": True})
-            if variant == "lora_all" else make_config("prefix"))
+
+  config = (
+    make_config("lora", **{"lora.targets": "query|key|value|attention_out|mlp_in|mlp_out", "lora.dora": True})
+    if variant == "lora_all"
+    else make_config("prefix")
+  )
   _, tree, _ = build(tiny, config)
   with caplog.at_level(logging.WARNING):
-    specs = sharding.param_specs(tree, models.logical_axes(tiny.module), sharding.default_rules("bert"),
-                                 AbstractMesh((4,), ("fsdp",)), methods.added_leaf_axes)
+    specs = sharding.param_specs(
+      tree,
+      models.logical_axes(tiny.module),
+      sharding.default_rules("bert"),
+      AbstractMesh((4,), ("fsdp",)),
+      methods.added_leaf_axes,
+    )
   assert "no logical axis names" not in caplog.text
-  flat = {"/".join(str(k.key) for k in path): s
-          for path, s in jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P))}
+  flat = {
+    "/".join(str(k.key) for k in path): s
+    for path, s in jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P))
+  }
   if variant == "prefix":  # (layers, length, heads, kv): no hidden axis; heads would follow tensor
     assert flat["model/layers/prefix_key"] == flat["model/layers/prefix_value"] == P(None, None, None, None)
     return
-  assert flat["model/layers/mlp_in/lora_a"] == P(None, "fsdp", None)         # (layers, embed, rank)
-  assert flat["model/layers/mlp_out/lora_b"] == P(None, None, "fsdp")        # (layers, rank, embed)
+  assert flat["model/layers/mlp_in/lora_a"] == P(None, "fsdp", None)  # (layers, embed, rank)
+  assert flat["model/layers/mlp_out/lora_b"] == P(None, None, "fsdp")  # (layers, rank, embed)
   assert flat["model/layers/query/lora_a"] == P(None, "fsdp", None)
   assert flat["model/layers/attention_out/dora_magnitude"] == P(None, "fsdp")  # (layers, embed)
   assert flat["model/layers/query/lora_scale"] == P(None)

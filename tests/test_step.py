@@ -1,4 +1,5 @@
 """The pure train step on the real checkpoint and real 16-shot SST-2."""
+
 import functools
 
 import jax
@@ -30,8 +31,13 @@ def batch_at(data, step):
 
 
 def full_train_loss(loss_fn, params, data):
-  batch = {"input_ids": data.train.input_ids, "attention_mask": data.train.attention_mask,
-           "labels": data.train.labels, "weights": np.ones(len(data.train), np.float32), **data.prompts}
+  batch = {
+    "input_ids": data.train.input_ids,
+    "attention_mask": data.train.attention_mask,
+    "labels": data.train.labels,
+    "weights": np.ones(len(data.train), np.float32),
+    **data.prompts,
+  }
   return float(jax.jit(loss_fn)(params, batch)[0])
 
 
@@ -41,9 +47,13 @@ def test_full_changes_every_parameter_and_lowers_the_training_loss(setup, minilm
   loss_before = full_train_loss(loss_fn, {"model": before}, data)
   state = make_state()
   state, first_metrics = train_step(state, batch_at(data, 0))
-  unchanged = [masks.path_name(path) for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(before),
-                                                             jax.tree_util.tree_leaves(state.params["model"]))
-               if np.array_equal(a, np.asarray(b))]
+  unchanged = [
+    masks.path_name(path)
+    for (path, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(before), jax.tree_util.tree_leaves(state.params["model"])
+    )
+    if np.array_equal(a, np.asarray(b))
+  ]
   assert not unchanged, f"full fine-tuning left these leaves unchanged: {unchanged}"
   for step in range(1, 30):
     state, step_metrics = train_step(state, batch_at(data, step))
@@ -57,12 +67,15 @@ def test_zero_shot_step_keeps_params_bit_identical_with_no_optimizer_state(minil
   config.method = "zero_shot"
   method = methods.get_method(config, optim.make_optimizer(sst2_config.optimizer, 10), minilm)
   assert not method.trains
-  loss_fn = classifier.make_loss_fn(classifier.make_classifier(minilm.module, "similarity", sst2_config.model.logit_scale).logits)
+  loss_fn = classifier.make_loss_fn(
+    classifier.make_classifier(minilm.module, "similarity", sst2_config.model.logit_scale).logits
+  )
   state = TrainState.create({"model": jax.tree_util.tree_map(np.array, minilm.params)}, method.tx, 42)
   state_entries = sum(np.size(x) for x in jax.tree_util.tree_leaves(state.opt_state) if np.ndim(x) > 0)
   assert state_entries == 0, "frozen leaves must carry no optimizer state (only scalar step counters)"
   new_state, _ = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn))(
-      state, batch_at(sst2_16shot, 0))
+    state, batch_at(sst2_16shot, 0)
+  )
   for a, b in zip(jax.tree_util.tree_leaves(minilm.params), jax.tree_util.tree_leaves(new_state.params["model"])):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
@@ -79,11 +92,14 @@ def test_eval_padding_rows_do_not_count(setup, minilm):
   """Accuracy over 20 examples is the same in batches of 20, of 8 (4 padding rows) and of 5."""
   from fttpu import train
   from fttpu.sharding import make_mesh
+
   _, _, _, data = setup
   logits_fn = classifier.make_classifier(minilm.module, "similarity", 20.0).logits
   eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
   subset = data.test.take(np.arange(20))
-  results = [train.evaluate(eval_step, {"model": minilm.params}, subset, data.prompts, size, make_mesh({"data": -1}))
-             for size in (20, 8, 5)]
+  results = [
+    train.evaluate(eval_step, {"model": minilm.params}, subset, data.prompts, size, make_mesh({"data": -1}))
+    for size in (20, 8, 5)
+  ]
   assert results[0]["accuracy"] == results[1]["accuracy"] == results[2]["accuracy"]
   np.testing.assert_allclose([r["loss"] for r in results], results[0]["loss"], rtol=1e-5)

@@ -1,4 +1,5 @@
 """The OPT-13B table's data: SuperGLUE tasks with MeZO's prompts, and its 1000/500/1000 row sampling."""
+
 import os
 
 import ml_collections
@@ -13,21 +14,45 @@ from tests.conftest import data_dir
 # One row per task (header fields, texts, label) and the prompt MeZO's large_models/templates.py builds for
 # it (BoolQTemplateV3, CBTemplate, WICTemplate, WSCTemplate, MultiRCTemplate), written out by hand.
 ROWS = {
-    "boolq": (("passage", "question"), ("Paris is the capital of France.", "is paris the capital of france"), 1,
-              "Paris is the capital of France. Is paris the capital of france?\n"),
-    "cb": (("sentence1", "sentence2"), ("It rained all day.", "The ground is wet"), 2,
-           'Suppose It rained all day. Can we infer that "The ground is wet"? Yes, No, or Maybe?\n'),
-    "wic": (("word", "sentence1", "sentence2"), ("bank", "He sat on the bank.", "The bank lent money."), 0,
-            'Does the word "bank" have the same meaning in these two sentences? Yes, No?\n'
-            "He sat on the bank.\nThe bank lent money.\n"),
-    "wsc": (("text", "span1", "span2"), ("Mark told Pete he was late.", "Pete", "He"), 1,
-            'Mark told Pete he was late.\nIn the previous sentence, does the pronoun "he" refer to Pete? Yes or No?\n'),
-    "multirc": (("paragraph", "question", "answer"), ("Sam bought apples.", "What did Sam buy?", "apples"), 1,
-                'Sam bought apples.\nQuestion: What did Sam buy?\nI found this answer "apples". Is that correct? '
-                "Yes or No?\n"),
+  "boolq": (
+    ("passage", "question"),
+    ("Paris is the capital of France.", "is paris the capital of france"),
+    1,
+    "Paris is the capital of France. Is paris the capital of france?\n",
+  ),
+  "cb": (
+    ("sentence1", "sentence2"),
+    ("It rained all day.", "The ground is wet"),
+    2,
+    'Suppose It rained all day. Can we infer that "The ground is wet"? Yes, No, or Maybe?\n',
+  ),
+  "wic": (
+    ("word", "sentence1", "sentence2"),
+    ("bank", "He sat on the bank.", "The bank lent money."),
+    0,
+    'Does the word "bank" have the same meaning in these two sentences? Yes, No?\n'
+    "He sat on the bank.\nThe bank lent money.\n",
+  ),
+  "wsc": (
+    ("text", "span1", "span2"),
+    ("Mark told Pete he was late.", "Pete", "He"),
+    1,
+    'Mark told Pete he was late.\nIn the previous sentence, does the pronoun "he" refer to Pete? Yes or No?\n',
+  ),
+  "multirc": (
+    ("paragraph", "question", "answer"),
+    ("Sam bought apples.", "What did Sam buy?", "apples"),
+    1,
+    'Sam bought apples.\nQuestion: What did Sam buy?\nI found this answer "apples". Is that correct? Yes or No?\n',
+  ),
 }
-WORDS = {"boolq": ("No", "Yes"), "cb": ("Yes", "No", "Maybe"), "wic": ("No", "Yes"), "wsc": ("No", "Yes"),
-         "multirc": ("No", "Yes")}
+WORDS = {
+  "boolq": ("No", "Yes"),
+  "cb": ("Yes", "No", "Maybe"),
+  "wic": ("No", "Yes"),
+  "wsc": ("No", "Yes"),
+  "multirc": ("No", "Yes"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +88,19 @@ def test_superglue_tasks_read_from_a_folder_prompt_as_mezo_does(name, superglue_
 
 
 def data_config(tfds_dir, **fields) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(task="sst2", dir=data_dir(), cache_dir=tfds_dir, k=16, max_length=32,
-                                        template="", label_descriptions=(), label_names=(), **fields))
+  return ml_collections.ConfigDict(
+    dict(
+      task="sst2",
+      dir=data_dir(),
+      cache_dir=tfds_dir,
+      k=16,
+      max_length=32,
+      template="",
+      label_descriptions=(),
+      label_names=(),
+      **fields,
+    )
+  )
 
 
 def test_the_large_model_protocol_samples_rows_not_classes(tfds_dir, opt_tokenizer):
@@ -78,10 +114,12 @@ def test_the_large_model_protocol_samples_rows_not_classes(tfds_dir, opt_tokeniz
   a, b = by_seed[13], by_seed[21]
   np.testing.assert_array_equal(a.test.input_ids, b.test.input_ids)
   assert not np.array_equal(a.train.input_ids, b.train.input_ids)
-  np.testing.assert_array_equal(a.train.input_ids,
-                                pipeline.load_few_shot(config, opt_tokenizer, 13, style="causal").train.input_ids)
-  whole_test = pipeline.load_few_shot(data_config(tfds_dir, num_train=100, num_dev=50, num_test=0), opt_tokenizer, 13,
-                                      style="causal")
+  np.testing.assert_array_equal(
+    a.train.input_ids, pipeline.load_few_shot(config, opt_tokenizer, 13, style="causal").train.input_ids
+  )
+  whole_test = pipeline.load_few_shot(
+    data_config(tfds_dir, num_train=100, num_dev=50, num_test=0), opt_tokenizer, 13, style="causal"
+  )
   assert len(whole_test.test) == 872
 
 

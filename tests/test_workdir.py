@@ -1,6 +1,7 @@
 """Runs that survive their users: one run per workdir, resume checks what it resumes, files that are
 either old or new, export that never destroys, and divergence that stops the run. Tiny random
 RoBERTa, real SST-2 rows; in-process `train.run` where the CLI adds nothing, subprocesses for locks."""
+
 import errno
 import hashlib
 import json
@@ -32,7 +33,8 @@ def run(tiny_roberta, workdir, **fields) -> dict:
 
 
 def test_a_second_run_on_a_busy_workdir_fails_at_once_naming_the_holder_and_a_killed_one_never_blocks(
-    tiny_roberta, tmp_path):
+  tiny_roberta, tmp_path
+):
   workdir = tmp_path / "run"
   args = main_args(tiny_roberta, "full", workdir)
   first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -40,19 +42,23 @@ def test_a_second_run_on_a_busy_workdir_fails_at_once_naming_the_holder_and_a_ki
     if "step 40/" in line:  # checkpoint 25 is written
       break
   first.send_signal(signal.SIGSTOP)  # paused, holding the workdir
-  second = subprocess.run([a.replace("method=full", "method=lora") for a in args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+  second = subprocess.run(
+    [a.replace("method=full", "method=lora") for a in args], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert second.returncode != 0 and "Traceback" not in second.stderr
-  assert (f"workdir {workdir} is in use by another run (process {first.pid} on host {socket.gethostname()})"
-          in second.stderr), second.stderr[-2000:]
+  assert (
+    f"workdir {workdir} is in use by another run (process {first.pid} on host {socket.gethostname()})" in second.stderr
+  ), second.stderr[-2000:]
   first.kill()  # SIGKILL: no handler runs, the lock goes with the process (a stopped one dies too)
   first.communicate(timeout=60)
   again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resumed from" in again.stderr
   lines = read_metrics(str(workdir))
-  assert sum(bool(l.get("final")) for l in lines) == 1 and json.loads((workdir / "config.json").read_text())[
-      "method"] == "full", "the refused run wrote nothing"
+  assert (
+    sum(bool(l.get("final")) for l in lines) == 1
+    and json.loads((workdir / "config.json").read_text())["method"] == "full"
+  ), "the refused run wrote nothing"
 
 
 def test_the_lock_is_taken_by_one_holder_at_a_time_in_one_process_too(tmp_path):
@@ -75,8 +81,11 @@ def test_resume_checks_the_checkpoints_own_config_and_the_sampled_data(tiny_robe
   assert run(tiny_roberta, workdir, **settings)["final"]
 
   os.remove(workdir / "config.json")  # without config.json the checkpoint's own config still decides
-  with pytest.raises(ConfigError, match=r"another config \(optimizer.learning_rate: \S+ -> 0.001\), as saved in "
-                                        "checkpoint 4"):
+  with pytest.raises(
+    ConfigError,
+    match=r"another config \(optimizer.learning_rate: \S+ -> 0.001\), as saved in "
+    "checkpoint 4",
+  ):
     run(tiny_roberta, workdir, **settings, **{"optimizer.learning_rate": 1e-3})
   with caplog.at_level(logging.WARNING):
     assert run(tiny_roberta, workdir, **settings)["final"]
@@ -100,7 +109,8 @@ def test_resume_checks_the_checkpoints_own_config_and_the_sampled_data(tiny_robe
 
 
 def test_a_full_disk_names_the_file_keeps_the_checkpoint_and_the_torn_line_is_dropped_on_resume(
-    tiny_roberta, tmp_path, monkeypatch, caplog):
+  tiny_roberta, tmp_path, monkeypatch, caplog
+):
   workdir = tmp_path / "run"
   write = metrics.MetricWriter.write
 
@@ -116,7 +126,8 @@ def test_a_full_disk_names_the_file_keeps_the_checkpoint_and_the_torn_line_is_dr
     run(tiny_roberta, workdir, **{"train.steps": 4})
   assert os.listdir(workdir / "checkpoints") == ["2"]
   assert (workdir / "checkpoints" / "2" / checkpoint.MANIFEST).is_file() and checkpoint.damage(
-      str(workdir / "checkpoints" / "2")) is None
+    str(workdir / "checkpoints" / "2")
+  ) is None
   monkeypatch.setattr(metrics.MetricWriter, "write", write)
   assert read_metrics(str(workdir))[-1]["step"] == 2  # readers skip the torn line too
   with caplog.at_level(logging.WARNING):
@@ -149,9 +160,12 @@ def test_export_refuses_the_workdir_the_base_checkpoint_and_a_full_directory_unl
   workdir = tmp_path / "run"
   assert run(tiny_roberta, workdir, method="lora")["final"]
   base, before = tiny_roberta, tree_digest(pathlib.Path(tiny_roberta))
-  for out, what in ((workdir, f"is the run's workdir {workdir}"), (workdir / "export", "is inside the run's workdir"),
-                    (base, f"is the run's pretrained checkpoint {base}"),
-                    (os.path.join(base, "x"), "is inside the run's pretrained checkpoint")):
+  for out, what in (
+    (workdir, f"is the run's workdir {workdir}"),
+    (workdir / "export", "is inside the run's workdir"),
+    (base, f"is the run's pretrained checkpoint {base}"),
+    (os.path.join(base, "x"), "is inside the run's pretrained checkpoint"),
+  ):
     with pytest.raises(ConfigError, match=f"--to={out} {what}"):
       export.export_workdir(str(workdir), str(out))
   assert tree_digest(pathlib.Path(tiny_roberta)) == before
@@ -182,8 +196,13 @@ def test_a_finite_divergence_stops_the_run_naming_the_step_and_keeps_the_last_go
   """MeZO at a learning rate of 1e3 (it used to reach a loss of 4e18 and exit 0), warmed up over 2000
   steps so that the loss leaves any sane range after a few good steps (the rate reaches 6 at step 12)."""
   workdir = tmp_path / "run"
-  settings = {"method": "mezo", "train.steps": 40, "optimizer.learning_rate": 1e3, "optimizer.warmup_steps": 2000,
-              "train.checkpoint_every": 1}
+  settings = {
+    "method": "mezo",
+    "train.steps": 40,
+    "optimizer.learning_rate": 1e3,
+    "optimizer.warmup_steps": 2000,
+    "train.checkpoint_every": 1,
+  }
   with pytest.raises(guards.Diverged) as error:
     run(tiny_roberta, workdir, **settings)
   message = str(error.value)

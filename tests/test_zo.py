@@ -1,6 +1,7 @@
 """Zeroth-order fine-tuning (MeZO and the zo family): the estimate against the true gradient,
 convergence, masks and the trajectory replay. Mechanics on the tiny BERT (data parallelism and its
 scalar-only all-reduces: tests/test_sharding.py)."""
+
 import functools
 
 import jax
@@ -50,7 +51,7 @@ def test_noise_of_looked_up_rows_is_the_rows_of_the_whole_leaf(kind):
   if kind == "rademacher":
     assert set(np.unique(whole)) == {-1.0, 1.0}
   else:
-    assert abs(np.mean(whole ** 4) - 3) < 5 * np.sqrt(96 / size) and np.isfinite(whole).all()
+    assert abs(np.mean(whole**4) - 3) < 5 * np.sqrt(96 / size) and np.isfinite(whole).all()
   other = np.asarray(perturbation.leaf_noise(perturbation.subkeys(key, 1), shape, kind).value(shape))
   for a, b in ((whole[:, 1:], whole[:, :-1]), (whole[1:], whole[:-1]), (whole, other)):
     assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(a.size)
@@ -76,8 +77,10 @@ def test_estimate_averaged_over_samples_aligns_with_the_true_gradient(tiny, nois
   assert aux["projected_grad"].shape == (samples,)
 
 
-@pytest.mark.parametrize("optimizer_name,schedule", [("sgd", optax.constant_schedule(0.02)),
-                                                     ("zo_sgd_sign", optax.cosine_decay_schedule(0.05, 1500))])
+@pytest.mark.parametrize(
+  "optimizer_name,schedule",
+  [("sgd", optax.constant_schedule(0.02)), ("zo_sgd_sign", optax.cosine_decay_schedule(0.05, 1500))],
+)
 def test_zo_sgd_converges_on_a_convex_problem(optimizer_name, schedule):
   """Least squares in 10 dimensions (optimum loss 0): ZO-SGD, and ZO-SGD-Sign (steps of fixed size
   |z|, so with a decaying rate), through the one train step."""
@@ -90,9 +93,10 @@ def test_zo_sgd_converges_on_a_convex_problem(optimizer_name, schedule):
     return 0.5 * jnp.mean(jnp.square(residual)), {"accuracy": jnp.zeros(())}
 
   labels = functools.partial(masks.label_all, label=masks.TRAIN)
-  method = base.with_optimizer(base.make_method("toy", base.wrap, labels,
-                                                estimate=zo.spsa(1e-3, 1, "gaussian", "loss", optimizer_name)),
-                               optax.sgd(schedule))
+  method = base.with_optimizer(
+    base.make_method("toy", base.wrap, labels, estimate=zo.spsa(1e-3, 1, "gaussian", "loss", optimizer_name)),
+    optax.sgd(schedule),
+  )
   tree = {"model": {}, "head": {"kernel": np.zeros(10, np.float32)}}
   state = train(method, tree, loss_fn, 1500, batches=lambda step: batch)
   assert loss_fn(state.params, batch)[0] < 1e-4 * loss_fn(tree, batch)[0]
@@ -109,20 +113,26 @@ def test_zo_sgd_sign_steps_along_the_sign_of_each_projection_times_its_z(tiny):
   projected = np.asarray(estimates["sgd"][1]["projected_grad"])
   np.testing.assert_array_equal(projected, estimates["zo_sgd_sign"][1]["projected_grad"])
   assert np.all(np.abs(projected) > 1e-3) and len(set(np.sign(projected))) == 2, projected  # signs differ, |g| != 1
-  z = [flat(zo.gradient(tree, labels, jax.random.key(3), jnp.eye(samples)[i] * samples, "gaussian"))
-       for i in range(samples)]
+  z = [
+    flat(zo.gradient(tree, labels, jax.random.key(3), jnp.eye(samples)[i] * samples, "gaussian"))
+    for i in range(samples)
+  ]
   # float32 sums of entries up to ~25 round differently as XLA fuses them (measured: 1.4e-6 apart); a wrong
   # sign or coefficient moves an entry by about |z_i| * 2 / samples, far above atol.
-  np.testing.assert_allclose(flat(estimates["zo_sgd_sign"][2]), np.sign(projected) @ np.stack(z) / samples,
-                             rtol=1e-5, atol=2e-5)
+  np.testing.assert_allclose(
+    flat(estimates["zo_sgd_sign"][2]), np.sign(projected) @ np.stack(z) / samples, rtol=1e-5, atol=2e-5
+  )
   np.testing.assert_allclose(flat(estimates["sgd"][2]), projected @ np.stack(z) / samples, rtol=1e-5, atol=2e-5)
 
 
 def test_zo_sgd_sign_is_a_zeroth_order_rule_only():
   config = fewshot.get_config("method=full")
   config.optimizer.name = "zo_sgd_sign"
-  with pytest.raises(errors.ConfigError, match="config.optimizer.name='zo_sgd_sign' is invalid; valid: "
-                                                   r"\['adamw', 'sgd', 'momentum', 'sign'\] for method='full'"):
+  with pytest.raises(
+    errors.ConfigError,
+    match="config.optimizer.name='zo_sgd_sign' is invalid; valid: "
+    r"\['adamw', 'sgd', 'momentum', 'sign'\] for method='full'",
+  ):
     trainer.validate(config)
 
 
@@ -133,8 +143,11 @@ def test_every_base_moves_its_trainable_leaves_only(tiny, base_name):
   labels = method.labels(tree)
   state = train(method, tree, loss_fn, 2)
   moved, frozen_moved = 0, []
-  for (path, before), after, label in zip(jax.tree_util.tree_leaves_with_path(tree),
-                                          jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(labels)):
+  for (path, before), after, label in zip(
+    jax.tree_util.tree_leaves_with_path(tree),
+    jax.tree_util.tree_leaves(state.params),
+    jax.tree_util.tree_leaves(labels),
+  ):
     same = np.array_equal(np.asarray(before), np.asarray(after))
     if label == masks.FREEZE and not same:
       frozen_moved.append(masks.path_name(path))
@@ -153,12 +166,15 @@ def test_accuracy_objective_estimates_from_differences_of_correct_counts(tiny):
   np.testing.assert_allclose(counts, np.round(counts), atol=1e-3)
 
 
-@pytest.mark.parametrize("base_name,optimizer,settings", [
+@pytest.mark.parametrize(
+  "base_name,optimizer,settings",
+  [
     ("full", "sgd", {"noise": "rademacher"}),
     ("lora", "momentum", {"samples": 2}),
     ("sparse", "adamw", {}),
     ("full", "zo_sgd_sign", {}),
-])
+  ],
+)
 def test_replaying_the_trajectory_reproduces_the_trained_parameters(tiny, base_name, optimizer, settings):
   """Bit for bit with ZO-SGD and momentum; with Adam up to float32 rounding (XLA fuses its
   division differently in the replay program than in the train step)."""
@@ -169,13 +185,18 @@ def test_replaying_the_trajectory_reproduces_the_trained_parameters(tiny, base_n
   for i in range(6):
     state, metrics = step(state, tiny_batch(i))
     projected.append(np.asarray(metrics["train/projected_grad"]))
-  replayed = replay_lib.replay(tree, method.labels(tree), method.tx, TrainState.create(tree, method.tx, 7).rng,
-                       np.stack(projected), settings.get("noise", "gaussian"), optimizer)
+  replayed = replay_lib.replay(
+    tree,
+    method.labels(tree),
+    method.tx,
+    TrainState.create(tree, method.tx, 7).rng,
+    np.stack(projected),
+    settings.get("noise", "gaussian"),
+    optimizer,
+  )
   for a, b in zip(jax.tree_util.tree_leaves(replayed), jax.tree_util.tree_leaves(state.params)):
     if optimizer == "adamw":
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-9)
     else:
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert not np.array_equal(flat(replayed), flat(tree))
-
-

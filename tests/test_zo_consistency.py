@@ -10,6 +10,7 @@ in float32, bfloat16 and float16, with gaussian and sign noise:
 - the n-SPSA estimate (n = 256) projects onto the true gradient: g_hat . g / |g|^2 = 1 within 5 sqrt(2/n)
   (each term is a squared projection of z, of variance <= 2).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,8 +32,9 @@ TOLERANCE = {"float32": 1e-5, "bfloat16": 4e-3, "float16": 5e-4}
 
 def model_and_loss(family: str, param_dtype: str, compute_dtype: str):
   style = "mlm" if family in ("bert", "roberta") else "causal"
-  config = models.make_config(family, tiny.hf_config(family, VOCAB, 32), lm_head=True, dtype=compute_dtype,
-                              param_dtype=param_dtype)
+  config = models.make_config(
+    family, tiny.hf_config(family, VOCAB, 32), lm_head=True, dtype=compute_dtype, param_dtype=param_dtype
+  )
   module = models.FAMILIES.get(family).module(config)
   return module, classifier.make_loss_fn(classifier.make_classifier(module, style).logits), style
 
@@ -44,8 +46,13 @@ def batch_for(style: str) -> dict:
     ids = rng.integers(5, VOCAB, (BATCH, LENGTH)).astype(np.int32)
     ids[:, 3] = 4  # the prompt's mask token
     mask = (np.arange(LENGTH)[None] < np.array([[10], [8], [6], [10]])).astype(np.int32)
-    return {**common, "input_ids": ids * mask, "attention_mask": mask, "verbalizer_ids": np.array([7, 9], np.int32),
-            "mask_token_id": np.asarray(4, np.int32)}
+    return {
+      **common,
+      "input_ids": ids * mask,
+      "attention_mask": mask,
+      "verbalizer_ids": np.array([7, 9], np.int32),
+      "mask_token_id": np.asarray(4, np.int32),
+    }
   ids = rng.integers(5, VOCAB, (BATCH, 2, LENGTH)).astype(np.int32)
   ids[:, :, -1] = [7, 9]  # each class's label word after the same prompt
   ids[:, 1, :-1] = ids[:, 0, :-1]
@@ -107,8 +114,11 @@ def assert_consistent(figures: dict, dtype: str) -> None:
 
 # Each family in each storage dtype, the kinds alternating so that every family and every dtype meets both
 # (the hooks do not depend on the kind; the estimate's test below crosses every dtype with both kinds).
-CASES = [(family, dtype, perturbation.KINDS[(i + j) % 2]) for i, family in enumerate(FAMILIES)
-         for j, dtype in enumerate(DTYPES)]
+CASES = [
+  (family, dtype, perturbation.KINDS[(i + j) % 2])
+  for i, family in enumerate(FAMILIES)
+  for j, dtype in enumerate(DTYPES)
+]
 
 
 @pytest.mark.parametrize("family,dtype,kind", CASES)
@@ -128,8 +138,9 @@ def test_estimate_projects_onto_the_true_gradient(dtype, kind):
 def test_a_read_that_skips_the_noise_hook_is_caught(monkeypatch):
   """Projection biases read without their noise: the per-leaf check names them."""
   read = transformer.perturbed
-  monkeypatch.setattr(transformer, "perturbed", lambda module, name, value: value if name == "bias"
-                      else read(module, name, value))
+  monkeypatch.setattr(
+    transformer, "perturbed", lambda module, name, value: value if name == "bias" else read(module, name, value)
+  )
   with pytest.raises(AssertionError, match="mlp_in/bias"):
     assert_consistent(leaf_figures("bert", "float32", "gaussian"), "float32")
 
@@ -137,8 +148,11 @@ def test_a_read_that_skips_the_noise_hook_is_caught(monkeypatch):
 def test_an_update_along_another_z_is_caught(monkeypatch):
   """An update regenerating z from another key (as the bfloat16 draw did): both checks fail."""
   gradient = zo.gradient
-  monkeypatch.setattr(zo, "gradient", lambda tree, labels, rng, projected, kind: gradient(
-      tree, labels, jax.random.fold_in(rng, 1), projected, kind))
+  monkeypatch.setattr(
+    zo,
+    "gradient",
+    lambda tree, labels, rng, projected, kind: gradient(tree, labels, jax.random.fold_in(rng, 1), projected, kind),
+  )
   with pytest.raises(AssertionError, match="disagree"):
     assert_consistent(leaf_figures("llama", "bfloat16", "gaussian"), "bfloat16")
   with pytest.raises(AssertionError):

@@ -1,4 +1,5 @@
 """MeZO on the real checkpoint and real 16-shot SST-2: it learns, and a run's trajectory replays."""
+
 import functools
 import json
 import subprocess
@@ -24,7 +25,9 @@ def mezo_training_loss(minilm, sst2_16shot, param_dtype) -> tuple[float, float]:
   config.optimizer.learning_rate = 1e-4
   config.zo.noise = "gaussian"
   method = methods.get_method(config, optim.make_optimizer(config.optimizer, 150), minilm)
-  loss_fn = classifier.make_loss_fn(classifier.make_classifier(minilm.module, "similarity", config.model.logit_scale).logits)
+  loss_fn = classifier.make_loss_fn(
+    classifier.make_classifier(minilm.module, "similarity", config.model.logit_scale).logits
+  )
   whole = {**pipeline.whole(sst2_16shot.train), **sst2_16shot.prompts}
   train_loss = jax.jit(lambda tree: loss_fn(tree, whole)[0])
   step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn), donate_argnums=0)
@@ -53,13 +56,22 @@ def test_a_mezo_run_replays_from_its_trajectory(tmp_path, tfds_dir, noise):
   """The CLI run saves trajectory.safetensors; `python -m fttpu.replay` rebuilds its final checkpoint:
   bit for bit with rademacher noise, within float32 rounding of erf_inv with gaussian (the README says so)."""
   workdir = tmp_path / "mezo"
-  result = run_main("--config=configs/fewshot.py:task=sst2,method=mezo,k=16,seed=42,steps=12",
-                    f"--config.data.dir={data_dir()}", f"--config.zo.noise={noise}",
-                    "--config.train.checkpoint_every=6", workdir=workdir)
+  result = run_main(
+    "--config=configs/fewshot.py:task=sst2,method=mezo,k=16,seed=42,steps=12",
+    f"--config.data.dir={data_dir()}",
+    f"--config.zo.noise={noise}",
+    "--config.train.checkpoint_every=6",
+    workdir=workdir,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert (workdir / "trajectory.safetensors").is_file()
-  replay = subprocess.run([sys.executable, "-m", "fttpu.replay", f"--workdir={workdir}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+  replay = subprocess.run(
+    [sys.executable, "-m", "fttpu.replay", f"--workdir={workdir}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert replay.returncode == 0, replay.stderr[-3000:]
   out = json.loads(replay.stdout.strip().splitlines()[-1])
   assert out["steps"] == 12 and out["max_abs_update"] > 1e-5, out
@@ -73,12 +85,22 @@ def test_replay_refuses_a_run_that_rechooses_its_trainable_set(tmp_path, tfds_di
   """LISA under zo.base=layers resamples its layers from the run's state every layers.every steps;
   the trajectory does not hold that choice, so replay says why it cannot rebuild the run."""
   workdir = tmp_path / "lisa"
-  result = run_main("--config=configs/fewshot.py:task=sst2,method=zo,zo_base=layers,k=16,seed=42,steps=4",
-                    f"--config.data.dir={data_dir()}", "--config.layers.sample=1", "--config.layers.every=2",
-                    "--config.train.checkpoint_every=4", workdir=workdir)
+  result = run_main(
+    "--config=configs/fewshot.py:task=sst2,method=zo,zo_base=layers,k=16,seed=42,steps=4",
+    f"--config.data.dir={data_dir()}",
+    "--config.layers.sample=1",
+    "--config.layers.every=2",
+    "--config.train.checkpoint_every=4",
+    workdir=workdir,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-  replay = subprocess.run([sys.executable, "-m", "fttpu.replay", f"--workdir={workdir}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+  replay = subprocess.run(
+    [sys.executable, "-m", "fttpu.replay", f"--workdir={workdir}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert replay.returncode != 0
   assert "cannot replay a zo_layers run: it re-chooses its trainable set every 2 steps" in replay.stderr
   assert "Traceback" not in replay.stderr

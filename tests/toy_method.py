@@ -3,6 +3,7 @@ of fttpu/methods/__init__.py (tests/test_architecture.py imports it in that line
 
 `norms`: only the LayerNorm/RMSNorm scales and biases train (a LN-tuning-like toy), with a section of its
 own that says which norms."""
+
 import ml_collections
 
 from fttpu.errors import check_regex

@@ -5,6 +5,7 @@ paper's grids (RoBERTa-large, batch 64, MeZO 100K steps, FT 1000 steps) are scal
 model on 2 CPU cores: the budgets below are the steps each row gets, and each row's learning rate
 (the only searched hyperparameter here, as in the paper's MeZO grid) is chosen by mean dev accuracy.
 """
+
 from experiments.sweeps import Row
 
 TASKS = ("sst2", "trec")
@@ -17,13 +18,18 @@ K = 16
 # bad.", "It was good.")),).
 TASK_SETTINGS = {"sst2": (("data.max_length", 56),), "trec": (("data.max_length", 32),)}
 
-FT_STEPS = 200      # autodiff rows: AdamW, linear decay, batch 8 (the paper: 1000 steps)
-ZO_STEPS = 500      # zeroth-order rows: ZO-SGD, constant rate, batch 16 (the paper: 100K steps, batch 64)
+FT_STEPS = 200  # autodiff rows: AdamW, linear decay, batch 8 (the paper: 1000 steps)
+ZO_STEPS = 500  # zeroth-order rows: ZO-SGD, constant rate, batch 16 (the paper: 100K steps, batch 64)
 FT = (("train.steps", FT_STEPS), ("train.eval_every", FT_STEPS // 4), ("train.checkpoint_every", FT_STEPS))
 # Sign (rademacher) noise, as the table's cells were run: 2.2x a forward pass per step on this CPU against
 # gaussian's 3.4x (fttpu.bench, 2026-12-02); the estimate is unbiased with either (tests/test_zo_consistency.py).
-ZO = (("train.steps", ZO_STEPS), ("train.eval_every", ZO_STEPS // 4), ("train.checkpoint_every", ZO_STEPS),
-      ("train.batch_size", 16), ("zo.noise", "rademacher"))
+ZO = (
+  ("train.steps", ZO_STEPS),
+  ("train.eval_every", ZO_STEPS // 4),
+  ("train.checkpoint_every", ZO_STEPS),
+  ("train.batch_size", 16),
+  ("zo.noise", "rademacher"),
+)
 
 # Learning rates. The autodiff rows and MeZO train at one rate each, the one the dev sweep of
 # experiments/methods_sst2.py chose (seed 42, SST-2; MeZO's of 1e-5, 3e-5, 1e-4 over 500 steps), to fit the
@@ -55,26 +61,41 @@ MEZO_PAPER = (("zo.eps", 1e-3), ("optimizer.weight_decay", 0.0))  # the config's
 LORA = (("zo.base", "lora"), ("lora.rank", 8), ("lora.alpha", 16.0), ("lora.targets", "query|value"))
 PREFIX = (("zo.base", "prefix"), ("prefix.length", 5))
 ROWS = (
-    Row("zero-shot", "zero_shot"),
-    Row("LP", "head", fixed=(("head.solver", "lbfgs"),)),
-    Row("FT", "full", fixed=FT, grid=(("optimizer.learning_rate", (2e-5,)),)),
-    Row("FT (LoRA)", "lora", fixed=FT, grid=(("optimizer.learning_rate", (5e-4,)),)),
-    Row("FT (sparse)", "sparse", fixed=FT, grid=(("optimizer.learning_rate", (5e-4,)),)),
-    Row("FT (spiel)", "spiel", fixed=FT, grid=(("optimizer.learning_rate", (5e-4,)),)),
-    Row("MeZO", "mezo", fixed=ZO + MEZO_PAPER, grid=(("optimizer.learning_rate", (1e-5,)),)),
-    Row("MeZO (LoRA)", "zo", fixed=ZO + LORA,
-        grid=(("zo.eps", (1e-3,)), ("optimizer.weight_decay", (0.1,)), ("optimizer.learning_rate", (1e-4, 1e-3)))),
-    Row("MeZO (prefix)", "zo", fixed=ZO + PREFIX,
-        grid=(("zo.eps", (1e-1,)), ("optimizer.weight_decay", (0.0,)), ("optimizer.learning_rate", (1e-2, 1e-1)))),
+  Row("zero-shot", "zero_shot"),
+  Row("LP", "head", fixed=(("head.solver", "lbfgs"),)),
+  Row("FT", "full", fixed=FT, grid=(("optimizer.learning_rate", (2e-5,)),)),
+  Row("FT (LoRA)", "lora", fixed=FT, grid=(("optimizer.learning_rate", (5e-4,)),)),
+  Row("FT (sparse)", "sparse", fixed=FT, grid=(("optimizer.learning_rate", (5e-4,)),)),
+  Row("FT (spiel)", "spiel", fixed=FT, grid=(("optimizer.learning_rate", (5e-4,)),)),
+  Row("MeZO", "mezo", fixed=ZO + MEZO_PAPER, grid=(("optimizer.learning_rate", (1e-5,)),)),
+  Row(
+    "MeZO (LoRA)",
+    "zo",
+    fixed=ZO + LORA,
+    grid=(("zo.eps", (1e-3,)), ("optimizer.weight_decay", (0.1,)), ("optimizer.learning_rate", (1e-4, 1e-3))),
+  ),
+  Row(
+    "MeZO (prefix)",
+    "zo",
+    fixed=ZO + PREFIX,
+    grid=(("zo.eps", (1e-1,)), ("optimizer.weight_decay", (0.0,)), ("optimizer.learning_rate", (1e-2, 1e-1))),
+  ),
 )
 
 # RoBERTa-large, k=16, Table 18 of the MeZO paper (NeurIPS version).
-PAPER = {"zero-shot": {"sst2": 79.0, "trec": 32.0}, "LP": {"sst2": 76.0, "trec": 51.3},
-         "MeZO": {"sst2": 90.5, "trec": 76.9}, "MeZO (LoRA)": {"sst2": 91.4, "trec": 73.1},
-         "MeZO (prefix)": {"sst2": 90.8, "trec": 80.3}, "FT": {"sst2": 91.9, "trec": 85.0}}
+PAPER = {
+  "zero-shot": {"sst2": 79.0, "trec": 32.0},
+  "LP": {"sst2": 76.0, "trec": 51.3},
+  "MeZO": {"sst2": 90.5, "trec": 76.9},
+  "MeZO (LoRA)": {"sst2": 91.4, "trec": 73.1},
+  "MeZO (prefix)": {"sst2": 90.8, "trec": 80.3},
+  "FT": {"sst2": 91.9, "trec": 85.0},
+}
 
 NAME = "mezo_k16_cpu"
 BASE = f"k={K}"  # the installed MiniLM checkpoint, its label-description classifier
-CAPTION = (f"MiniLM (all-MiniLM-L6-v2, 22.7M parameters), k={K} per class, test accuracy mean (std) over seeds "
-           f"{', '.join(map(str, SEEDS))}; FT rows {FT_STEPS} AdamW steps (batch 8), MeZO rows {ZO_STEPS} ZO-SGD "
-           "steps (batch 16); learning rates chosen by mean dev accuracy. Paper: RoBERTa-large (MeZO, Table 18).")
+CAPTION = (
+  f"MiniLM (all-MiniLM-L6-v2, 22.7M parameters), k={K} per class, test accuracy mean (std) over seeds "
+  f"{', '.join(map(str, SEEDS))}; FT rows {FT_STEPS} AdamW steps (batch 8), MeZO rows {ZO_STEPS} ZO-SGD "
+  "steps (batch 16); learning rates chosen by mean dev accuracy. Paper: RoBERTa-large (MeZO, Table 18)."
+)

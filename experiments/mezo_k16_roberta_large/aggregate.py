@@ -1,4 +1,5 @@
 """The RoBERTa-large k=16 table from the finished cells (see experiments/sweeps.py)."""
+
 from experiments import sweeps
 from experiments.mezo_k16_roberta_large import grid
 

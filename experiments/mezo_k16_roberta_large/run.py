@@ -3,6 +3,7 @@
 
   python -m experiments.mezo_k16_roberta_large.run --base=family=roberta,checkpoint=DIR,k=16 --data_dir=DATA
 """
+
 from experiments import sweeps
 from experiments.mezo_k16_roberta_large import grid
 

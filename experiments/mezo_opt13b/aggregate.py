@@ -1,4 +1,5 @@
 """The OPT-13B SuperGLUE table from the finished cells (see experiments/sweeps.py)."""
+
 from experiments import sweeps
 from experiments.mezo_opt13b import grid
 

@@ -13,6 +13,7 @@ bfloat16 matmuls: MeZO ran it as transformers' --fp16 mixed precision (finetune.
 weights, float16 autocast, dynamic loss scaling), and fttpu has no loss scaling, which a float16 backward
 pass needs; bfloat16 has float32's range. Parameters are sharded over every device (config.mesh fsdp).
 """
+
 from experiments.sweeps import Row
 
 NAME = "mezo_opt13b"
@@ -25,43 +26,80 @@ SPLITS = (("data.num_train", 1000), ("data.num_dev", 500), ("data.num_test", 100
 # so the prompt's question and the candidate word always stay. CB has 250 training rows: 100 go to dev
 # (MeZO's --num_dev=100 for CB) and the other 150 train.
 TASK_SETTINGS = {
-    "sst2": SPLITS + (("data.max_length", 64),),
-    "rte": SPLITS + (("data.max_length", 384),),
-    "cb": (("data.num_train", 150), ("data.num_dev", 100), ("data.num_test", 1000), ("data.max_length", 256)),
-    "boolq": SPLITS + (("data.max_length", 512),),
-    "wsc": SPLITS + (("data.max_length", 128),),
-    "wic": SPLITS + (("data.max_length", 128),),
-    "multirc": SPLITS + (("data.max_length", 768),),
+  "sst2": SPLITS + (("data.max_length", 64),),
+  "rte": SPLITS + (("data.max_length", 384),),
+  "cb": (("data.num_train", 150), ("data.num_dev", 100), ("data.num_test", 1000), ("data.max_length", 256)),
+  "boolq": SPLITS + (("data.max_length", 512),),
+  "wsc": SPLITS + (("data.max_length", 128),),
+  "wic": SPLITS + (("data.max_length", 128),),
+  "multirc": SPLITS + (("data.max_length", 768),),
 }
 
 LARGE = (("mesh.data", 1), ("mesh.fsdp", -1), ("train.eval_batch_size", 16))
 FLOAT16 = (("model.param_dtype", "float16"), ("model.compute_dtype", "float16"))  # mezo.sh:59 --load_float16
-MIXED = (("model.param_dtype", "float32"), ("model.compute_dtype", "bfloat16"))   # for finetune.sh's --fp16
+MIXED = (("model.param_dtype", "float32"), ("model.compute_dtype", "bfloat16"))  # for finetune.sh's --fp16
 MEZO_STEPS, FT_STEPS = 20_000, 5 * 1000 // 8  # FT: 5 epochs of 1000 rows at batch 8
-MEZO = LARGE + FLOAT16 + (("train.steps", MEZO_STEPS), ("train.batch_size", 16), ("train.eval_every", 4000),
-                          ("train.checkpoint_every", 4000))
+MEZO = (
+  LARGE
+  + FLOAT16
+  + (
+    ("train.steps", MEZO_STEPS),
+    ("train.batch_size", 16),
+    ("train.eval_every", 4000),
+    ("train.checkpoint_every", 4000),
+  )
+)
 # FT: transformers' Trainer defaults as finetune.sh leaves them: AdamW, linear decay, no warmup, no weight decay.
-FT = LARGE + MIXED + (("train.steps", FT_STEPS), ("train.batch_size", 8), ("train.eval_every", 125),
-                      ("train.checkpoint_every", 125), ("optimizer.weight_decay", 0.0))
+FT = (
+  LARGE
+  + MIXED
+  + (
+    ("train.steps", FT_STEPS),
+    ("train.batch_size", 8),
+    ("train.eval_every", 125),
+    ("train.checkpoint_every", 125),
+    ("optimizer.weight_decay", 0.0),
+  )
+)
 
 # Per MeZO row: eps and rate grid from large_models/README.md:60-64 (the paper's OPT table); no weight decay
 # (mezo.sh passes none: transformers' default 0; trainer.py:804 would decay all but biases and norms, as
 # fttpu does); LoRA r=8, alpha=16 on q_proj and v_proj (run.py:72-73, lora.py); prefix 5 tokens per layer,
 # no reparametrization, initialised from real activations (mezo.sh:18; fttpu's prefix method is that).
 ROWS = (
-    Row("zero-shot", "zero_shot", fixed=LARGE + FLOAT16),  # icl.sh:3 --load_float16
-    Row("LP", "head", fixed=LARGE + MIXED + (("head.solver", "lbfgs"),)),
-    Row("MeZO", "mezo", fixed=MEZO + (("zo.eps", 1e-3), ("optimizer.weight_decay", 0.0)),
-        grid=(("optimizer.learning_rate", (1e-6, 1e-7)),)),
-    Row("MeZO (LoRA)", "zo", fixed=MEZO + (("zo.base", "lora"), ("zo.eps", 1e-2), ("optimizer.weight_decay", 0.0),
-                                           ("lora.rank", 8), ("lora.alpha", 16.0), ("lora.targets", "query|value")),
-        grid=(("optimizer.learning_rate", (1e-4, 5e-5)),)),
-    Row("MeZO (prefix)", "zo", fixed=MEZO + (("zo.base", "prefix"), ("zo.eps", 1e-1), ("optimizer.weight_decay", 0.0),
-                                             ("prefix.length", 5)),
-        grid=(("optimizer.learning_rate", (1e-2, 1e-3)),)),
-    Row("FT", "full", fixed=FT, grid=(("optimizer.learning_rate", (1e-5, 5e-5, 8e-5)),)),
+  Row("zero-shot", "zero_shot", fixed=LARGE + FLOAT16),  # icl.sh:3 --load_float16
+  Row("LP", "head", fixed=LARGE + MIXED + (("head.solver", "lbfgs"),)),
+  Row(
+    "MeZO",
+    "mezo",
+    fixed=MEZO + (("zo.eps", 1e-3), ("optimizer.weight_decay", 0.0)),
+    grid=(("optimizer.learning_rate", (1e-6, 1e-7)),),
+  ),
+  Row(
+    "MeZO (LoRA)",
+    "zo",
+    fixed=MEZO
+    + (
+      ("zo.base", "lora"),
+      ("zo.eps", 1e-2),
+      ("optimizer.weight_decay", 0.0),
+      ("lora.rank", 8),
+      ("lora.alpha", 16.0),
+      ("lora.targets", "query|value"),
+    ),
+    grid=(("optimizer.learning_rate", (1e-4, 5e-5)),),
+  ),
+  Row(
+    "MeZO (prefix)",
+    "zo",
+    fixed=MEZO + (("zo.base", "prefix"), ("zo.eps", 1e-1), ("optimizer.weight_decay", 0.0), ("prefix.length", 5)),
+    grid=(("optimizer.learning_rate", (1e-2, 1e-3)),),
+  ),
+  Row("FT", "full", fixed=FT, grid=(("optimizer.learning_rate", (1e-5, 5e-5, 8e-5)),)),
 )
 
 PAPER = {}  # the issue quotes no OPT-13B numbers; see Table 1 of the paper
-CAPTION = (f"OPT-13B, 1000 training / 500 dev / 1000 test rows (CB: 150 / 100), accuracy; MeZO rows "
-           f"{MEZO_STEPS} steps at batch 16, FT {FT_STEPS} steps at batch 8; hyperparameters chosen on dev.")
+CAPTION = (
+  f"OPT-13B, 1000 training / 500 dev / 1000 test rows (CB: 150 / 100), accuracy; MeZO rows "
+  f"{MEZO_STEPS} steps at batch 16, FT {FT_STEPS} steps at batch 8; hyperparameters chosen on dev."
+)

@@ -3,6 +3,7 @@
 
   python -m experiments.mezo_opt13b.run --base=family=opt,checkpoint=DIR --data_dir=DATA
 """
+
 from experiments import sweeps
 from experiments.mezo_opt13b import grid
 

@@ -1,5 +1,6 @@
 """The few-shot protocols: LM-BFF's (and MeZO's RoBERTa runs') k train and k dev examples per class,
 and MeZO's large-model runs' fixed numbers of rows (1000 train, 500 dev, 1000 test), chosen by a seed."""
+
 import numpy as np
 
 from fttpu.errors import ConfigError
@@ -21,10 +22,11 @@ def sample_k_shot(labels: np.ndarray, k: int, seed: int, num_classes: int) -> tu
   for label in range(num_classes):
     rows = order[labels[order] == label]
     if len(rows) < 2 * k:
-      raise ConfigError(f"class {label} has {len(rows)} training rows; k={k} needs {2 * k} (k train + k dev); "
-                        f"lower data.k")
+      raise ConfigError(
+        f"class {label} has {len(rows)} training rows; k={k} needs {2 * k} (k train + k dev); lower data.k"
+      )
     train.append(rows[:k])
-    dev.append(rows[k:2 * k])
+    dev.append(rows[k : 2 * k])
   # Interleave classes in shuffled order so batches are not sorted by label.
   train, dev = np.concatenate(train), np.concatenate(dev)
   rng = np.random.default_rng(seed + 1)
@@ -40,7 +42,7 @@ def sample_rows(num_rows: int, num_train: int, num_dev: int, seed: int) -> tuple
   if num_train + num_dev > num_rows:
     raise ConfigError(f"data.num_train={num_train} + data.num_dev={num_dev} is more than the {num_rows} training rows")
   order = np.random.default_rng(seed).permutation(num_rows)
-  return order[:num_train], order[num_train:num_train + num_dev]
+  return order[:num_train], order[num_train : num_train + num_dev]
 
 
 def sample_test(num_rows: int, num_test: int) -> np.ndarray:

@@ -11,6 +11,7 @@ Each style (tasks.STYLES) encodes differently:
   causal      input_ids (n, C, L): task.causal_template followed by each class's label word, and
               target_mask (n, C, L), 1 at the label word's tokens; prompts = {}.
 """
+
 import dataclasses
 import string
 from typing import Iterator, Optional
@@ -26,17 +27,21 @@ STYLES = tasks.STYLES
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
-  input_ids: np.ndarray       # (n, length) int32; causal: (n, classes, length)
+  input_ids: np.ndarray  # (n, length) int32; causal: (n, classes, length)
   attention_mask: np.ndarray  # like input_ids, int32
-  labels: np.ndarray          # (n,) int32
+  labels: np.ndarray  # (n,) int32
   target_mask: Optional[np.ndarray] = None  # causal only: like input_ids, 1 at the label word's tokens
 
   def __len__(self):
     return len(self.labels)
 
   def take(self, indices) -> "Encoded":
-    return Encoded(self.input_ids[indices], self.attention_mask[indices], self.labels[indices],
-                   None if self.target_mask is None else self.target_mask[indices])
+    return Encoded(
+      self.input_ids[indices],
+      self.attention_mask[indices],
+      self.labels[indices],
+      None if self.target_mask is None else self.target_mask[indices],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +84,12 @@ def _encoder(tokenizer: tokenizers.Tokenizer, max_length: int, direction: str = 
   return tokenizer
 
 
-def encode(tokenizer: tokenizers.Tokenizer, texts: list[str], max_length: int,
-           direction: str = "right") -> tuple[np.ndarray, np.ndarray]:
+def encode(
+  tokenizer: tokenizers.Tokenizer, texts: list[str], max_length: int, direction: str = "right"
+) -> tuple[np.ndarray, np.ndarray]:
   """Token ids and attention mask, truncated (from `direction`) and padded to `max_length`."""
   encodings = _encoder(tokenizer, max_length, direction).encode_batch(texts)
-  return (np.asarray([e.ids for e in encodings], np.int32),
-          np.asarray([e.attention_mask for e in encodings], np.int32))
+  return (np.asarray([e.ids for e in encodings], np.int32), np.asarray([e.attention_mask for e in encodings], np.int32))
 
 
 def mask_token(tokenizer: tokenizers.Tokenizer) -> tuple[str, int]:
@@ -104,8 +109,10 @@ def verbalizer_ids(tokenizer: tokenizers.Tokenizer, words) -> np.ndarray:
     tried = [tokenizer.encode(text, add_special_tokens=False) for text in (" " + word, word)]
     single = [e.ids[0] for e in tried if len(e.ids) == 1 and e.ids[0] not in unknown]
     if not single:
-      raise ConfigError(f"label word {word!r} is not one token: {' ' + word!r} -> {tried[0].tokens}, {word!r} -> "
-                        f"{tried[1].tokens}; MLM prompts need one token per class (change data.label_words)")
+      raise ConfigError(
+        f"label word {word!r} is not one token: {' ' + word!r} -> {tried[0].tokens}, {word!r} -> "
+        f"{tried[1].tokens}; MLM prompts need one token per class (change data.label_words)"
+      )
     ids.append(single[0])
   return np.asarray(ids, np.int32)
 
@@ -145,15 +152,19 @@ def encode_mlm(tokenizer: tokenizers.Tokenizer, task: tasks.Task, rows, labels, 
     unpadded = _unpadded_copy(tokenizer)
     texts = [tasks.fill(task.mlm_template, task.text_fields, row, mask=token) for row in rows]
     lengths = [len(e.ids) for e in unpadded.encode_batch(texts)]
-    rows = [_fitted(unpadded, task, task.mlm_template, row, max_length, mask=token) if n > max_length else row
-            for row, n in zip(rows, lengths)]
+    rows = [
+      _fitted(unpadded, task, task.mlm_template, row, max_length, mask=token) if n > max_length else row
+      for row, n in zip(rows, lengths)
+    ]
   texts = [tasks.fill(task.mlm_template, task.text_fields, row, mask=token) for row in rows]
   ids, attention = encode(tokenizer, texts, max_length, "left" if side == "after" else "right")
   counts = (ids == token_id).sum(1)
   if (bad := np.flatnonzero(counts != 1)).size:
     i = bad[0]
-    raise ConfigError(f"{len(bad)} MLM examples do not encode to exactly one mask token {token!r} (id {token_id}); "
-                      f"example {i} has {counts[i]}: {texts[i][:200]!r}")
+    raise ConfigError(
+      f"{len(bad)} MLM examples do not encode to exactly one mask token {token!r} (id {token_id}); "
+      f"example {i} has {counts[i]}: {texts[i][:200]!r}"
+    )
   return Encoded(ids, attention, np.asarray(labels, np.int32))
 
 
@@ -179,8 +190,10 @@ def encode_causal(tokenizer: tokenizers.Tokenizer, task: tasks.Task, rows, label
   prompt_ends = np.repeat([len(p) for p in prompts], task.num_classes)
   target = (real & (starts >= prompt_ends[:, None])).astype(np.int32)
   if (bad := np.flatnonzero(target.sum(1) == 0)).size:
-    raise ConfigError(f"{len(bad)} causal candidates have no label-word token after truncation to "
-                      f"data.max_length={max_length}; e.g. {texts[bad[0]][-200:]!r}")
+    raise ConfigError(
+      f"{len(bad)} causal candidates have no label-word token after truncation to "
+      f"data.max_length={max_length}; e.g. {texts[bad[0]][-200:]!r}"
+    )
   shape = (len(prompts), task.num_classes, max_length)
   ids = np.asarray([e.ids for e in encodings], np.int32).reshape(shape)
   attention = np.asarray([e.attention_mask for e in encodings], np.int32).reshape(shape)
@@ -200,8 +213,10 @@ def encode_split(tokenizer, task: tasks.Task, rows, labels, max_length: int, sty
 def prompts(tokenizer, task: tasks.Task, style: str = "similarity") -> dict:
   """What every batch of `style` shares (see the module docstring)."""
   if style == "mlm":
-    return {"verbalizer_ids": verbalizer_ids(tokenizer, task.label_words),
-            "mask_token_id": np.asarray(mask_token(tokenizer)[1], np.int32)}
+    return {
+      "verbalizer_ids": verbalizer_ids(tokenizer, task.label_words),
+      "mask_token_id": np.asarray(mask_token(tokenizer)[1], np.int32),
+    }
   if style == "causal":
     return {}
   label_length = max(len(e.ids) for e in _unpadded_copy(tokenizer).encode_batch(list(task.label_descriptions)))
@@ -214,25 +229,39 @@ def check_classes(task: tasks.Task, labels: dict) -> None:
   show (labels 0..C-1 over its splits), whichever sampling protocol then draws from them."""
   shown = max(int(np.max(split_labels)) + 1 for split_labels in labels.values() if len(split_labels))
   if shown != task.num_classes:
-    raise ConfigError(f"task {task.name!r}: its data files show {shown} classes (labels 0..{shown - 1} in its "
-                      f"{' and '.join(sorted(labels))} splits) but the task has {task.num_classes} "
-                      f"{list(task.label_names)}, one per label word or description; give one per class "
-                      "(data.label_words, data.label_descriptions, data.label_names)")
+    raise ConfigError(
+      f"task {task.name!r}: its data files show {shown} classes (labels 0..{shown - 1} in its "
+      f"{' and '.join(sorted(labels))} splits) but the task has {task.num_classes} "
+      f"{list(task.label_names)}, one per label word or description; give one per class "
+      "(data.label_words, data.label_descriptions, data.label_names)"
+    )
 
 
 def validate(config) -> None:
   """config.data: the task exists and its prompts fit the classifier style; the sampling sizes."""
   d = config.data
   known = d.task in tasks.TASKS or tasks.task_dir(d.task, d.dir) is not None
-  check(known, "data.task", d.task,
-        f"{sorted(tasks.TASKS)}, a folder under data.dir={d.dir!r}, or an absolute path, with train.tsv and test.tsv")
+  check(
+    known,
+    "data.task",
+    d.task,
+    f"{sorted(tasks.TASKS)}, a folder under data.dir={d.dir!r}, or an absolute path, with train.tsv and test.tsv",
+  )
   tasks.task_of(d, config.model.classifier)  # its prompts fit
   check(d.k >= 1, "data.k", d.k, "an integer >= 1 (examples per class)")
-  check(d.max_length >= 8, "data.max_length", d.max_length, "8..the checkpoint's positions (512 for BERT, 2048 for OPT)")
+  check(
+    d.max_length >= 8, "data.max_length", d.max_length, "8..the checkpoint's positions (512 for BERT, 2048 for OPT)"
+  )
   for key in ("num_train", "num_dev", "num_test"):
-    check(d[key] >= 0, f"data.{key}", d[key], "an integer >= 0 (0: k per class for train and dev, the whole test split)")
-  check((d.num_train > 0) == (d.num_dev > 0), "data.num_dev", d.num_dev,
-        f"> 0 exactly when data.num_train > 0 (num_train={d.num_train})")
+    check(
+      d[key] >= 0, f"data.{key}", d[key], "an integer >= 0 (0: k per class for train and dev, the whole test split)"
+    )
+  check(
+    (d.num_train > 0) == (d.num_dev > 0),
+    "data.num_dev",
+    d.num_dev,
+    f"> 0 exactly when data.num_train > 0 (num_train={d.num_train})",
+  )
 
 
 def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") -> FewShotData:
@@ -247,21 +276,33 @@ def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") 
   else:
     train_idx, dev_idx = fewshot.sample_k_shot(train_labels, data_config.k, seed, task.num_classes)
   chosen = np.concatenate([train_idx, dev_idx])
-  encoded = encode_split(tokenizer, task, [train_rows[i] for i in chosen], train_labels[chosen],
-                         data_config.max_length, style)
+  encoded = encode_split(
+    tokenizer, task, [train_rows[i] for i in chosen], train_labels[chosen], data_config.max_length, style
+  )
   test_rows, test_labels = splits["test"]
   test_idx = fewshot.sample_test(len(test_labels), optional("num_test", 0))
-  test = encode_split(tokenizer, task, [test_rows[i] for i in test_idx], test_labels[test_idx],
-                      data_config.max_length, style)
+  test = encode_split(
+    tokenizer, task, [test_rows[i] for i in test_idx], test_labels[test_idx], data_config.max_length, style
+  )
   n = len(train_idx)
-  return FewShotData(task, encoded.take(np.arange(n)), encoded.take(np.arange(n, len(encoded))), test,
-                     prompts(tokenizer, task, style), style)
+  return FewShotData(
+    task,
+    encoded.take(np.arange(n)),
+    encoded.take(np.arange(n, len(encoded))),
+    test,
+    prompts(tokenizer, task, style),
+    style,
+  )
 
 
 def _batch(data: Encoded, weights: np.ndarray) -> dict:
   """The batch dict of `data`: target_mask only when the style has one."""
-  batch = {"input_ids": data.input_ids, "attention_mask": data.attention_mask, "labels": data.labels,
-           "weights": weights}
+  batch = {
+    "input_ids": data.input_ids,
+    "attention_mask": data.attention_mask,
+    "labels": data.labels,
+    "weights": weights,
+  }
   if data.target_mask is not None:
     batch["target_mask"] = data.target_mask
   return batch

@@ -5,6 +5,7 @@ Splits are (rows, labels), a row being the tuple of an example's texts (task.tex
 The local builder prepares ArrayRecord files once per content fingerprint of the TSVs (so an
 edited file is re-prepared) and is read back with `as_data_source`, which needs no TensorFlow.
 """
+
 import contextlib
 import fcntl
 import hashlib
@@ -28,6 +29,7 @@ SPLITS = ("train", "test")
 
 class LocalTsv(tfds.core.GeneratorBasedBuilder):
   """A task directory as a TFDS dataset (one BuilderConfig per task + content); a feature per text field."""
+
   VERSION = tfds.core.Version("1.0.0")
 
   def __init__(self, *, source_dir: str, label_names, text_fields=("sentence",), **kwargs):
@@ -38,13 +40,15 @@ class LocalTsv(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=f"Sentence classification from {self._source_dir}",
-        features=tfds.features.FeaturesDict({
-            "index": tfds.features.Scalar(np.int64, doc="row number in the TSV (0 = first data row)"),
-            **{field: tfds.features.Text() for field in self._text_fields},
-            "label": tfds.features.ClassLabel(names=self._label_names),
-        }),
+      builder=self,
+      description=f"Sentence classification from {self._source_dir}",
+      features=tfds.features.FeaturesDict(
+        {
+          "index": tfds.features.Scalar(np.int64, doc="row number in the TSV (0 = first data row)"),
+          **{field: tfds.features.Text() for field in self._text_fields},
+          "label": tfds.features.ClassLabel(names=self._label_names),
+        }
+      ),
     )
 
   def _split_generators(self, dl_manager):
@@ -62,7 +66,9 @@ def _fingerprint(source_dir: str, label_names) -> str:
   for split in SPLITS:
     path = os.path.join(source_dir, f"{split}.tsv")
     if not files.isfile(path):
-      raise errors.DataError(f"{path}: file not found (a task directory needs {' and '.join(s + '.tsv' for s in SPLITS)})")
+      raise errors.DataError(
+        f"{path}: file not found (a task directory needs {' and '.join(s + '.tsv' for s in SPLITS)})"
+      )
     digest.update(files.read_bytes(path))
   return digest.hexdigest()[:12]
 
@@ -96,8 +102,9 @@ def _read_all(source, fields) -> tuple[list[tuple[str, ...]], np.ndarray]:
 
 def _check_reachable(builder) -> None:
   """Fails in a second, not after minutes of download retries, when the source host is unknown."""
-  url = (getattr(builder.builder_config, "data_url", "")
-         or getattr(sys.modules.get(type(builder).__module__), "_DATA_URL", ""))  # SNLI has no builder config
+  url = getattr(builder.builder_config, "data_url", "") or getattr(
+    sys.modules.get(type(builder).__module__), "_DATA_URL", ""
+  )  # SNLI has no builder config
   host = urllib.parse.urlparse(url or "").hostname
   if host and not builder.is_prepared():
     socket.getaddrinfo(host, 443)  # socket.gaierror offline
@@ -121,8 +128,14 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
     name = re.sub(r"[^a-z0-9_]", "_", os.path.basename(os.path.normpath(task.name)).lower())
     config = tfds.core.BuilderConfig(name=f"{name}_{_fingerprint(directory, task.label_names)}")
     with _one_preparer(cache_dir, config.name):  # the builder reads the dataset's info when made: inside too
-      builder = LocalTsv(source_dir=directory, label_names=task.label_names, text_fields=task.text_fields,
-                         data_dir=cache_dir, config=config, file_format="array_record")
+      builder = LocalTsv(
+        source_dir=directory,
+        label_names=task.label_names,
+        text_fields=task.text_fields,
+        data_dir=cache_dir,
+        config=config,
+        file_format="array_record",
+      )
       builder.download_and_prepare()
     return {split: _read_all(builder.as_data_source(split=split), task.text_fields) for split in SPLITS}
   if task.tfds_name:
@@ -137,10 +150,13 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
     except Exception as e:  # offline, or TFDS cannot build it here
       reason = str(e).splitlines()[0][:200] if str(e) else ""
       raise FileNotFoundError(
-          f"task {task.name!r}: no local copy at {os.path.join(data_dir, task.name)}, and the TFDS dataset {task.tfds_name!r} could not be "
-          f"loaded ({type(e).__name__}: {reason}). Point fttpu at the data: --config.data.dir=DIR "
-          f"(or `make demo DATA_DIR=DIR`) where DIR/{task.name}/train.tsv and test.tsv exist.") from e
+        f"task {task.name!r}: no local copy at {os.path.join(data_dir, task.name)}, and the TFDS dataset {task.tfds_name!r} could not be "
+        f"loaded ({type(e).__name__}: {reason}). Point fttpu at the data: --config.data.dir=DIR "
+        f"(or `make demo DATA_DIR=DIR`) where DIR/{task.name}/train.tsv and test.tsv exist."
+      ) from e
     return {split: _read_all(source, task.tfds_fields or task.text_fields) for split, source in sources.items()}
-  raise FileNotFoundError(f"task {task.name!r} has no TFDS catalog entry and no directory "
-                          f"{os.path.join(data_dir, task.name)} with train.tsv and test.tsv; "
-                          f"set --config.data.dir=DIR (or `make demo DATA_DIR=DIR`) to the folder that holds {task.name}/")
+  raise FileNotFoundError(
+    f"task {task.name!r} has no TFDS catalog entry and no directory "
+    f"{os.path.join(data_dir, task.name)} with train.tsv and test.tsv; "
+    f"set --config.data.dir=DIR (or `make demo DATA_DIR=DIR`) to the folder that holds {task.name}/"
+  )

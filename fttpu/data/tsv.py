@@ -1,5 +1,6 @@
 """Strict reader for the task files: `sentence<TAB>label`, `sentence1<TAB>sentence2<TAB>label` for pairs,
 or `sentence<TAB>choice1<TAB>...<TAB>choiceN<TAB>label` for multiple choice (the label picks a choice)."""
+
 from typing import Optional
 
 import numpy as np
@@ -37,8 +38,9 @@ def header_fields(path: str) -> Optional[tuple[str, ...]]:
   return parse_header(first)
 
 
-def read_tsv(path: str, num_classes: int,
-             text_fields: Optional[tuple[str, ...]] = None) -> tuple[list[tuple[str, ...]], np.ndarray]:
+def read_tsv(
+  path: str, num_classes: int, text_fields: Optional[tuple[str, ...]] = None
+) -> tuple[list[tuple[str, ...]], np.ndarray]:
   """Returns (rows, labels), a row being the tuple of its texts; every malformed row fails with path:line.
 
   The header must name `text_fields` when given (a registered task's own columns, e.g. SuperGLUE BoolQ's
@@ -61,7 +63,9 @@ def read_tsv(path: str, num_classes: int,
     except UnicodeDecodeError as e:
       raise DataError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     if number == 1:
-      fields = parse_header(line) if text_fields is None else (tuple(text_fields) if line.strip() == expected[0] else None)
+      fields = (
+        parse_header(line) if text_fields is None else (tuple(text_fields) if line.strip() == expected[0] else None)
+      )
       if fields is None:
         raise DataError(f"{path}:1: expected the header {' or '.join(map(repr, expected))}, got {line[:80]!r}")
       continue
@@ -69,12 +73,16 @@ def read_tsv(path: str, num_classes: int,
       continue
     columns = line.split("\t")
     if len(columns) != len(fields) + 1:
-      raise DataError(f"{path}:{number}: expected {len(fields) + 1} tab-separated columns "
-                      f"({', '.join(fields + ('label',))}), got {len(columns)}")
+      raise DataError(
+        f"{path}:{number}: expected {len(fields) + 1} tab-separated columns "
+        f"({', '.join(fields + ('label',))}), got {len(columns)}"
+      )
     *texts, label = columns
     if not label.strip().lstrip("-").isdigit() or not 0 <= int(label) < num_classes:
-      raise DataError(f"{path}:{number}: label {label!r} is not an integer in 0..{num_classes - 1} (the task has "
-                      f"{num_classes} classes, one per label word or description; give one per class)")
+      raise DataError(
+        f"{path}:{number}: label {label!r} is not an integer in 0..{num_classes - 1} (the task has "
+        f"{num_classes} classes, one per label word or description; give one per class)"
+      )
     rows.append(tuple(texts))
     labels.append(int(label))
   if not rows:

@@ -14,6 +14,7 @@ here). Special tokens, their ids and the special tokens added around a text foll
 A label word is one token only if the corpus makes it one: put the prompts, with their label
 words, in `texts` often enough.
 """
+
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -23,7 +24,13 @@ def byte_level(texts, specials, vocab_size: int) -> tokenizers.Tokenizer:
   tokenizer = tokenizers.Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  tokenizer.train_from_iterator(list(texts), trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-      show_progress=False))
+  tokenizer.train_from_iterator(
+    list(texts),
+    trainers.BpeTrainer(
+      vocab_size=vocab_size,
+      special_tokens=specials,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False,
+    ),
+  )
   return tokenizer

@@ -5,6 +5,7 @@ Adding a method: write fttpu/methods/<name>.py with a maker `(config, model) -> 
 `@base.register("<name>", learning_rate=...)` (and its section, if it has settings), then add the module
 to the import of MODULES. configs/fewshot.py, validation, the trainer, bench and plan find it there.
 """
+
 from fttpu.errors import check
 from fttpu.methods import base
 from fttpu.methods import layers, lora, simple, sparse, zo  # the table: each module registers on import

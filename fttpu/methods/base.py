@@ -10,6 +10,7 @@ A method's parameters are one tree, built by `prepare` from the pretrained model
 model applies in a train step (sparse deltas scattered in, adapters kept apart) and `merge`
 folds everything foldable into plain model weights for evaluation and export.
 """
+
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -24,10 +25,11 @@ from fttpu.registry import Registry
 
 class Context(NamedTuple):
   """What `prepare` may use besides the weights (the maker has the model): the loss and the data."""
-  loss_fn: Callable      # (tree, batch, rng) -> (loss, aux), tree = {"model": ..., "head"?: ...}
-  classifier: Any        # fttpu.classifier.Classifier: features and zero-shot head for linear probes
+
+  loss_fn: Callable  # (tree, batch, rng) -> (loss, aux), tree = {"model": ..., "head"?: ...}
+  classifier: Any  # fttpu.classifier.Classifier: features and zero-shot head for linear probes
   train_batch: Callable  # step -> a training batch (prompts included): sparse selection's calibration
-  train_set: dict        # every training example in one batch (prompts included)
+  train_set: dict  # every training example in one batch (prompts included)
   optimizer: optax.GradientTransformation  # the configured optimizer, unmasked (LT-SFT's dense phase)
 
 
@@ -35,30 +37,44 @@ class StepRecord(NamedTuple):
   """A per-step value a method keeps for the whole run (zeroth-order: the projected gradients, from
   which the run replays). The training loop appends `metric` of every step, saves the list in each
   checkpoint (a resume checks it has one entry per step) and hands it to `save` at each checkpoint."""
-  metric: str          # the step metric recorded, e.g. "train/projected_grad"
-  save: Callable       # (workdir, initial artifact, rng key data, values (steps, ...), method name) -> None
+
+  metric: str  # the step metric recorded, e.g. "train/projected_grad"
+  save: Callable  # (workdir, initial artifact, rng key data, values (steps, ...), method name) -> None
   stuck_if_zero: bool  # an all-zero value means the estimate is stuck (train.stuck_steps)
 
 
 class Method(NamedTuple):
   name: str
-  prepare: Callable   # (model params, rng, Context) -> tree with any added leaves
-  labels: Callable    # tree -> tree of "train"/"freeze": the optax parameter mask
+  prepare: Callable  # (model params, rng, Context) -> tree with any added leaves
+  labels: Callable  # tree -> tree of "train"/"freeze": the optax parameter mask
   tx: Optional[optax.GradientTransformation]  # set from `labels` by `with_optimizer`, never by a maker
   estimate: Callable  # (loss_fn, tree, labels, batch, rng) -> (loss, aux: metrics, grads)
-  trains: bool        # False for evaluation-only methods
-  view: Callable = None      # tree -> what the loss applies in a train step
-  merge: Callable = None     # tree -> {"model": plain weights, "head"?} for evaluation and export
+  trains: bool  # False for evaluation-only methods
+  view: Callable = None  # tree -> what the loss applies in a train step
+  merge: Callable = None  # tree -> {"model": plain weights, "head"?} for evaluation and export
   artifact: Callable = None  # tree -> the small tree a run saves (everything beyond the base model)
   refresh: Optional[Callable] = None  # (state, grad_fn, batches) -> state, every `refresh_every` steps
   refresh_every: int = 0
   record: Optional[StepRecord] = None
 
 
-def make_method(name, prepare, labels, *, estimate=None, trains=True, artifact=None, refresh=None,
-                refresh_every=0, record=None) -> Method:
-  return Method(name, prepare, labels, None, estimate or autodiff, trains, view=scatter_deltas, merge=merge,
-                artifact=artifact or extra_leaves, refresh=refresh, refresh_every=refresh_every, record=record)
+def make_method(
+  name, prepare, labels, *, estimate=None, trains=True, artifact=None, refresh=None, refresh_every=0, record=None
+) -> Method:
+  return Method(
+    name,
+    prepare,
+    labels,
+    None,
+    estimate or autodiff,
+    trains,
+    view=scatter_deltas,
+    merge=merge,
+    artifact=artifact or extra_leaves,
+    refresh=refresh,
+    refresh_every=refresh_every,
+    record=record,
+  )
 
 
 def with_optimizer(method: Method, optimizer: optax.GradientTransformation) -> Method:
@@ -71,14 +87,16 @@ def with_optimizer(method: Method, optimizer: optax.GradientTransformation) -> M
 
 class Registered(NamedTuple):
   """A method as the registry holds it: its maker and the defaults configs/fewshot.py takes from it."""
-  make: Callable                # (config, model) -> Method (tx unset)
-  learning_rate: Any            # the default with its optimizer: a number, or a function of zo.base
+
+  make: Callable  # (config, model) -> Method (tx unset)
+  learning_rate: Any  # the default with its optimizer: a number, or a function of zo.base
   zo_learning_rate: Optional[float] = None  # the default as zo.base (ZO-SGD); None: not a zeroth-order base
-  zeroth_order: bool = False    # trains by a zeroth-order estimate (ZO-SGD defaults, a trajectory)
+  zeroth_order: bool = False  # trains by a zeroth-order estimate (ZO-SGD defaults, a trajectory)
 
 
 class Section(NamedTuple):
   """A config section a method module owns: its defaults and its checks (of the whole config)."""
+
   defaults: Callable[[], ml_collections.ConfigDict]
   validate: Callable[[ml_collections.ConfigDict], None]
 
@@ -87,8 +105,7 @@ METHODS: Registry[Registered] = Registry("method")
 SECTIONS: Registry[Section] = Registry("config section")
 
 
-def register(name: str, *, learning_rate, zo_learning_rate: Optional[float] = None,
-             zeroth_order: bool = False):
+def register(name: str, *, learning_rate, zo_learning_rate: Optional[float] = None, zeroth_order: bool = False):
   """Decorator of a maker (config, model) -> Method: config.method=`name` builds it."""
   return lambda make: METHODS.register(name, Registered(make, learning_rate, zo_learning_rate, zeroth_order)).make
 
@@ -158,6 +175,7 @@ LORA_LEAVES = ("lora_a", "lora_b", "lora_scale", "lora_dropout", "dora_magnitude
 def fold_adapter(kernel, a, b, scale, magnitude=None):
   """One projection's kernel with its LoRA (and DoRA magnitude) folded in."""
   from fttpu.models.transformer import lora_delta
+
   merged = kernel + lora_delta(a, b, scale)
   if magnitude is not None:
     merged = merged * (magnitude / jnp.sqrt(jnp.sum(jnp.square(merged), axis=tuple(range(a.ndim - 1)))))
@@ -171,8 +189,9 @@ def fold_adapters(model: dict) -> dict:
     get = lambda name: flat.get(module + (name,))
     fold = jax.vmap(fold_adapter) if get("lora_scale").ndim else fold_adapter  # stacked layers: (L, ...)
     kernel = get("kernel")
-    flat[module + ("kernel",)] = fold(kernel, get("lora_a"), get("lora_b"), get("lora_scale"),
-                                      get("dora_magnitude")).astype(kernel.dtype)
+    flat[module + ("kernel",)] = fold(
+      kernel, get("lora_a"), get("lora_b"), get("lora_scale"), get("dora_magnitude")
+    ).astype(kernel.dtype)
   return traverse_util.unflatten_dict({p: v for p, v in flat.items() if p[-1] not in LORA_LEAVES})
 
 

@@ -5,6 +5,7 @@ tree["delta"] mirrors the model tree down to each chosen weight, which holds
 (base.scatter_deltas). Only the values train, so the optimizer state is sized to n, not to
 the weight. Sparse (fixed masks), SpIEL (dynamic masks) and layer selection all use this.
 """
+
 import numpy as np
 import jax
 from flax import traverse_util
@@ -18,16 +19,22 @@ def is_delta(_, x) -> bool:
 
 def build(params, indices: dict) -> dict:
   """{"model": params, "delta": ...} with zero values at `indices` ({model path tuple: flat indices})."""
-  delta = {path: {"index": np.sort(np.asarray(index, np.int64)).astype(np.int32),
-                  "value": np.zeros(len(index), np.float32)} for path, index in indices.items() if len(index)}
+  delta = {
+    path: {"index": np.sort(np.asarray(index, np.int64)).astype(np.int32), "value": np.zeros(len(index), np.float32)}
+    for path, index in indices.items()
+    if len(index)
+  }
   return {"model": params, "delta": traverse_util.unflatten_dict(delta)}
 
 
 def labels(tree):
   """Delta values train; everything else (the base weights, the indices) is frozen."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: masks.TRAIN if masks.path_name(path).startswith("delta/") and path[-1].key == "value"
-      else masks.FREEZE, tree)
+    lambda path, _: (
+      masks.TRAIN if masks.path_name(path).startswith("delta/") and path[-1].key == "value" else masks.FREEZE
+    ),
+    tree,
+  )
 
 
 def flat_deltas(tree) -> dict:
@@ -48,8 +55,9 @@ def top(scores: np.ndarray, n: int) -> np.ndarray:
 def target_paths(params, pattern: str, key: str) -> list[tuple]:
   """Model paths of the leaves matching `pattern` (error naming the valid paths if none)."""
   labels = masks.label_matching(params, pattern, key)
-  return [tuple(k.key for k in path) for path, label in jax.tree_util.tree_leaves_with_path(labels)
-          if label == masks.TRAIN]
+  return [
+    tuple(k.key for k in path) for path, label in jax.tree_util.tree_leaves_with_path(labels) if label == masks.TRAIN
+  ]
 
 
 def remap_optimizer_state(opt_state, remaps: dict):

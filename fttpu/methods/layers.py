@@ -9,6 +9,7 @@ slices of the layer-stacked weights (deltas.py), so optimizer state exists for t
 and k transformer layers, resampled every K steps; at a resample the trained layers' deltas are
 folded into the weights and the new layers start with fresh optimizer state.
 """
+
 import re
 
 import jax
@@ -39,8 +40,9 @@ def parse_layers(select: str, num_layers: int) -> list[int] | None:
   chosen = [int(x) for x in select.split(",")]
   bad = [x for x in chosen if not -num_layers <= x < num_layers]
   if bad:
-    raise ConfigError(f"layers.select={select!r}: layers {bad} do not exist; valid: 0..{num_layers - 1} "
-                     f"(or -{num_layers}..-1)")
+    raise ConfigError(
+      f"layers.select={select!r}: layers {bad} do not exist; valid: 0..{num_layers - 1} (or -{num_layers}..-1)"
+    )
   return sorted({x % num_layers for x in chosen})
 
 
@@ -50,11 +52,13 @@ def sample_layers(key_data, step: int, num_layers: int, k: int) -> list[int]:
 
 
 def section() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "select": "-1",  # layer numbers "4,5" or a parameter-path regex "layers/.*mlp"
-      "sample": 0,     # LISA: k layers trained at a time (0 = off, use select)
-      "every": 20,     # LISA: resample every this many steps
-  })
+      "sample": 0,  # LISA: k layers trained at a time (0 = off, use select)
+      "every": 20,  # LISA: resample every this many steps
+    }
+  )
 
 
 def check_section(config) -> None:
@@ -87,18 +91,20 @@ def make_lisa(c, num_layers: int):
   def labels(tree):
     outside_layers = lambda path: masks.path_name(path).startswith("model/") and path[1].key != "layers"
     return jax.tree_util.tree_map_with_path(
-        lambda path, label: masks.TRAIN if outside_layers(path) else label, deltas.labels(tree))
+      lambda path, label: masks.TRAIN if outside_layers(path) else label, deltas.labels(tree)
+    )
 
   def prepare(params, rng, context):
-    return deltas.build(params, layer_indices(params, sample_layers(jax.random.key_data(rng), 0, num_layers,
-                                                                    c.sample)))
+    return deltas.build(params, layer_indices(params, sample_layers(jax.random.key_data(rng), 0, num_layers, c.sample)))
 
   def refresh(state, dense_grad, batch_at, total_steps):
     """Fold the sampled layers' deltas into the weights; sample new layers with fresh state."""
     step = int(jax.device_get(state.step))
     tree = scatter_deltas(to_host(state.params))
-    tree = deltas.build(jax.tree_util.tree_map(np.asarray, tree["model"]),
-                        layer_indices(tree["model"], sample_layers(np.asarray(state.rng), step, num_layers, c.sample)))
+    tree = deltas.build(
+      jax.tree_util.tree_map(np.asarray, tree["model"]),
+      layer_indices(tree["model"], sample_layers(np.asarray(state.rng), step, num_layers, c.sample)),
+    )
     fresh = {path: np.full(len(d["index"]), -1) for path, d in deltas.flat_deltas(tree).items()}
     return state.replace(params=tree, opt_state=deltas.remap_optimizer_state(to_host(state.opt_state), fresh))
 

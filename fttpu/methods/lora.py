@@ -9,6 +9,7 @@ magnitude) train. scale = alpha / r, or alpha / sqrt(r) with rsLoRA.
 The artifact is the adapters only; for PiSSA it is rank 2r ([A; -A0], [B, B0]) so that it adds
 onto the untouched pretrained weights.
 """
+
 import re
 
 import jax
@@ -31,8 +32,9 @@ def target_modules(model: dict, pattern: str) -> list[tuple]:
   modules = [p[:-1] for p, v in traverse_util.flatten_dict(model).items() if p[-1] == "kernel" and v.ndim >= 3]
   chosen = [m for m in modules if regex.search("/".join(m))]
   if not chosen:
-    raise ConfigError(f"lora.targets={pattern!r} matches no projection; valid projections: "
-                     f"{['/'.join(m) for m in modules]}")
+    raise ConfigError(
+      f"lora.targets={pattern!r} matches no projection; valid projections: {['/'.join(m) for m in modules]}"
+    )
   return chosen
 
 
@@ -51,23 +53,28 @@ def init_adapter(kernel, in_dims: int, rank: int, scale: float, rng, pissa: bool
     root = np.sqrt(s[:rank] / scale)
     a, b = u[:, :rank] * root, root[:, None] * vt[:rank]
     residual = matrix - scale * (a @ b)
-    return (a.reshape(in_shape + (rank,)).astype(np.float32), b.reshape((rank,) + out_shape).astype(np.float32),
-            residual.reshape(kernel.shape).astype(kernel.dtype))
+    return (
+      a.reshape(in_shape + (rank,)).astype(np.float32),
+      b.reshape((rank,) + out_shape).astype(np.float32),
+      residual.reshape(kernel.shape).astype(kernel.dtype),
+    )
   bound = 1.0 / np.sqrt(rows)  # PEFT: kaiming_uniform(a=sqrt(5)) on A, fan_in = in features
   a = np.asarray(jax.random.uniform(rng, (rows, rank), jnp.float32, -bound, bound))
   return a.reshape(in_shape + (rank,)), np.zeros((rank,) + out_shape, np.float32), None
 
 
 def section() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "rank": 8,
       "alpha": 16.0,
       "dropout": 0.0,
       "targets": "query|value",  # regex over projection paths (layers/query, layers/mlp_in, ...)
-      "rslora": False,           # scale alpha / sqrt(rank) instead of alpha / rank
-      "dora": False,             # DoRA: trained magnitude per output unit
-      "pissa": False,            # PiSSA: initialise from the top singular vectors
-  })
+      "rslora": False,  # scale alpha / sqrt(rank) instead of alpha / rank
+      "dora": False,  # DoRA: trained magnitude per output unit
+      "pissa": False,  # PiSSA: initialise from the top singular vectors
+    }
+  )
 
 
 def check_section(config) -> None:
@@ -89,11 +96,11 @@ def leaf_axes(path: tuple, shape: tuple, model_axes: dict):
     return None
   kernel = tuple(kernel)
   if name in ("lora_a", "lora_a0"):
-    return kernel[:len(shape) - 1] + (None,)
+    return kernel[: len(shape) - 1] + (None,)
   if name in ("lora_b", "lora_b0"):
-    return kernel[:1] + (None,) + kernel[len(kernel) - len(shape) + 2:]
+    return kernel[:1] + (None,) + kernel[len(kernel) - len(shape) + 2 :]
   if name == "dora_magnitude":
-    return kernel[:1] + kernel[len(kernel) - len(shape) + 1:]
+    return kernel[:1] + kernel[len(kernel) - len(shape) + 1 :]
   return kernel[:1]  # lora_scale, lora_dropout: one per layer
 
 
@@ -114,8 +121,17 @@ def make(config, model):
       if c.pissa or c.dora:  # the adapters start from the weight's values (else from its shape only)
         kernel = to_host(kernel)
       layer_shape = jax.ShapeDtypeStruct(kernel.shape[1:], kernel.dtype)
-      adapters = [init_adapter(kernel[l] if c.pissa else layer_shape, _in_dims(module[-1]), c.rank, scale,
-                               jax.random.fold_in(rng, index * layers + l), c.pissa) for l in range(layers)]
+      adapters = [
+        init_adapter(
+          kernel[l] if c.pissa else layer_shape,
+          _in_dims(module[-1]),
+          c.rank,
+          scale,
+          jax.random.fold_in(rng, index * layers + l),
+          c.pissa,
+        )
+        for l in range(layers)
+      ]
       a, b = (np.stack(parts) for parts in list(zip(*adapters))[:2])
       flat[module + ("lora_a",)], flat[module + ("lora_b",)] = a, b
       flat[module + ("lora_scale",)] = np.full((layers,), scale, np.float32)
@@ -132,7 +148,8 @@ def make(config, model):
 
   def labels(tree):
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: masks.TRAIN if str(path[-1].key) in TRAINABLE else masks.FREEZE, tree)
+      lambda path, _: masks.TRAIN if str(path[-1].key) in TRAINABLE else masks.FREEZE, tree
+    )
 
   def artifact(tree):
     """The adapters; PiSSA's as rank-2r adapters over the pretrained (not the residual) kernel."""
@@ -140,8 +157,10 @@ def make(config, model):
       return extra_leaves(tree)
     flat = traverse_util.flatten_dict(extra_leaves(tree))
     for module in [p[:-1] for p in flat if p[-1] == "lora_a0"]:
-      a, b, a0, b0 = (flat.pop(module + (n,)) if n.endswith("0") else flat[module + (n,)]
-                      for n in ("lora_a", "lora_b", "lora_a0", "lora_b0"))
+      a, b, a0, b0 = (
+        flat.pop(module + (n,)) if n.endswith("0") else flat[module + (n,)]
+        for n in ("lora_a", "lora_b", "lora_a0", "lora_b0")
+      )
       flat[module + ("lora_a",)] = jnp.concatenate([a, -a0], axis=-1)
       flat[module + ("lora_b",)] = jnp.concatenate([b, b0], axis=1)
     return traverse_util.unflatten_dict(flat)

@@ -3,6 +3,7 @@
 The labels are the one mechanism that decides what trains: `partition` gives trainable
 leaves the optimizer (with state) and frozen leaves `set_to_zero` (no state at all).
 """
+
 import re
 from typing import Callable
 
@@ -43,8 +44,9 @@ def partition(labels: Callable, trainable: optax.GradientTransformation) -> opta
 
 
 def count_trainable(params, labels) -> int:
-  return sum(int(p.size) for p, l in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(labels))
-             if l == TRAIN)
+  return sum(
+    int(p.size) for p, l in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(labels)) if l == TRAIN
+  )
 
 
 def split(tree, labels):
@@ -63,8 +65,9 @@ def fill(tree, labels, trainable_values):
   """A tree shaped like `tree`: `trainable_values` on TRAIN leaves, zeros elsewhere."""
   leaves, treedef = jax.tree_util.tree_flatten(tree)
   it = iter(trainable_values)
-  return treedef.unflatten([next(it) if label == TRAIN else jnp.zeros_like(x)
-                            for x, label in zip(leaves, treedef.flatten_up_to(labels))])
+  return treedef.unflatten(
+    [next(it) if label == TRAIN else jnp.zeros_like(x) for x, label in zip(leaves, treedef.flatten_up_to(labels))]
+  )
 
 
 def apply_updates(params, updates, labels, key):
@@ -85,9 +88,13 @@ def apply_updates(params, updates, labels, key):
       return stochastic_round(p.astype(jnp.float32) + u.astype(jnp.float32), p.dtype, k)
     return (p + u).astype(p.dtype)
 
-  return jax.tree_util.tree_unflatten(treedef, [
-      update(label, p, u, k) for label, p, u, k in
-      zip(jax.tree_util.tree_leaves(labels), leaves, treedef.flatten_up_to(updates), keys)])
+  return jax.tree_util.tree_unflatten(
+    treedef,
+    [
+      update(label, p, u, k)
+      for label, p, u, k in zip(jax.tree_util.tree_leaves(labels), leaves, treedef.flatten_up_to(updates), keys)
+    ],
+  )
 
 
 def hashed_uniform(key: jax.Array, shape: tuple) -> jax.Array:

@@ -1,4 +1,5 @@
 """Methods that train a named subset of whole leaves: full, zero-shot, bitfit, head, prefix."""
+
 import functools
 
 import jax
@@ -32,7 +33,9 @@ def zero_shot(config, model):
 @register("bitfit", learning_rate=5e-4, zo_learning_rate=1e-3)
 def bitfit(config, model):
   """BitFit (Ben Zaken et al.): only the bias terms train."""
-  return make_method("bitfit", wrap, lambda tree: masks.label_matching(tree, r"^model/.*/bias$", "bitfit's bias pattern"))
+  return make_method(
+    "bitfit", wrap, lambda tree: masks.label_matching(tree, r"^model/.*/bias$", "bitfit's bias pattern")
+  )
 
 
 def fit_logistic_regression(features, labels, classes: int, l2: float, iterations: int = 200):
@@ -63,10 +66,12 @@ def fit_logistic_regression(features, labels, classes: int, l2: float, iteration
 
 
 def head_section() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "solver": "adam",  # adam: trained by the step from the zero-shot classifier; lbfgs: closed form
-      "l2": 1.0,         # lbfgs: L2 penalty (scikit-learn's 1/C)
-  })
+      "l2": 1.0,  # lbfgs: L2 penalty (scikit-learn's 1/C)
+    }
+  )
 
 
 def check_head(config) -> None:
@@ -95,7 +100,8 @@ def head(config, model):
       features = jax.jit(classifier.features)(params, data)
       classes = jax.eval_shape(classifier.zero_shot_head, params, data)[1].shape[0]
       kernel, bias = jax.jit(fit_logistic_regression, static_argnums=(2,))(
-          features, data["labels"], classes, config.head.l2)
+        features, data["labels"], classes, config.head.l2
+      )
     else:
       kernel, bias = jax.jit(classifier.zero_shot_head)(params, data)
     return {"model": params, "head": {"kernel": to_host(kernel), "bias": to_host(bias)}}
@@ -103,12 +109,16 @@ def head(config, model):
   return make_method("head", prepare, lambda tree: masks.label_matching(tree, r"^head/"), trains=solver != "lbfgs")
 
 
-register_section("prefix", lambda: ml_collections.ConfigDict({"length": 5}),  # prefix tokens per layer
-                 lambda config: check(config.prefix.length >= 1, "prefix.length", config.prefix.length,
-                                      "an integer >= 1"))
+register_section(
+  "prefix",
+  lambda: ml_collections.ConfigDict({"length": 5}),  # prefix tokens per layer
+  lambda config: check(config.prefix.length >= 1, "prefix.length", config.prefix.length, "an integer >= 1"),
+)
 
 
-register_added_leaves("prefix_", lambda path, shape, model_axes: ("layers", None, "heads", "kv"))  # (layers, length, ...)
+register_added_leaves(
+  "prefix_", lambda path, shape, model_axes: ("layers", None, "heads", "kv")
+)  # (layers, length, ...)
 
 
 @register("prefix", learning_rate=3e-2, zo_learning_rate=1e-3)
@@ -126,8 +136,11 @@ def prefix(config, model):
     _, captured = model.module.apply({"params": params}, ids, jnp.ones_like(ids), mutable=["intermediates"])
     layers = captured["intermediates"]["layers"]
     tree = dict(params)
-    tree["layers"] = {**tree["layers"], "prefix_key": to_host(layers["key_states"][0][:, 0]),
-                      "prefix_value": to_host(layers["value_states"][0][:, 0])}
+    tree["layers"] = {
+      **tree["layers"],
+      "prefix_key": to_host(layers["key_states"][0][:, 0]),
+      "prefix_value": to_host(layers["value_states"][0][:, 0]),
+    }
     return {"model": tree}
 
   return make_method("prefix", prepare, lambda tree: masks.label_matching(tree, r"/prefix_(key|value)$"))

@@ -16,6 +16,7 @@ pretrained values) and grows as many new ones where the gradient accumulated ove
 `spiel.accumulate` batches is largest. The replaced fraction decays with a cosine to 0 at the
 end of training; the count per weight stays exactly the same.
 """
+
 import jax
 import ml_collections
 import numpy as np
@@ -28,9 +29,11 @@ from fttpu.methods.base import dense_grad_fn, make_method, register, register_se
 from fttpu.sharding import to_host
 
 SELECTORS = ("random", "magnitude", "gradient", "lottery", "half")
-STRUCTURES = {"none": None,  # per layer-stacked weight: which axis indexes heads / channels
-              "heads": {"query": 2, "key": 2, "value": 2, "attention_out": 1},
-              "channels": {"mlp_in": 2, "mlp_out": 1}}
+STRUCTURES = {
+  "none": None,  # per layer-stacked weight: which axis indexes heads / channels
+  "heads": {"query": 2, "key": 2, "value": 2, "attention_out": 1},
+  "channels": {"mlp_in": 2, "mlp_out": 1},
+}
 
 
 def lottery_scores(params, context, steps: int, rng) -> dict:
@@ -95,9 +98,11 @@ def structured_indices(params, scores: dict, axes: dict, density: float) -> dict
   """Flat indices of every entry of the top units (heads or channels), scored by summed entry scores."""
   counts = {"/".join(p): _get(params, p).shape[axes[p[-2]]] for p in scores}
   if len(set(counts.values())) > 1:
-    raise ConfigError(f"sparse.structure: the weights scored together have different unit counts {counts} "
-                      "(grouped-query attention has fewer key/value heads than query heads); use "
-                      "sparse.structure=channels or none")
+    raise ConfigError(
+      f"sparse.structure: the weights scored together have different unit counts {counts} "
+      "(grouped-query attention has fewer key/value heads than query heads); use "
+      "sparse.structure=channels or none"
+    )
   ids = {p: unit_ids(_get(params, p).shape, axes[p[-2]]) for p in scores}
   units = max(int(i.max()) + 1 for i in ids.values())
   unit_scores = sum(np.bincount(ids[p].reshape(-1), scores[p].reshape(-1), minlength=units) for p in scores)
@@ -111,7 +116,7 @@ def half_indices(params, paths, rng) -> dict:
   chosen = {p: [] for p in paths}
   for layer in range(layers):
     order = np.asarray(jax.random.permutation(jax.random.fold_in(rng, layer), len(paths)))
-    for i in order[:len(paths) // 2]:
+    for i in order[: len(paths) // 2]:
       per_layer = _get(params, paths[i])[0].size
       chosen[paths[i]].append(np.arange(layer * per_layer, (layer + 1) * per_layer))
   return {p: np.concatenate(c) for p, c in chosen.items() if c}
@@ -124,24 +129,28 @@ def target_weights(params, config, structure) -> list[tuple]:
 
 
 def sparse_section() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      "density": 0.01,                  # fraction of each target weight's entries that train
-      "selector": "magnitude",          # random | magnitude | gradient | lottery | half
-      "structure": "none",              # none | heads | channels
+  return ml_collections.ConfigDict(
+    {
+      "density": 0.01,  # fraction of each target weight's entries that train
+      "selector": "magnitude",  # random | magnitude | gradient | lottery | half
+      "structure": "none",  # none | heads | channels
       "targets": r"layers/.*/kernel$",  # regex over parameter paths
-      "calibration_batches": 8,         # gradient: batches of squared gradients (Fisher)
-      "lottery_steps": 50,              # lottery: steps of full fine-tuning before choosing
-  })
+      "calibration_batches": 8,  # gradient: batches of squared gradients (Fisher)
+      "lottery_steps": 50,  # lottery: steps of full fine-tuning before choosing
+    }
+  )
 
 
 def spiel_section() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "density": 0.01,
       "targets": r"layers/.*/kernel$",
-      "every": 20,               # steps between prune/regrow
-      "accumulate": 4,           # batches of gradient accumulated to choose what grows
-      "replace_fraction": 0.3,   # fraction replaced at the first refresh, cosine-decayed to 0
-  })
+      "every": 20,  # steps between prune/regrow
+      "accumulate": 4,  # batches of gradient accumulated to choose what grows
+      "replace_fraction": 0.3,  # fraction replaced at the first refresh, cosine-decayed to 0
+    }
+  )
 
 
 def check_density(config, section: str) -> None:
@@ -155,8 +164,12 @@ def check_sparse(config) -> None:
   s = config.sparse
   check(s.selector in SELECTORS, "sparse.selector", s.selector, str(list(SELECTORS)))
   check(s.structure in STRUCTURES, "sparse.structure", s.structure, str(list(STRUCTURES)))
-  check(s.structure == "none" or s.selector != "half", "sparse.structure", s.structure,
-        "'none' with selector 'half' (half picks whole matrices)")
+  check(
+    s.structure == "none" or s.selector != "half",
+    "sparse.structure",
+    s.structure,
+    "'none' with selector 'half' (half picks whole matrices)",
+  )
   check(s.calibration_batches >= 1, "sparse.calibration_batches", s.calibration_batches, "an integer >= 1")
   check(s.lottery_steps >= 1, "sparse.lottery_steps", s.lottery_steps, "an integer >= 1")
 
@@ -183,7 +196,9 @@ def make(config, model):
     if c.selector == "half":
       return deltas.build(params, half_indices(params, paths, rng))
     if c.selector == "random" and structure is None:  # a uniform subset, drawn without scoring every entry
-      return deltas.build(params, {p: random_subset(rng, i, _get(params, p).size, c.density) for i, p in enumerate(paths)})
+      return deltas.build(
+        params, {p: random_subset(rng, i, _get(params, p).size, c.density) for i, p in enumerate(paths)}
+      )
     scores = entry_scores(c.selector, params, paths, rng, context, c)
     if structure is not None:
       return deltas.build(params, structured_indices(params, scores, structure, c.density))
@@ -219,7 +234,9 @@ def make_spiel(config, model):
 
   def prepare(params, rng, context):
     paths = deltas.target_paths(params, c.targets, "spiel.targets")
-    return deltas.build(params, {p: random_subset(rng, i, _get(params, p).size, c.density) for i, p in enumerate(paths)})
+    return deltas.build(
+      params, {p: random_subset(rng, i, _get(params, p).size, c.density) for i, p in enumerate(paths)}
+    )
 
   def refresh(state, dense_grad, batch_at, total_steps):
     """Prune the smallest deltas and grow where the accumulated gradient is largest (host side)."""
@@ -236,8 +253,10 @@ def make_spiel(config, model):
     for path, delta in flat.items():
       replace = int(round(fraction * len(delta["index"])))
       new_index, source = prune_and_regrow(delta["index"], delta["value"], accumulated[path], replace)
-      flat[path] = {"index": new_index,
-                    "value": np.where(source >= 0, delta["value"][np.maximum(source, 0)], 0).astype(np.float32)}
+      flat[path] = {
+        "index": new_index,
+        "value": np.where(source >= 0, delta["value"][np.maximum(source, 0)], 0).astype(np.float32),
+      }
       sources[path] = source
     tree = {**tree, "delta": traverse_util.unflatten_dict(flat)}
     return state.replace(params=tree, opt_state=deltas.remap_optimizer_state(to_host(state.opt_state), sources))

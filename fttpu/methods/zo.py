@@ -25,6 +25,7 @@ the same z from the shared step key, so only scalar losses cross devices.
 A run is also its trajectory: the initial trainable tree plus g per step. `replay` rebuilds
 the final parameters from it.
 """
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -56,11 +57,13 @@ def probe_key(rng: jax.Array, sample) -> jax.Array:
 def draw_noise(tree, labels, key: jax.Array, kind: str) -> list:
   """[(path, unit-scale Noise)] for the trainable leaves in tree order; leaf i's key is subkey i of `key`."""
   words = jax.random.key_data(key)
-  return [(tuple(masks.path_name(path).split("/")), perturbation.leaf_noise(perturbation.subkeys(words, i), leaf.shape,
-                                                                            kind))
-          for i, ((path, leaf), label) in enumerate(zip(jax.tree_util.tree_leaves_with_path(tree),
-                                                        jax.tree_util.tree_leaves(labels)))
-          if label == masks.TRAIN]
+  return [
+    (tuple(masks.path_name(path).split("/")), perturbation.leaf_noise(perturbation.subkeys(words, i), leaf.shape, kind))
+    for i, ((path, leaf), label) in enumerate(
+      zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree_util.tree_leaves(labels))
+    )
+    if label == masks.TRAIN
+  ]
 
 
 def perturb(tree: dict, noise: list, scale) -> dict:
@@ -92,14 +95,20 @@ def gradient(tree, labels, rng: jax.Array, projected: jax.Array, kind: str):
 
   def sample_grad(i):
     draw = draw_noise(tree, labels, probe_key(rng, i), kind)
-    return [noise.replace(scale=noise.scale * projected[i] / samples).value(leaf.shape)
-            for (_, noise), leaf in zip(draw, trainable)]
+    return [
+      noise.replace(scale=noise.scale * projected[i] / samples).value(leaf.shape)
+      for (_, noise), leaf in zip(draw, trainable)
+    ]
 
   if samples == 1:
     values = sample_grad(0)
   else:  # n-SPSA: one accumulator of the trainable leaves' size
-    values = jax.lax.fori_loop(0, samples, lambda i, total: [t + g for t, g in zip(total, sample_grad(i))],
-                               [jnp.zeros(leaf.shape, jnp.float32) for leaf in trainable])
+    values = jax.lax.fori_loop(
+      0,
+      samples,
+      lambda i, total: [t + g for t, g in zip(total, sample_grad(i))],
+      [jnp.zeros(leaf.shape, jnp.float32) for leaf in trainable],
+    )
   return masks.fill(tree, labels, values)
 
 
@@ -125,13 +134,15 @@ def spsa(eps: float, samples: int, kind: str, objective: str, optimizer_name: st
 
 
 def section() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      "base": "lora",          # method=zo's trainable set: one of the methods registered with a zo learning rate
-      "eps": 1e-3,             # perturbation scale (MeZO's default)
-      "samples": 1,            # n-SPSA: estimates averaged per step
-      "noise": "gaussian",     # gaussian | rademacher
-      "objective": "loss",     # loss | accuracy (non-differentiable: minus the batch accuracy)
-  })
+  return ml_collections.ConfigDict(
+    {
+      "base": "lora",  # method=zo's trainable set: one of the methods registered with a zo learning rate
+      "eps": 1e-3,  # perturbation scale (MeZO's default)
+      "samples": 1,  # n-SPSA: estimates averaged per step
+      "noise": "gaussian",  # gaussian | rademacher
+      "objective": "loss",  # loss | accuracy (non-differentiable: minus the batch accuracy)
+    }
+  )
 
 
 def check_section(config) -> None:
@@ -143,9 +154,13 @@ def check_section(config) -> None:
   check(z.objective in OBJECTIVES, "zo.objective", z.objective, str(list(OBJECTIVES)))
   zeroth_order = base.is_zeroth_order(config.method)
   o = config.optimizer
-  check(o.name != SIGN_OF_PROJECTION or zeroth_order, "optimizer.name", o.name,
-        f"{[n for n in optim.OPTIMIZERS if n != SIGN_OF_PROJECTION]} for method={config.method!r} "
-        f"({SIGN_OF_PROJECTION} steps along the sign of a zeroth-order projected gradient: method mezo or zo)")
+  check(
+    o.name != SIGN_OF_PROJECTION or zeroth_order,
+    "optimizer.name",
+    o.name,
+    f"{[n for n in optim.OPTIMIZERS if n != SIGN_OF_PROJECTION]} for method={config.method!r} "
+    f"({SIGN_OF_PROJECTION} steps along the sign of a zeroth-order projected gradient: method mezo or zo)",
+  )
 
 
 base.register_section("zo", section, check_section)
@@ -167,8 +182,10 @@ def make(config, model, base_maker):
   """`method=mezo` (base full) or `method=zo` over config.zo.base, with the SPSA estimate."""
   base_method = base_maker(config, model)
   if not base_method.trains:
-    raise ConfigError(f"zo.base={config.zo.base!r} with these settings trains nothing "
-                      "(head.solver=lbfgs is fitted in closed form); use head.solver=adam")
+    raise ConfigError(
+      f"zo.base={config.zo.base!r} with these settings trains nothing "
+      "(head.solver=lbfgs is fitted in closed form); use head.solver=adam"
+    )
   z = config.zo
   name = "mezo" if config.method == "mezo" else f"zo_{base_method.name}"
   compute_dtype = jnp.dtype(getattr(model.config, "compute_dtype", jnp.float32))
@@ -178,9 +195,12 @@ def make(config, model, base_maker):
     check_resolution(tree, base_method.labels(tree), z.eps, compute_dtype)
     return tree
 
-  return base_method._replace(name=name, prepare=prepare, estimate=spsa(z.eps, z.samples, z.noise, z.objective,
-                                                                        config.optimizer.name),
-                              record=base.StepRecord("train/projected_grad", save_trajectory, z.objective == "loss"))
+  return base_method._replace(
+    name=name,
+    prepare=prepare,
+    estimate=spsa(z.eps, z.samples, z.noise, z.objective, config.optimizer.name),
+    record=base.StepRecord("train/projected_grad", save_trajectory, z.objective == "loss"),
+  )
 
 
 SAMPLED_ENTRIES = 1 << 20  # per leaf, for the start-up resolution check
@@ -194,7 +214,7 @@ def rounded_away_fraction(tree, labels, eps: float, dtype) -> float:
     if label != masks.TRAIN:
       continue
     w = np.asarray(leaf, np.float32).reshape(-1)
-    w = w[::max(1, w.size // SAMPLED_ENTRIES)]  # an even sample: start-up stays cheap for large models
+    w = w[:: max(1, w.size // SAMPLED_ENTRIES)]  # an even sample: start-up stays cheap for large models
     cast = lambda x: np.asarray(jnp.asarray(x).astype(dtype).astype(jnp.float32))
     hidden += int(np.sum((cast(w + eps) == cast(w)) & (cast(w - eps) == cast(w))))
     total += w.size
@@ -208,8 +228,10 @@ def check_resolution(tree, labels, eps: float, dtype, limit: float = 0.5) -> Non
     return  # float32, or sizing the tree without weights (fttpu.plan)
   fraction = rounded_away_fraction(tree, labels, eps, dtype)
   if fraction > limit:
-    raise ConfigError(f"zo.eps={eps} rounds away in {jnp.dtype(dtype).name} for {fraction:.0%} of the trainable "
-                      f"weights (w +- eps == w): raise zo.eps or use model.compute_dtype=float32")
+    raise ConfigError(
+      f"zo.eps={eps} rounds away in {jnp.dtype(dtype).name} for {fraction:.0%} of the trainable "
+      f"weights (w +- eps == w): raise zo.eps or use model.compute_dtype=float32"
+    )
 
 
 # ------------------------------------------------------------------ trajectory
@@ -222,12 +244,16 @@ def save_trajectory(workdir: str, initial_artifact: dict, rng, projected: np.nda
   """The run as its initial trainable tree plus the projected gradients per step (steps, samples)."""
   path = files.join(workdir, TRAJECTORY)
   flat = {"initial/" + "/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(initial_artifact).items()}
-  files.write_atomic(path, safetensors.numpy.save(
-      {**flat, "rng": np.asarray(rng), "projected_grad": np.asarray(projected, np.float32)}, metadata={"method": method}))
+  files.write_atomic(
+    path,
+    safetensors.numpy.save(
+      {**flat, "rng": np.asarray(rng), "projected_grad": np.asarray(projected, np.float32)}, metadata={"method": method}
+    ),
+  )
 
 
 def load_trajectory(path: str, pretrained: dict) -> tuple[dict, np.ndarray, np.ndarray]:
   """(initial tree on the pretrained weights, rng key data, projected gradients (steps, samples))."""
   saved = safetensors.numpy.load(files.read_bytes(path))
-  initial = {k[len("initial/"):]: v for k, v in saved.items() if k.startswith("initial/")}
+  initial = {k[len("initial/") :]: v for k, v in saved.items() if k.startswith("initial/")}
   return checkpoint.onto_pretrained(initial, pretrained), saved["rng"], saved["projected_grad"]

@@ -1,11 +1,12 @@
 """Model families by name: a Flax module, its config from config.json, checkpoint import/export.
 
-  family   architecture                              Hugging Face classes it reads and writes
-  bert     BERT encoder, optional MLM head           BertModel, BertForMaskedLM
-  roberta  RoBERTa encoder, optional MLM head        RobertaModel, RobertaForMaskedLM
-  opt      OPT decoder with its LM head              OPTForCausalLM
-  llama    Llama decoder with its LM head            LlamaForCausalLM
+family   architecture                              Hugging Face classes it reads and writes
+bert     BERT encoder, optional MLM head           BertModel, BertForMaskedLM
+roberta  RoBERTa encoder, optional MLM head        RobertaModel, RobertaForMaskedLM
+opt      OPT decoder with its LM head              OPTForCausalLM
+llama    Llama decoder with its LM head            LlamaForCausalLM
 """
+
 import dataclasses
 import logging
 from typing import Optional
@@ -30,6 +31,7 @@ NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16"
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
   """A pretrained model: module, params (numpy in host memory, or sharded jax.Arrays) and tokenizer."""
+
   module: nn.Module
   params: dict
   tokenizer: Optional[tokenizers.Tokenizer]
@@ -43,17 +45,33 @@ def validate(config) -> None:
   check(m.family in FAMILIES, "model.family", m.family, str(FAMILIES.names()))
   check(m.classifier in classifier.STYLES, "model.classifier", m.classifier, str(list(classifier.STYLES)))
   masked = FAMILIES.get(m.family).masked_lm
-  check(m.classifier != "mlm" or masked, "model.classifier", m.classifier,
-        f"'causal' or 'similarity' for the decoder family {m.family!r} (mlm needs bert or roberta)")
-  check(m.classifier != "causal" or not masked, "model.classifier", m.classifier,
-        f"'mlm' or 'similarity' for the encoder family {m.family!r} (causal needs opt or llama)")
+  check(
+    m.classifier != "mlm" or masked,
+    "model.classifier",
+    m.classifier,
+    f"'causal' or 'similarity' for the decoder family {m.family!r} (mlm needs bert or roberta)",
+  )
+  check(
+    m.classifier != "causal" or not masked,
+    "model.classifier",
+    m.classifier,
+    f"'mlm' or 'similarity' for the encoder family {m.family!r} (causal needs opt or llama)",
+  )
   for key in ("param_dtype", "compute_dtype"):
     check(m[key] in DTYPES, f"model.{key}", m[key], str(sorted(DTYPES)))
-  check(m.checkpoint or m.family == "bert", "model.checkpoint", m.checkpoint,
-        f"a Hugging Face {m.family} checkpoint directory (the installed default is a BERT checkpoint)")
+  check(
+    m.checkpoint or m.family == "bert",
+    "model.checkpoint",
+    m.checkpoint,
+    f"a Hugging Face {m.family} checkpoint directory (the installed default is a BERT checkpoint)",
+  )
   if m.checkpoint:
-    check(files.isfile(files.join(m.checkpoint, "config.json")), "model.checkpoint", m.checkpoint,
-          "a Hugging Face checkpoint directory with config.json (or '' for the default)")
+    check(
+      files.isfile(files.join(m.checkpoint, "config.json")),
+      "model.checkpoint",
+      m.checkpoint,
+      "a Hugging Face checkpoint directory with config.json (or '' for the default)",
+    )
   check(m.logit_scale > 0, "model.logit_scale", m.logit_scale, "a number > 0")
 
 
@@ -62,18 +80,23 @@ def check_length(config: ModelConfig, max_length: int) -> None:
   usable = config.max_positions - config.position_offset
   if max_length > usable:
     from fttpu.errors import ConfigError
-    raise ConfigError(f"config.data.max_length={max_length} is invalid; valid: 8..{usable} tokens "
-                      f"(the checkpoint's {usable} positions)")
+
+    raise ConfigError(
+      f"config.data.max_length={max_length} is invalid; valid: 8..{usable} tokens (the checkpoint's {usable} positions)"
+    )
 
 
-def make_config(family_name: str, hf_config: dict, *, lm_head: bool = False, dtype: str = "float32",
-                param_dtype: str = "float32") -> ModelConfig:
+def make_config(
+  family_name: str, hf_config: dict, *, lm_head: bool = False, dtype: str = "float32", param_dtype: str = "float32"
+) -> ModelConfig:
   """The ModelConfig of a family from a config.json dict and the precision policy."""
   family = FAMILIES.get(family_name)
   model_type = hf_config.get("model_type", family_name)
   if model_type != family_name:
-    raise errors.CheckpointError(f"config.json says model_type={model_type!r} but model.family={family_name!r}; "
-                             f"set model.family to the checkpoint's family (valid: {FAMILIES.names()})")
+    raise errors.CheckpointError(
+      f"config.json says model_type={model_type!r} but model.family={family_name!r}; "
+      f"set model.family to the checkpoint's family (valid: {FAMILIES.names()})"
+    )
   for key, value in (("model.compute_dtype", dtype), ("model.param_dtype", param_dtype)):
     if value not in DTYPES:
       raise ValueError(f"{key}={value!r} is invalid; valid: {sorted(DTYPES)}")
@@ -103,8 +126,15 @@ def init_params(module: nn.Module, rng: jax.Array) -> dict:
   return nn.unbox(module.init(rng, jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"])
 
 
-def load(family_name: str, checkpoint_dir: str, *, lm_head: bool = False, dtype: str = "float32",
-         param_dtype: str = "float32", shardings=None) -> LoadedModel:
+def load(
+  family_name: str,
+  checkpoint_dir: str,
+  *,
+  lm_head: bool = False,
+  dtype: str = "float32",
+  param_dtype: str = "float32",
+  shardings=None,
+) -> LoadedModel:
   """Loads config.json, safetensors and tokenizer.json of a Hugging Face directory.
 
   `lm_head`: build (and read) an encoder's masked-LM head. `shardings`: a tree of target
@@ -118,8 +148,11 @@ def load(family_name: str, checkpoint_dir: str, *, lm_head: bool = False, dtype:
     shardings = shardings(module)
   params, reader = hf.load_params(path, family_name, shapes, NUMPY_DTYPES[param_dtype], shardings, head=config.lm_head)
   total = sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
-  logging.info("read %.0f%% of the checkpoint's %d parameters (the blocks this process's devices hold)",
-               100 * sum(n for _, n in reader.reads) / total, total)
+  logging.info(
+    "read %.0f%% of the checkpoint's %d parameters (the blocks this process's devices hold)",
+    100 * sum(n for _, n in reader.reads) / total,
+    total,
+  )
   tokenizer_path = f"{path}/tokenizer.json"
   try:
     tokenizer = tokenizers.Tokenizer.from_file(tokenizer_path)
@@ -130,13 +163,25 @@ def load(family_name: str, checkpoint_dir: str, *, lm_head: bool = False, dtype:
 
 def load_for(model_config, shardings=None) -> LoadedModel:
   """`load` as a run's config.model says (family, checkpoint, classifier style, precision)."""
-  return load(model_config.family, model_config.checkpoint, lm_head=model_config.classifier == "mlm",
-              dtype=model_config.compute_dtype, param_dtype=model_config.param_dtype, shardings=shardings)
+  return load(
+    model_config.family,
+    model_config.checkpoint,
+    lm_head=model_config.classifier == "mlm",
+    dtype=model_config.compute_dtype,
+    param_dtype=model_config.param_dtype,
+    shardings=shardings,
+  )
 
 
 def export(model: LoadedModel, params: dict, out_dir: str) -> str:
   """Writes plain model `params` (a method's merged tree["model"]) as a Hugging Face directory that
   `transformers` loads, with the source checkpoint's config.json and tokenizer files."""
   dtype = model.config.param_dtype
-  return hf.export(jax.tree_util.tree_map(np.asarray, jax.device_get(params)), model.config.family,
-                   model.config.lm_head, model.checkpoint_dir, out_dir, {"torch_dtype": dtype, "dtype": dtype})
+  return hf.export(
+    jax.tree_util.tree_map(np.asarray, jax.device_get(params)),
+    model.config.family,
+    model.config.lm_head,
+    model.checkpoint_dir,
+    out_dir,
+    {"torch_dtype": dtype, "dtype": dtype},
+  )

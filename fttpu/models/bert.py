@@ -5,6 +5,7 @@ from BERT only in its inputs: learned positions start at pad_token_id + 1 and co
 tokens, and it has one token type. Its MLM head is BERT's (dense, GELU, LayerNorm, the word
 embeddings transposed, a bias per word).
 """
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -19,11 +20,20 @@ class BertEncoder(nn.Module):
   the MLM head's transformed states before the word projection; or "logits", the MLM logits
   (float32). With `positions` (one per row) the head runs there only, and with `vocab_ids` over
   those words only (a verbalizer)."""
+
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, deterministic: bool = True, *, output: str = "hidden",
-               positions=None, vocab_ids=None):
+  def __call__(
+    self,
+    input_ids,
+    attention_mask,
+    deterministic: bool = True,
+    *,
+    output: str = "hidden",
+    positions=None,
+    vocab_ids=None,
+  ):
     c = self.config
     dtype, param_dtype = c.compute_dtype, c.storage_dtype
     if c.positions_from_ids:  # RoBERTa: pad + cumulative count of real tokens; pads get pad
@@ -32,10 +42,11 @@ class BertEncoder(nn.Module):
     else:
       token_positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
     word = Embed(c.vocab_size, c.hidden_size, "vocab", dtype, param_dtype, name="word")
-    embedded = (word(input_ids)
-                + Embed(c.max_positions, c.hidden_size, None, dtype, param_dtype, name="position")(token_positions)
-                + Embed(c.type_vocab_size, c.hidden_size, None, dtype, param_dtype,
-                        name="token_type")(jnp.zeros_like(input_ids)))
+    embedded = (
+      word(input_ids)
+      + Embed(c.max_positions, c.hidden_size, None, dtype, param_dtype, name="position")(token_positions)
+      + Embed(c.type_vocab_size, c.hidden_size, None, dtype, param_dtype, name="token_type")(jnp.zeros_like(input_ids))
+    )
     hidden = LayerNorm(c.norm_eps, dtype, param_dtype, name="embedding_norm")(embedded)
     hidden = nn.Dropout(c.hidden_dropout, deterministic=deterministic)(hidden)
     bias = transformer.attention_bias(attention_mask, False, dtype)
@@ -44,8 +55,9 @@ class BertEncoder(nn.Module):
       return hidden
     # The MLM head: transform, then the tied word embeddings (only the rows asked for) plus a bias.
     x = transformer.gather_positions(hidden, positions)
-    x = transformer.Projection((c.hidden_size,), ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype,
-                               name="lm_transform")(x)
+    x = transformer.Projection(
+      (c.hidden_size,), ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, name="lm_transform"
+    )(x)
     x = LayerNorm(c.norm_eps, dtype, param_dtype, name="lm_norm")(transformer.ACTIVATIONS[c.hidden_act](x))
     if output == "features":
       return x

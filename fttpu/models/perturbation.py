@@ -18,6 +18,7 @@ into its consumer (the perturbed read, the optimizer's update) on every backend.
 threefry runs as a rolled loop on CPU whose bits are materialised at the size of the draw
 (twice a leaf's size for a whole stacked weight).
 """
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -71,7 +72,7 @@ def unit_from_bits(bits: jax.Array, kind: str) -> jax.Array:
   if kind == "rademacher":
     return 1.0 - 2.0 * (bits >> 31).astype(jnp.float32)
   odd = (bits >> 8).astype(jnp.int32) * 2 + (1 - 2**24)  # odd integers in [1 - 2^24, 2^24 - 1]: exact in float32
-  uniform = odd.astype(jnp.float32) * (1.0 / 2**24)       # in (-1, 1), symmetric
+  uniform = odd.astype(jnp.float32) * (1.0 / 2**24)  # in (-1, 1), symmetric
   return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(uniform)
 
 
@@ -81,6 +82,7 @@ class Noise:
 
   keys: (2,) uint32 for the whole leaf, or (rows, 2) one per slice along axis 0; scale: () or (rows,).
   """
+
   keys: jax.Array
   scale: jax.Array
   kind: str = flax.struct.field(pytree_node=False, default="gaussian")

@@ -10,6 +10,7 @@ merges.txt, vocab.txt, tokenizer.model) is written as one by transformers' fast 
 needs `transformers`. Neither is a dependency of fttpu itself. OUT is written beside itself and
 renamed into place, so a failed staging leaves nothing half-written.
 """
+
 import json
 import os
 import shutil
@@ -48,8 +49,10 @@ def stage_weights(source: str, out: str) -> list[str]:
   else:
     shards = _torch_shards(source)
     if not shards:
-      raise CheckpointError(f"{source} has no weights fttpu can stage: model.safetensors, "
-                            f"{index}, pytorch_model.bin or pytorch_model.bin.index.json")
+      raise CheckpointError(
+        f"{source} has no weights fttpu can stage: model.safetensors, "
+        f"{index}, pytorch_model.bin or pytorch_model.bin.index.json"
+      )
     return _convert_torch(source, out, shards)
   for name in names:
     shutil.copy(os.path.join(source, name), os.path.join(out, name))
@@ -61,19 +64,24 @@ def _convert_torch(source: str, out: str, shards: dict) -> list[str]:
     import torch
     from safetensors.torch import save_file
   except ImportError:
-    raise CheckpointError(f"{source} holds PyTorch weights (.bin): converting them needs torch on this machine "
-                          "(pip install torch), or stage a safetensors copy") from None
+    raise CheckpointError(
+      f"{source} holds PyTorch weights (.bin): converting them needs torch on this machine "
+      "(pip install torch), or stage a safetensors copy"
+    ) from None
   weight_map = {}
   for bin_name, safe_name in shards.items():
     tensors = torch.load(os.path.join(source, bin_name), map_location="cpu", weights_only=True)
     # safetensors refuses tensors that share storage (tied embeddings): each gets its own copy
-    save_file({k: v.contiguous().clone() for k, v in tensors.items()}, os.path.join(out, safe_name),
-              metadata={"format": "pt"})
+    save_file(
+      {k: v.contiguous().clone() for k, v in tensors.items()}, os.path.join(out, safe_name), metadata={"format": "pt"}
+    )
     weight_map.update(dict.fromkeys(tensors, safe_name))
   written = list(shards.values())
   if len(shards) > 1:
-    files.write_atomic(os.path.join(out, "model.safetensors.index.json"),
-                       json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+    files.write_atomic(
+      os.path.join(out, "model.safetensors.index.json"),
+      json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2),
+    )
     written.insert(0, "model.safetensors.index.json")
   return written
 
@@ -84,8 +92,10 @@ def stage_tokenizer(source: str, out: str) -> list[str]:
     try:
       import transformers
     except ImportError:
-      raise CheckpointError(f"{source} has no tokenizer.json: writing one from its tokenizer files needs "
-                            "transformers on this machine (pip install transformers)") from None
+      raise CheckpointError(
+        f"{source} has no tokenizer.json: writing one from its tokenizer files needs "
+        "transformers on this machine (pip install transformers)"
+      ) from None
     transformers.AutoTokenizer.from_pretrained(source, use_fast=True).save_pretrained(out)
     source = out
   written = []
@@ -123,4 +133,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from fttpu import cli
+
   cli.run(main)

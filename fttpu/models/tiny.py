@@ -7,6 +7,7 @@ the task's label words are single tokens; the weights are a random Flax init exp
 the same name table as a real checkpoint (hf.export). Tests and the end-to-end prompt demo use
 these where the real RoBERTa-large, OPT or Llama cannot be fetched.
 """
+
 import json
 import os
 
@@ -16,6 +17,7 @@ from absl import flags
 from fttpu import models
 from fttpu.data import tasks, tfds_local
 from fttpu.models import hf
+
 
 def hf_config(family: str, vocab_size: int, max_positions: int = 130) -> dict:
   """A config.json for a tiny model of `family`, as transformers writes them (the family module's)."""
@@ -67,4 +69,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from fttpu import cli
+
   cli.run(main)

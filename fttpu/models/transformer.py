@@ -14,6 +14,7 @@ names (embed, heads, kv, mlp, vocab, layers) for the sharding rules.
 Methods add leaves the layers look for: `lora_a`/`lora_b`/`lora_scale` (and `lora_dropout`,
 `dora_magnitude`) beside a projection's kernel, `prefix_key`/`prefix_value` in a layer.
 """
+
 import dataclasses
 from typing import Any, Optional
 
@@ -27,17 +28,18 @@ from fttpu.models.perturbation import perturbed
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 ACTIVATIONS = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-    "relu": nn.relu,
-    "silu": nn.silu,
+  "gelu": lambda x: nn.gelu(x, approximate=False),
+  "gelu_new": lambda x: nn.gelu(x, approximate=True),
+  "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+  "relu": nn.relu,
+  "silu": nn.silu,
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """The architecture (read from a Hugging Face config.json) and the precision policy."""
+
   family: str
   vocab_size: int
   hidden_size: int
@@ -45,27 +47,27 @@ class ModelConfig:
   num_heads: int
   intermediate_size: int
   max_positions: int
-  num_kv_heads: int = 0          # 0: as many as num_heads (no grouped-query attention)
-  head_dim: int = 0              # 0: hidden_size // num_heads
+  num_kv_heads: int = 0  # 0: as many as num_heads (no grouped-query attention)
+  head_dim: int = 0  # 0: hidden_size // num_heads
   norm_eps: float = 1e-12
   hidden_act: str = "gelu"
-  pre_norm: bool = False         # norm before attention/MLP (OPT, Llama) or after the residual (BERT)
+  pre_norm: bool = False  # norm before attention/MLP (OPT, Llama) or after the residual (BERT)
   rms_norm: bool = False
-  gated_mlp: bool = False        # SwiGLU: act(x W_gate) * (x W_in)
+  gated_mlp: bool = False  # SwiGLU: act(x W_gate) * (x W_in)
   use_bias: bool = True
   causal: bool = False
-  rotary_theta: float = 0.0      # > 0: rotary position embeddings with this base
+  rotary_theta: float = 0.0  # > 0: rotary position embeddings with this base
   hidden_dropout: float = 0.0
   attention_dropout: float = 0.0
   pad_token_id: int = 0
-  type_vocab_size: int = 0       # BERT token types
-  position_offset: int = 0       # learned positions start here (RoBERTa: pad + 1, OPT: 2)
+  type_vocab_size: int = 0  # BERT token types
+  position_offset: int = 0  # learned positions start here (RoBERTa: pad + 1, OPT: 2)
   positions_from_ids: bool = False  # RoBERTa: positions count non-pad tokens
-  final_norm: bool = False       # a norm after the last layer (pre-norm decoders)
-  lm_head: bool = False          # build the language-model head (MLM transform or decoder output)
+  final_norm: bool = False  # a norm after the last layer (pre-norm decoders)
+  lm_head: bool = False  # build the language-model head (MLM transform or decoder output)
   tied_embeddings: bool = True
-  dtype: str = "float32"         # compute dtype of activations and matmuls
-  param_dtype: str = "float32"   # storage dtype of parameters
+  dtype: str = "float32"  # compute dtype of activations and matmuls
+  param_dtype: str = "float32"  # storage dtype of parameters
 
   def __post_init__(self):
     if not self.num_kv_heads:
@@ -100,6 +102,7 @@ class Projection(nn.Module):
   without merging (LoRA; rank r). With `dora_magnitude` (out...) too, the output is rescaled to
   magnitude / ||W + scale A B|| per output unit (DoRA; the norm is not differentiated, as in the paper).
   """
+
   features: tuple[int, ...]
   kernel_axes: tuple[str, ...]
   in_dims: int = 1
@@ -110,16 +113,19 @@ class Projection(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    in_shape = x.shape[x.ndim - self.in_dims:]
-    init = nn.initializers.lecun_normal(in_axis=tuple(range(self.in_dims)),
-                                        out_axis=tuple(range(self.in_dims, self.in_dims + len(self.features))))
+    in_shape = x.shape[x.ndim - self.in_dims :]
+    init = nn.initializers.lecun_normal(
+      in_axis=tuple(range(self.in_dims)), out_axis=tuple(range(self.in_dims, self.in_dims + len(self.features)))
+    )
     kernel = self.param("kernel", axes(init, self.kernel_axes), in_shape + tuple(self.features), self.param_dtype)
     kernel = perturbed(self, "kernel", kernel).astype(self.dtype)
     x = x.astype(self.dtype)
     out = contract(x, kernel, self.in_dims)
     if self.has_variable("params", "lora_a"):
-      a, b, scale = (perturbed(self, name, self.get_variable("params", name)).astype(self.dtype)
-                     for name in ("lora_a", "lora_b", "lora_scale"))
+      a, b, scale = (
+        perturbed(self, name, self.get_variable("params", name)).astype(self.dtype)
+        for name in ("lora_a", "lora_b", "lora_scale")
+      )
       if self.has_variable("params", "lora_dropout") and not self.deterministic:
         rate = self.get_variable("params", "lora_dropout")
         keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, x.shape)
@@ -134,7 +140,7 @@ class Projection(nn.Module):
       else:
         out = out + low_rank
     if self.use_bias:
-      bias_axes = self.kernel_axes[self.in_dims:]
+      bias_axes = self.kernel_axes[self.in_dims :]
       bias = self.param("bias", axes(nn.initializers.zeros, bias_axes), tuple(self.features), self.param_dtype)
       out = out + perturbed(self, "bias", bias).astype(self.dtype)
     return out
@@ -163,6 +169,7 @@ def attention_bias(attention_mask: jax.Array, causal: bool, dtype) -> jax.Array:
 
 class Layer(nn.Module):
   """One transformer block; (hidden, (bias, positions)) -> (hidden, None), to be scanned."""
+
   config: ModelConfig
   deterministic: bool
 
@@ -173,9 +180,13 @@ class Layer(nn.Module):
     dtype, param_dtype = c.compute_dtype, c.storage_dtype
     drop = lambda rate: nn.Dropout(rate, deterministic=self.deterministic)
     project = lambda features, kernel_axes, name, in_dims=1: Projection(
-        features, kernel_axes, in_dims, c.use_bias, self.deterministic, dtype, param_dtype, name=name)
-    norm = lambda name: (RMSNorm(c.norm_eps, dtype, param_dtype, name=name) if c.rms_norm
-                         else LayerNorm(c.norm_eps, dtype, param_dtype, name=name))
+      features, kernel_axes, in_dims, c.use_bias, self.deterministic, dtype, param_dtype, name=name
+    )
+    norm = lambda name: (
+      RMSNorm(c.norm_eps, dtype, param_dtype, name=name)
+      if c.rms_norm
+      else LayerNorm(c.norm_eps, dtype, param_dtype, name=name)
+    )
 
     x = norm("attention_norm")(hidden) if c.pre_norm else hidden
     q = project((c.num_heads, c.head_dim), ("embed", "heads", "kv"), "query")(x)
@@ -183,9 +194,10 @@ class Layer(nn.Module):
     v = project((c.num_kv_heads, c.head_dim), ("embed", "heads", "kv"), "value")(x)
     if c.rotary_theta:
       q, k = rotary(q, positions, c.rotary_theta), rotary(k, positions, c.rotary_theta)
-    self.sow("intermediates", "key_states", k)      # read by prefix tuning's initialisation
+    self.sow("intermediates", "key_states", k)  # read by prefix tuning's initialisation
     self.sow("intermediates", "value_states", v)
     if self.has_variable("params", "prefix_key"):  # prefix tuning: P trained keys/values first, seen by all
+
       def prefix(name, x):
         value = perturbed(self, name, self.get_variable("params", name)).astype(x.dtype)
         return jnp.broadcast_to(value, (x.shape[0],) + value.shape)
@@ -220,9 +232,14 @@ class Layer(nn.Module):
 
 def stack_layers(config: ModelConfig, deterministic: bool, hidden, bias, positions):
   """The L layers as one scanned module named "layers" (parameters stacked on a leading "layers" axis)."""
-  layers = nn.scan(Layer, variable_axes={"params": 0, "intermediates": 0, "noise": 0},
-                   split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                   length=config.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+  layers = nn.scan(
+    Layer,
+    variable_axes={"params": 0, "intermediates": 0, "noise": 0},
+    split_rngs={"params": True, "dropout": True},
+    in_axes=nn.broadcast,
+    length=config.num_layers,
+    metadata_params={nn.PARTITION_NAME: "layers"},
+  )
   hidden, _ = layers(config, deterministic, name="layers")(hidden, (bias, positions))
   return hidden
 

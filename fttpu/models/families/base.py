@@ -1,4 +1,5 @@
 """What a model family declares, and the registry of families by name (config.model.family)."""
+
 import dataclasses
 from typing import Callable
 
@@ -19,6 +20,7 @@ class Names:
   have no parameter here (tied copies, buffers, unused heads); `head_only` those of a head that a
   model built without it does not read.
   """
+
   prefixes: tuple[str, ...]
   layer: str
   modules: dict
@@ -33,10 +35,10 @@ class Family:
   name: str
   config_from_hf: Callable[..., ModelConfig]  # (config.json dict, **ModelConfig overrides) -> ModelConfig
   module: Callable[[ModelConfig], nn.Module]
-  masked_lm: bool           # an MLM head is optional (encoders); decoders always have theirs
-  names: Names              # the Hugging Face tensor names (fttpu.models.hf)
-  default_classifier: str   # similarity | mlm | causal (configs/fewshot.py)
-  output_embedding: str     # the parameter whose rows score words (the zero-shot head of fttpu.classifier)
+  masked_lm: bool  # an MLM head is optional (encoders); decoders always have theirs
+  names: Names  # the Hugging Face tensor names (fttpu.models.hf)
+  default_classifier: str  # similarity | mlm | causal (configs/fewshot.py)
+  output_embedding: str  # the parameter whose rows score words (the zero-shot head of fttpu.classifier)
   tiny_config: Callable[[int, int], dict]  # (vocab size, positions) -> a tiny config.json (fttpu.models.tiny)
   tokenizer: Callable[[list, int], tokenizers.Tokenizer]  # (texts, vocab size) -> a tokenizer of its kind
 
