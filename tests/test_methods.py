@@ -14,7 +14,7 @@ import pytest
 from configs import fewshot
 from fttpu import errors
 from fttpu import classifier, methods, step as step_lib, trainer
-from fttpu.methods import base, deltas, masks, sparse
+from fttpu.methods import base, deltas, lora, masks, sparse
 from fttpu.state import TrainState
 from tests.conftest import tiny_batch
 
@@ -298,7 +298,7 @@ def test_pissa_starts_at_the_base_model_and_its_artifact_adds_onto_the_pretraine
   state = train(method, tree, loss_fn, 3)
   artifact = jax.device_get(method.artifact(state.params))
   assert artifact["model"]["layers"]["query"]["lora_a"].shape[-1] == 8  # rank 2r: [A, -A0]
-  rebuilt = base.merge(
+  rebuilt = lora.merge(
     {
       "model": {
         **tiny.params,

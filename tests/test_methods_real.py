@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from fttpu import checkpoint, classifier, step as step_lib, train
+from fttpu import checkpoint, classifier, methods, step as step_lib, train
 from fttpu.data import pipeline
-from fttpu.methods import base
+from fttpu.methods import lora
 from fttpu.sharding import make_mesh
 from tests.conftest import tiny_batch
 from tests.test_methods import build, make_config
@@ -49,7 +49,7 @@ def test_lora_and_dora_match_peft_on_the_same_adapters(minilm, dora, rslora):
       input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
     ).last_hidden_state.numpy()
   unmerged = np.asarray(minilm.module.apply({"params": tree["model"]}, ids, mask))
-  merged = np.asarray(minilm.module.apply({"params": base.merge(tree)["model"]}, ids, mask))
+  merged = np.asarray(minilm.module.apply({"params": lora.merge(tree)["model"]}, ids, mask))
   real = mask.astype(bool)
   base_hidden = np.asarray(minilm.module.apply({"params": minilm.params}, ids, mask))
   assert np.abs(theirs[real] - base_hidden[real]).max() > 1e-2  # the adapters matter
@@ -72,7 +72,12 @@ def test_artifact_on_the_pretrained_weights_reproduces_the_runs_test_accuracy(
   logits_fn = classifier.make_classifier(minilm.module, "similarity", config.model.logit_scale).logits
   eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
   reloaded = train.evaluate(
-    eval_step, base.merge(tree), sst2_16shot.test, sst2_16shot.prompts, 64, make_mesh({"data": -1})
+    eval_step,
+    methods.METHODS.get(method).make(config, minilm).merge(tree),
+    sst2_16shot.test,
+    sst2_16shot.prompts,
+    64,
+    make_mesh({"data": -1}),
   )
   assert reloaded["accuracy"] == record["eval/accuracy"]
   np.testing.assert_allclose(reloaded["loss"], record["eval/loss"], rtol=1e-5)

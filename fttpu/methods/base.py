@@ -8,7 +8,11 @@ A method's parameters are one tree, built by `prepare` from the pretrained model
 
 `labels` marks each leaf "train" or "freeze" (the optax parameter mask), `view` is what the
 model applies in a train step (sparse deltas scattered in, adapters kept apart) and `merge`
-folds everything foldable into plain model weights for evaluation and export.
+folds everything foldable into plain model weights for evaluation and export (LoRA's own merge
+folds its adapters).
+
+Methods register here (`register`, `register_section`, `register_added_leaves`) when their module
+is imported; fttpu/methods/__init__.py is the table of those modules.
 """
 
 from typing import Any, Callable, NamedTuple, Optional
@@ -59,7 +63,17 @@ class Method(NamedTuple):
 
 
 def make_method(
-  name, prepare, labels, *, estimate=None, trains=True, artifact=None, refresh=None, refresh_every=0, record=None
+  name,
+  prepare,
+  labels,
+  *,
+  estimate=None,
+  trains=True,
+  merge=None,
+  artifact=None,
+  refresh=None,
+  refresh_every=0,
+  record=None,
 ) -> Method:
   return Method(
     name,
@@ -69,7 +83,7 @@ def make_method(
     estimate or autodiff,
     trains,
     view=scatter_deltas,
-    merge=merge,
+    merge=merge or scatter_deltas,  # LoRA's also folds its adapters (fttpu.methods.lora.merge)
     artifact=artifact or extra_leaves,
     refresh=refresh,
     refresh_every=refresh_every,
@@ -167,38 +181,6 @@ def scatter_deltas(tree) -> dict:
     w = weights[path]
     weights[path] = jnp.asarray(w).reshape(-1).at[delta["index"]].add(delta["value"].astype(w.dtype)).reshape(w.shape)
   return {**{k: v for k, v in tree.items() if k != "delta"}, "model": traverse_util.unflatten_dict(weights)}
-
-
-LORA_LEAVES = ("lora_a", "lora_b", "lora_scale", "lora_dropout", "dora_magnitude", "lora_a0", "lora_b0")
-
-
-def fold_adapter(kernel, a, b, scale, magnitude=None):
-  """One projection's kernel with its LoRA (and DoRA magnitude) folded in."""
-  from fttpu.models.transformer import lora_delta
-
-  merged = kernel + lora_delta(a, b, scale)
-  if magnitude is not None:
-    merged = merged * (magnitude / jnp.sqrt(jnp.sum(jnp.square(merged), axis=tuple(range(a.ndim - 1)))))
-  return merged
-
-
-def fold_adapters(model: dict) -> dict:
-  """Model params with every LoRA/DoRA adapter folded into its kernel (and its leaves removed)."""
-  flat = traverse_util.flatten_dict(model)
-  for module in [p[:-1] for p in flat if p[-1] == "lora_a"]:
-    get = lambda name: flat.get(module + (name,))
-    fold = jax.vmap(fold_adapter) if get("lora_scale").ndim else fold_adapter  # stacked layers: (L, ...)
-    kernel = get("kernel")
-    flat[module + ("kernel",)] = fold(
-      kernel, get("lora_a"), get("lora_b"), get("lora_scale"), get("dora_magnitude")
-    ).astype(kernel.dtype)
-  return traverse_util.unflatten_dict({p: v for p, v in flat.items() if p[-1] not in LORA_LEAVES})
-
-
-def merge(tree) -> dict:
-  """Plain model weights (deltas scattered, adapters folded) plus the head and prefixes, if any."""
-  tree = scatter_deltas(tree)
-  return {**tree, "model": fold_adapters(tree["model"])}
 
 
 # Leaves a method adds beside the model's weights, by name prefix -> their logical axes, a function of

@@ -20,7 +20,15 @@ from flax import traverse_util
 
 from fttpu.errors import ConfigError, check, check_regex
 from fttpu.methods import masks
-from fttpu.methods.base import extra_leaves, make_method, register, register_added_leaves, register_section
+from fttpu.methods.base import (
+  extra_leaves,
+  make_method,
+  register,
+  register_added_leaves,
+  register_section,
+  scatter_deltas,
+)
+from fttpu.models.transformer import lora_delta
 from fttpu.sharding import to_host
 
 TRAINABLE = ("lora_a", "lora_b", "dora_magnitude")
@@ -40,6 +48,36 @@ def target_modules(model: dict, pattern: str) -> list[tuple]:
 
 def _in_dims(name: str) -> int:
   return 2 if name == "attention_out" else 1  # attention_out contracts (heads, head_dim)
+
+
+LORA_LEAVES = ("lora_a", "lora_b", "lora_scale", "lora_dropout", "dora_magnitude", "lora_a0", "lora_b0")
+
+
+def fold_adapter(kernel, a, b, scale, magnitude=None):
+  """One projection's kernel with its LoRA (and DoRA magnitude) folded in."""
+  merged = kernel + lora_delta(a, b, scale)
+  if magnitude is not None:
+    merged = merged * (magnitude / jnp.sqrt(jnp.sum(jnp.square(merged), axis=tuple(range(a.ndim - 1)))))
+  return merged
+
+
+def fold_adapters(model: dict) -> dict:
+  """Model params with every LoRA/DoRA adapter folded into its kernel (and its leaves removed)."""
+  flat = traverse_util.flatten_dict(model)
+  for module in [p[:-1] for p in flat if p[-1] == "lora_a"]:
+    get = lambda name: flat.get(module + (name,))
+    fold = jax.vmap(fold_adapter) if get("lora_scale").ndim else fold_adapter  # stacked layers: (L, ...)
+    kernel = get("kernel")
+    flat[module + ("kernel",)] = fold(
+      kernel, get("lora_a"), get("lora_b"), get("lora_scale"), get("dora_magnitude")
+    ).astype(kernel.dtype)
+  return traverse_util.unflatten_dict({p: v for p, v in flat.items() if p[-1] not in LORA_LEAVES})
+
+
+def merge(tree) -> dict:
+  """Plain model weights: deltas scattered and every adapter folded into its kernel."""
+  tree = scatter_deltas(tree)
+  return {**tree, "model": fold_adapters(tree["model"])}
 
 
 def init_adapter(kernel, in_dims: int, rank: int, scale: float, rng, pissa: bool):
@@ -165,4 +203,4 @@ def make(config, model):
       flat[module + ("lora_b",)] = jnp.concatenate([b, b0], axis=1)
     return traverse_util.unflatten_dict(flat)
 
-  return make_method("lora", prepare, labels, artifact=artifact)
+  return make_method("lora", prepare, labels, merge=merge, artifact=artifact)
