@@ -137,7 +137,8 @@ def default_learning_rate(name: str, zo_base: str) -> float:
   if name not in METHODS:
     return DEFAULT_LEARNING_RATE
   rate = METHODS.get(name).learning_rate
-  return rate(zo_base) if callable(rate) else rate
+  rate = rate(zo_base) if callable(rate) else rate
+  return DEFAULT_LEARNING_RATE if rate is None else rate  # (an invalid zo.base fails validation then)
 
 
 def is_zeroth_order(name: str) -> bool:

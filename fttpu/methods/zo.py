@@ -172,7 +172,12 @@ def make_mezo(config, model):
   return make(config, model, base.METHODS.get("full").make)
 
 
-@base.register("zo", learning_rate=lambda zo_base: base.METHODS.get(zo_base).zo_learning_rate, zeroth_order=True)
+def _base_learning_rate(zo_base: str):
+  """method=zo's default: the zeroth-order learning rate zo.base registered (None if it has none)."""
+  return base.METHODS.get(zo_base).zo_learning_rate if zo_base in base.METHODS else None
+
+
+@base.register("zo", learning_rate=_base_learning_rate, zeroth_order=True)
 def make_zo(config, model):
   """MeZO's estimate over the trainable set of the method zo.base names."""
   return make(config, model, base.METHODS.get(config.zo.base).make)
