@@ -129,6 +129,7 @@ def start(config, workdir: str, closing: contextlib.ExitStack) -> "Loop":
   # a method that records a value per step saves it beside its initial trainable tree (the ZO trajectory)
   initial = sharding.to_host(run.method.artifact(run.tree)) if run.method.record else None
   state, state_sharding = trainer.place(run, config.seed, mesh, rules, models.logical_axes(model.module))
+  run = run._replace(tree=None)  # donated to the state: no second copy of the weights for the whole run
   logging.info(
     "parameters: %.1f MB in all, at most %.1f MB on one device",
     sum(p.nbytes for p in jax.tree_util.tree_leaves(state.params)) / 2**20,

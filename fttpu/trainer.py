@@ -103,7 +103,8 @@ def data_batches(config, data: pipeline.FewShotData) -> tuple[Callable, dict]:
 
 
 def place(run: Setup, seed: int, mesh, rules: dict, model_axes: dict):
-  """(TrainState, its shardings) of the prepared tree on `mesh` (the tree is donated)."""
+  """(TrainState, its shardings) of the prepared tree on `mesh`. The tree is donated: drop `run.tree`
+  afterwards (`run._replace(tree=None)`) so that the host copy of the weights can be freed."""
   return sharding.create_state(run.tree, run.method.tx, seed, mesh, rules, model_axes, methods.added_leaf_axes)
 
 
