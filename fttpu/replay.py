@@ -26,30 +26,9 @@ flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
 
-def replay(tree: dict, labels, tx, rng, projected: np.ndarray, kind: str, optimizer_name: str = "sgd") -> dict:
-  """The parameters after len(projected) steps, rebuilt from the trajectory without any loss."""
-  import functools
-  import jax.numpy as jnp
-  from fttpu import step as step_lib
-  from fttpu.methods import zo
-  from fttpu.state import TrainState
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def replay_step(state, projected_grad):
-    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grads = zo.gradient(state.params, labels, step_rng, zo.coefficients(projected_grad, optimizer_name), kind)
-    # a step the run skipped for a non-finite value (train.nonfinite=skip) changed nothing
-    return step_lib.apply_gradients(state, grads, labels, tx, finite=jnp.all(jnp.isfinite(projected_grad)))
-
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=tree, opt_state=tx.init(tree), rng=jnp.asarray(rng))
-  for projected_grad in projected:
-    state = replay_step(state, jnp.asarray(projected_grad))
-  return state.params
-
-
 def replay_workdir(workdir: str) -> dict:
   """{"steps", "max_abs_diff", "identical"}: the replayed parameters against the last checkpoint."""
-  from fttpu import checkpoint, methods, models, optim, workdir as workdir_lib
+  from fttpu import checkpoint, methods, models, optim, trainer, workdir as workdir_lib
   from fttpu.errors import CheckpointError, ConfigError
   from fttpu.methods import zo
   from fttpu.state import TrainState
@@ -84,7 +63,7 @@ def replay_workdir(workdir: str) -> dict:
     ) from None
   labels = method.labels(tree)
   initial = [np.array(x, np.float64) for x in jax.tree_util.tree_leaves(tree)]  # copies: replay donates tree
-  replayed = replay(tree, labels, method.tx, rng, projected, config.zo.noise, config.optimizer.name)
+  replayed = trainer.replay_trajectory(tree, labels, method.tx, rng, projected, config.zo.noise, config.optimizer.name)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
   step = manager.latest_step()
   if step != len(projected):

@@ -5,16 +5,21 @@ state and the jitted steps. train.py, bench.py, plan.py and the tests build thei
   setup(config, model, batch_at, train_set)  -> Setup: classifier, loss, method, prepared tree
   place(setup, tree, mesh, rules)            -> (TrainState on the mesh, its shardings)
   compile_train_step(setup, shardings, ...)  the jitted, donated train step
+  replay_trajectory(...)                     a zeroth-order run rebuilt from its trajectory
 """
 
 import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from fttpu import checkpoint, classifier, methods, models, optim, sharding, step as step_lib
 from fttpu.data import pipeline
 from fttpu.errors import check
+from fttpu.methods import zo
+from fttpu.state import TrainState
 
 NONFINITE = ("stop", "skip")  # train.nonfinite: what a NaN/Inf loss or gradient does
 DIVERGENCE = ("stop", "continue")  # train.divergence: what a diverged run does (fttpu.guards.divergence)
@@ -117,3 +122,23 @@ def compile_train_step(run: Setup, state_sharding, batch_sharding, mesh, skip_no
     out_shardings=(state_sharding, sharding.replicated(mesh)),
     donate_argnums=0,
   )
+
+
+def replay_trajectory(
+  tree: dict, labels, tx, rng, projected: np.ndarray, kind: str, optimizer_name: str = "sgd"
+) -> dict:
+  """A zeroth-order run's parameters after len(projected) steps, rebuilt from its trajectory (the initial
+  tree, the rng key data, the projected gradients per step) without any loss: the update of each step
+  with z regenerated from the step key (fttpu.replay checks the result against the run's checkpoint)."""
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def replay_step(state, projected_grad):
+    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    grads = zo.gradient(state.params, labels, step_rng, zo.coefficients(projected_grad, optimizer_name), kind)
+    # a step the run skipped for a non-finite value (train.nonfinite=skip) changed nothing
+    return step_lib.apply_gradients(state, grads, labels, tx, finite=jnp.all(jnp.isfinite(projected_grad)))
+
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=tree, opt_state=tx.init(tree), rng=jnp.asarray(rng))
+  for projected_grad in projected:
+    state = replay_step(state, jnp.asarray(projected_grad))
+  return state.params

@@ -12,7 +12,7 @@ import pytest
 
 from configs import fewshot
 from fttpu import errors
-from fttpu import methods, replay as replay_lib, step as step_lib, trainer
+from fttpu import methods, step as step_lib, trainer
 from fttpu.methods import base, masks, zo
 from fttpu.models import perturbation
 from fttpu.state import TrainState
@@ -185,7 +185,7 @@ def test_replaying_the_trajectory_reproduces_the_trained_parameters(tiny, base_n
   for i in range(6):
     state, metrics = step(state, tiny_batch(i))
     projected.append(np.asarray(metrics["train/projected_grad"]))
-  replayed = replay_lib.replay(
+  replayed = trainer.replay_trajectory(
     tree,
     method.labels(tree),
     method.tx,
