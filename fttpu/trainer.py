@@ -53,12 +53,11 @@ def check_train(config) -> None:
 def validate(config) -> None:
   """Fails with the key, the value and the valid range for anything fttpu cannot run; each section is
   checked by the module that owns it, before any data is read or anything is compiled."""
-  check(config.method in methods.METHODS, "method", config.method, str(methods.METHODS.names()))
+  methods.validate(config)  # first: the method's name, then every method section
   models.validate(config)
   pipeline.validate(config)
   check_train(config)
   optim.validate(config)
-  methods.validate(config)
   sharding.validate(config)
 
 
