@@ -1,7 +1,7 @@
 """Things by name (methods, model families, config sections): `register` adds one, `get` finds it or
 fails with the valid names. A leaf module beside fttpu.errors."""
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 from fttpu.errors import ConfigError
 
@@ -20,10 +20,6 @@ class Registry(Generic[T]):
       raise ValueError(f"{self.kind} {name!r} is registered twice")
     self._entries[name] = entry
     return entry
-
-  def registering(self, name: str) -> Callable[[T], T]:
-    """A decorator form of `register`."""
-    return lambda entry: self.register(name, entry)
 
   def unregister(self, name: str) -> None:
     del self._entries[name]
