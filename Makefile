@@ -23,7 +23,7 @@ $(VENV)/.installed: setup.py
 # transformers, PEFT (LoRA, DoRA) and scikit-learn (logistic regression).
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e '.[test]' >> $(PIPLOG) 2>&1 || { tail -30 $(PIPLOG); exit 1; }
-	$(PY) -c "import pytest, hypothesis, torch, transformers, peft, sklearn"
+	$(PY) -c "import pytest, xdist, hypothesis, torch, transformers, peft, sklearn"
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,12 +39,15 @@ prompt-demo: install
 	$(PY) -m fttpu.main --config=configs/fewshot.py:family=roberta,checkpoint=workdirs/tiny-roberta,method=full,steps=100 \
 	  --config.data.dir=$(DATA_DIR) --config.optimizer.learning_rate=1e-3 --workdir=workdirs/roberta-prompt
 
-# The test suite (CPU). Long runs are marked `slow` and run by `make test-all`.
+# The test suite (CPU). Long runs are marked `slow` and run by `make test-all`. The files run over
+# TEST_WORKERS processes (pytest-xdist), one file to a worker; the runs share one compilation cache.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: install-test
-	DATA_DIR=$(DATA_DIR) $(PY) -m pytest -q -m "not slow" tests
+	DATA_DIR=$(DATA_DIR) $(PYTEST) -m "not slow" tests
 
 test-all: install-test
-	DATA_DIR=$(DATA_DIR) $(PY) -m pytest -q tests
+	DATA_DIR=$(DATA_DIR) $(PYTEST) tests
 
 # Step time, compile time, compiled memory and peak RSS per method (JSON). Beside it, for the
 # PyTorch peers: THREADS=2 BATCH=16 SEQ=64 $(PY) ../shared/bench/peer_torch.py (after make install-test).

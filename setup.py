@@ -33,7 +33,7 @@ setup(
     ],
     extras_require={
         # Test-only references: PyTorch (the local CPU build) and HF transformers for parity.
-        "test": ["pytest", "hypothesis", "torch==2.13.0", "transformers", "peft", "scikit-learn",
+        "test": ["pytest", "pytest-xdist", "hypothesis", "torch==2.13.0", "transformers", "peft", "scikit-learn",
                  "gcp-storage-emulator",  # a local GCS server for the gs:// tests
                  "ruff"],  # the formatter (make format; settings in ruff.toml)
     },

@@ -80,6 +80,7 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
   import ml_collections
   from flax import traverse_util
   from fttpu import checkpoint, methods, models, optim, workdir as workdir_lib
+  from fttpu.methods import zo
   from fttpu.models import hf
   from fttpu.errors import CheckpointError
 
@@ -107,7 +108,7 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
     "the local copy of the run's pretrained checkpoint": hf.resolve_checkpoint_dir(config.model.checkpoint),
   }
   check_destination(out_dir, protected, overwrite)
-  trajectory = files.join(workdir, "trajectory.safetensors")
+  trajectory = files.join(workdir, zo.TRAJECTORY)
   if files.exists(trajectory):
     check_trajectory(trajectory, step)
   restored = checkpoint.restore_untyped(manager, step)
@@ -124,7 +125,7 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None, overwrit
     models.export(model, merged, directory)
     checkpoint.save_artifact(os.path.join(directory, "artifact.safetensors"), method.artifact(tree), method.name)
     if files.exists(trajectory):
-      files.copy_tree(trajectory, os.path.join(directory, "trajectory.safetensors"))
+      files.copy_tree(trajectory, os.path.join(directory, zo.TRAJECTORY))
 
   files.replace_directory(build, out_dir)
   manager.close()

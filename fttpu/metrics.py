@@ -1,15 +1,35 @@
 """Metrics to DIR/metrics.jsonl (one JSON object per line) and TensorBoard, plus progress lines."""
 
+import contextlib
 import io
 import json
 import logging
+import sys
 import time
 
 import numpy as np
-from tensorboardX import SummaryWriter, record_writer
 
 from fttpu import files
 from fttpu.errors import DataError
+
+
+@contextlib.contextmanager
+def _torch_hidden():
+  """While it is held, `import torch` fails as if PyTorch were not installed. tensorboardX imports it when
+  it can (1 s and 300 MB in every run of an environment that has PyTorch) only to accept torch tensors,
+  which fttpu never logs."""
+  if "torch" in sys.modules:  # already paid for
+    yield
+    return
+  sys.modules["torch"] = None
+  try:
+    yield
+  finally:
+    del sys.modules["torch"]
+
+
+with _torch_hidden():
+  from tensorboardX import SummaryWriter, record_writer
 
 
 def quiet_library_logs():

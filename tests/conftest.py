@@ -1,11 +1,33 @@
 """Shared fixtures: the real MiniLM checkpoint and real 16-shot SST-2, loaded once per session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def share_compiled_programs():
+  """One persistent XLA compilation cache for the whole test session: the many end-to-end runs
+  (subprocesses, which inherit the environment) and in-process tests compile the same steps on the
+  same tiny models, and each compiles only once. It starts empty, so a session proves what a fresh
+  clone does; pytest-xdist's workers inherit the controller's directory."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  path = tempfile.mkdtemp(prefix="fttpu-test-xla-cache-")
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  # A size limit turns on the cache's file lock: without it, a process can read an entry another is writing.
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
+
+
+share_compiled_programs()
 
 
 def data_dir() -> str:
@@ -108,9 +130,29 @@ SHARED_CODE_FAMILIES = ("bert", "opt")
 SHARED_CODE_FAST_METHODS = ("full", "lora", "mezo")
 
 
+# The files whose end-to-end runs take longest, longest first (measured; only the order depends on it).
+# `make test` runs the files over two pytest-xdist workers (--dist loadfile: a file's module fixtures are
+# built once), handing out files in collection order: the long ones go first so that none of them starts
+# last and runs alone.
+LONGEST_FILES = (
+  "test_resilience.py",
+  "test_zo_real.py",
+  "test_multihost.py",
+  "test_workdir.py",
+  "test_zo_consistency.py",
+  "test_experiments.py",
+  "test_methods_real.py",
+  "test_bad_input.py",
+  "test_sharding.py",
+  "test_family_methods.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
   import pytest
 
+  rank = lambda item: LONGEST_FILES.index(item.path.name) if item.path.name in LONGEST_FILES else len(LONGEST_FILES)
+  items.sort(key=rank)  # stable: the tests of a file keep their order
   for item in items:
     callspec = getattr(item, "callspec", None)
     if (

@@ -3,6 +3,7 @@ imports counted), no function over 80 lines, and a method added as one module pl
 
 import ast
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -97,6 +98,16 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_local_import():
 def test_fttpu_has_no_import_cycle():
   found = cycles(import_graph())
   assert not found, f"import cycles in fttpu/: {found}"
+
+
+def test_a_run_does_not_load_pytorch_where_it_is_installed():
+  """The tests' environment has PyTorch (their reference); tensorboardX would import it into every run
+  (1 s and 300 MB) only to accept torch tensors, which fttpu never logs."""
+  import subprocess
+
+  assert importlib.util.find_spec("torch"), "the test environment installs PyTorch: this test needs it"
+  code = "import sys, fttpu.main, fttpu.metrics; sys.exit('torch' in sys.modules)"
+  assert subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, timeout=120).returncode == 0
 
 
 def test_no_function_in_fttpu_is_longer_than_80_lines():

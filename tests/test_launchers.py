@@ -36,7 +36,8 @@ echo "fake gcloud $4 done"
   "srun": RECORD + 'while [ "${1#-}" != "$1" ]; do shift; done\n'
   'for i in 0 1; do SLURM_PROCID=$i SLURM_NTASKS=2 "$@" || exit; done\n',
   # python: what each task (or TPU worker) would run; one file per process id.
-  "python": 'printf "%s\\n" "$@" > "$FAKE_DIR/python.${SLURM_PROCID:-worker}"\n',
+  # Written whole (temporary, then renamed): a test polls for the file while the detached run writes it.
+  "python": 'out="$FAKE_DIR/python.${SLURM_PROCID:-worker}"; printf "%s\\n" "$@" > "$out.$$"; mv "$out.$$" "$out"\n',
 }
 LAUNCHER_ENV = (
   "TPU_NAME",

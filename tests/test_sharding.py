@@ -42,9 +42,9 @@ METHODS = {
 TOLERANCE = {"full": 1e-4, "lora": 1e-4, "sparse": 1e-4, "mezo": 1e-3}
 
 SCRIPT = """
-import functools, json, math, re, sys, tempfile
+import json, math, re, sys, tempfile
 import jax, numpy as np
-from fttpu import checkpoint, methods, models, sharding, step as step_lib
+from fttpu import checkpoint, models, sharding, trainer
 from tests.conftest import make_tiny, tiny_batch
 from tests.test_methods import build, make_config
 from tests.test_sharding import MESHES, METHODS, STEPS
@@ -56,11 +56,10 @@ batches = lambda i: tiny_batch(i, size=8)
 host = lambda tree: jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
 
-def train(method, tree, loss_fn, mesh):
-  state, shardings = sharding.create_state(host(tree), method.tx, 0, mesh, rules, axes, methods.added_leaf_axes)
-  step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn),
-                 in_shardings=(shardings, sharding.batch_shardings(mesh, batches(0))),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+def train(method, tree, loss_fn, mesh):  # placed and compiled as fttpu.train does
+  run = trainer.Setup(method, host(tree), loss_fn, logits_fn=None, optimizer=None)
+  state, shardings = trainer.place(run, 0, mesh, rules, axes)
+  step = trainer.compile_train_step(run, shardings, sharding.batch_shardings(mesh, batches(0)), mesh)
   step = step.lower(state, sharding.put_batch(mesh, batches(0))).compile()
   losses = []
   for i in range(STEPS):
@@ -127,7 +126,7 @@ for name, (method_name, optimizer, lr) in METHODS.items():
       restored = {}
       for target, shape in (("one", {"data": 1, "fsdp": 1, "tensor": 1}), ("2x2", {"data": 1, "fsdp": 2, "tensor": 2})):
         mesh = sharding.make_mesh(shape, jax.devices()[:math.prod(shape.values())])
-        like, _ = sharding.create_state(initial, method.tx, 0, mesh, rules, axes, methods.added_leaf_axes)
+        like, _ = trainer.place(trainer.Setup(method, initial, None, None, None), 0, mesh, rules, axes)
         state, _ = checkpoint.restore(manager, STEPS, like)
         same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(host(state)), jax.tree_util.tree_leaves(saved)))
         restored[target] = {"identical": same, "devices": state.params["model"]["word"]["embedding"].sharding.num_devices,

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from fttpu import classifier, methods, optim, step as step_lib
+from fttpu import classifier, methods, optim, step as step_lib, trainer
 from fttpu.data import pipeline
 from fttpu.methods import masks
 from fttpu.state import TrainState
@@ -16,14 +16,12 @@ from fttpu.state import TrainState
 def setup(minilm, sst2_config, sst2_16shot):
   """(make_state, jitted donated step, loss_fn, data) for full fine-tuning, compiled once."""
   # No weight decay: only gradients may move a parameter, so an unchanged leaf means no gradient reached it.
-  optimizer_config = sst2_config.optimizer.copy_and_resolve_references()
-  optimizer_config.weight_decay = 0.0
-  method = methods.get_method(sst2_config, optim.make_optimizer(optimizer_config, 30), minilm)
-  logits_fn = classifier.make_classifier(minilm.module, "similarity", sst2_config.model.logit_scale).logits
-  loss_fn = classifier.make_loss_fn(logits_fn)
-  train_step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn), donate_argnums=0)
-  make_state = lambda: TrainState.create({"model": jax.tree_util.tree_map(np.array, minilm.params)}, method.tx, 42)
-  return make_state, train_step, loss_fn, sst2_16shot
+  config = sst2_config.copy_and_resolve_references()
+  config.optimizer.weight_decay = 0.0
+  run = trainer.setup(config, minilm, functools.partial(batch_at, sst2_16shot), {}, total_steps=30)
+  train_step = jax.jit(functools.partial(step_lib.train_step, method=run.method, loss_fn=run.loss_fn), donate_argnums=0)
+  make_state = lambda: TrainState.create(jax.tree_util.tree_map(np.array, run.tree), run.method.tx, 42)
+  return make_state, train_step, run.loss_fn, sst2_16shot
 
 
 def batch_at(data, step):
@@ -65,12 +63,10 @@ def test_full_changes_every_parameter_and_lowers_the_training_loss(setup, minilm
 def test_zero_shot_step_keeps_params_bit_identical_with_no_optimizer_state(minilm, sst2_config, sst2_16shot):
   config = sst2_config.copy_and_resolve_references()
   config.method = "zero_shot"
-  method = methods.get_method(config, optim.make_optimizer(sst2_config.optimizer, 10), minilm)
+  run = trainer.setup(config, minilm, functools.partial(batch_at, sst2_16shot), {}, total_steps=10)
+  method, loss_fn = run.method, run.loss_fn
   assert not method.trains
-  loss_fn = classifier.make_loss_fn(
-    classifier.make_classifier(minilm.module, "similarity", sst2_config.model.logit_scale).logits
-  )
-  state = TrainState.create({"model": jax.tree_util.tree_map(np.array, minilm.params)}, method.tx, 42)
+  state = TrainState.create(jax.tree_util.tree_map(np.array, run.tree), method.tx, 42)
   state_entries = sum(np.size(x) for x in jax.tree_util.tree_leaves(state.opt_state) if np.ndim(x) > 0)
   assert state_entries == 0, "frozen leaves must carry no optimizer state (only scalar step counters)"
   new_state, _ = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn))(

@@ -1,5 +1,6 @@
 """MeZO on the real checkpoint and real 16-shot SST-2: it learns, and a run's trajectory replays."""
 
+import dataclasses
 import functools
 import json
 import subprocess
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import fewshot
-from fttpu import classifier, methods, optim, step as step_lib
+from fttpu import step as step_lib, trainer
 from fttpu.data import pipeline
 from fttpu.state import TrainState
 from tests.conftest import REPO, data_dir
@@ -24,18 +25,16 @@ def mezo_training_loss(minilm, sst2_16shot, param_dtype) -> tuple[float, float]:
   config = fewshot.get_config("method=mezo")
   config.optimizer.learning_rate = 1e-4
   config.zo.noise = "gaussian"
-  method = methods.get_method(config, optim.make_optimizer(config.optimizer, 150), minilm)
-  loss_fn = classifier.make_loss_fn(
-    classifier.make_classifier(minilm.module, "similarity", config.model.logit_scale).logits
-  )
-  whole = {**pipeline.whole(sst2_16shot.train), **sst2_16shot.prompts}
-  train_loss = jax.jit(lambda tree: loss_fn(tree, whole)[0])
-  step = jax.jit(functools.partial(step_lib.train_step, method=method, loss_fn=loss_fn), donate_argnums=0)
   params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(param_dtype), minilm.params)
-  state = TrainState.create({"model": params}, method.tx, 42)
+  batch_at = lambda i: {**pipeline.train_batch(sst2_16shot.train, i, 8, 42), **sst2_16shot.prompts}
+  run = trainer.setup(config, dataclasses.replace(minilm, params=params), batch_at, {}, total_steps=150)
+  whole = {**pipeline.whole(sst2_16shot.train), **sst2_16shot.prompts}
+  train_loss = jax.jit(lambda tree: run.loss_fn(tree, whole)[0])
+  step = jax.jit(functools.partial(step_lib.train_step, method=run.method, loss_fn=run.loss_fn), donate_argnums=0)
+  state = TrainState.create(run.tree, run.method.tx, 42)
   before = float(train_loss(state.params))
   for i in range(150):
-    state, _ = step(state, {**pipeline.train_batch(sst2_16shot.train, i, 8, 42), **sst2_16shot.prompts})
+    state, _ = step(state, batch_at(i))
   assert all(x.dtype == param_dtype for x in jax.tree_util.tree_leaves(state.params))
   return before, float(train_loss(state.params))
 
