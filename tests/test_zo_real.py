@@ -19,21 +19,24 @@ from tests.conftest import REPO, data_dir
 from tests.test_main import run_main
 
 
+MEZO_STEPS = 75  # the loss falls to 0.64x in float32 and in bfloat16 (to 0.50x after 150 steps)
+
+
 def mezo_training_loss(minilm, sst2_16shot, param_dtype) -> tuple[float, float]:
-  """Training loss over all 32 examples before and after 150 gaussian ZO-SGD steps (lr 1e-4, batch 8)
-  over all 22.7M parameters, stored in `param_dtype` (computed in float32)."""
+  """Training loss over all 32 examples before and after MEZO_STEPS gaussian ZO-SGD steps (lr 1e-4, batch
+  8) over all 22.7M parameters, stored in `param_dtype` (computed in float32)."""
   config = fewshot.get_config("method=mezo")
   config.optimizer.learning_rate = 1e-4
   config.zo.noise = "gaussian"
   params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(param_dtype), minilm.params)
   batch_at = lambda i: {**pipeline.train_batch(sst2_16shot.train, i, 8, 42), **sst2_16shot.prompts}
-  run = trainer.setup(config, dataclasses.replace(minilm, params=params), batch_at, {}, total_steps=150)
+  run = trainer.setup(config, dataclasses.replace(minilm, params=params), batch_at, {}, total_steps=MEZO_STEPS)
   whole = {**pipeline.whole(sst2_16shot.train), **sst2_16shot.prompts}
   train_loss = jax.jit(lambda tree: run.loss_fn(tree, whole)[0])
   step = jax.jit(functools.partial(step_lib.train_step, method=run.method, loss_fn=run.loss_fn), donate_argnums=0)
   state = TrainState.create(run.tree, run.method.tx, 42)
   before = float(train_loss(state.params))
-  for i in range(150):
+  for i in range(MEZO_STEPS):
     state, _ = step(state, batch_at(i))
   assert all(x.dtype == param_dtype for x in jax.tree_util.tree_leaves(state.params))
   return before, float(train_loss(state.params))

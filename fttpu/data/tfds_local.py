@@ -8,6 +8,7 @@ edited file is re-prepared) and is read back with `as_data_source`, which needs 
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib
 import os
@@ -87,17 +88,24 @@ def _position(index) -> tuple[int, ...]:
   return (int(index),)
 
 
-def _read_all(source, fields) -> tuple[list[tuple[str, ...]], np.ndarray]:
-  """All labelled rows of a split in file order (TFDS shuffles on prepare; ours carry `index`, GLUE's `idx`).
+@functools.lru_cache(maxsize=8)
+def _read_all(builder_dir: str, split: str, fields: tuple) -> tuple[tuple[tuple[str, ...], ...], np.ndarray]:
+  """All labelled rows of a prepared split in file order (TFDS shuffles on prepare; ours carry `index`,
+  GLUE's `idx`), read-only.
 
   `fields` are the feature names of the texts; rows with label -1 (SNLI's no gold label) are dropped.
+  Decoding every example costs seconds (SST-2's 67k rows: 2 s), so a process reads a split once: the
+  runs of a sweep share it. A directory prepared from other content has another name (its fingerprint).
   """
+  source = tfds.builder_from_directory(builder_dir).as_data_source(split=split)
   rows = source.__getitems__(range(len(source)))
   order_key = next((k for k in ("index", "idx") if rows and k in rows[0]), None)
   if order_key:
     rows = sorted(rows, key=lambda r: _position(r[order_key]))
   rows = [r for r in rows if int(r["label"]) >= 0]
-  return [tuple(_text(r[f]) for f in fields) for r in rows], np.asarray([r["label"] for r in rows], np.int32)
+  labels = np.asarray([r["label"] for r in rows], np.int32)
+  labels.flags.writeable = False
+  return tuple(tuple(_text(r[f]) for f in fields) for r in rows), labels
 
 
 def _check_reachable(builder) -> None:
@@ -137,7 +145,7 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
         file_format="array_record",
       )
       builder.download_and_prepare()
-    return {split: _read_all(builder.as_data_source(split=split), task.text_fields) for split in SPLITS}
+    return {split: _read_all(os.fspath(builder.data_dir), split, tuple(task.text_fields)) for split in SPLITS}
   if task.tfds_name:
     try:
       if task.tfds_module:
@@ -146,7 +154,8 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
         builder = tfds.builder(task.tfds_name, data_dir=cache_dir, file_format="array_record")
         _check_reachable(builder)
         builder.download_and_prepare()
-      sources = {ours: builder.as_data_source(split=theirs) for ours, theirs in task.tfds_splits}
+      for _, theirs in task.tfds_splits:
+        builder.as_data_source(split=theirs)  # fails here, inside the explanation below, if it cannot be read
     except Exception as e:  # offline, or TFDS cannot build it here
       reason = str(e).splitlines()[0][:200] if str(e) else ""
       raise FileNotFoundError(
@@ -154,7 +163,8 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
         f"loaded ({type(e).__name__}: {reason}). Point fttpu at the data: --config.data.dir=DIR "
         f"(or `make demo DATA_DIR=DIR`) where DIR/{task.name}/train.tsv and test.tsv exist."
       ) from e
-    return {split: _read_all(source, task.tfds_fields or task.text_fields) for split, source in sources.items()}
+    fields = tuple(task.tfds_fields or task.text_fields)
+    return {ours: _read_all(os.fspath(builder.data_dir), theirs, fields) for ours, theirs in task.tfds_splits}
   raise FileNotFoundError(
     f"task {task.name!r} has no TFDS catalog entry and no directory "
     f"{os.path.join(data_dir, task.name)} with train.tsv and test.tsv; "
