@@ -89,7 +89,7 @@ def test_processes_preparing_one_dataset_at_once_both_get_it(tmp_path):
     barrier = manager.Barrier(2)
     futures = [pool.submit(_load_after, barrier, "big", str(tmp_path), str(tmp_path / "tfds")) for _ in range(2)]
     results = [f.result(timeout=300) for f in futures]
-  assert results[0] == results[1] == (("sentence number 0",), ("sentence number 1",), ("sentence number 2",))
+  assert results[0] == results[1] == [("sentence number 0",), ("sentence number 1",), ("sentence number 2",)]
 
 
 def test_unknown_task_and_missing_data_say_where_to_point(tmp_path, tfds_dir, monkeypatch):

@@ -91,7 +91,7 @@ def _position(index) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=8)
 def _read_all(builder_dir: str, split: str, fields: tuple) -> tuple[tuple[tuple[str, ...], ...], np.ndarray]:
   """All labelled rows of a prepared split in file order (TFDS shuffles on prepare; ours carry `index`,
-  GLUE's `idx`), read-only.
+  GLUE's `idx`), kept for the next read (callers get a copy).
 
   `fields` are the feature names of the texts; rows with label -1 (SNLI's no gold label) are dropped.
   Decoding every example costs seconds (SST-2's 67k rows: 2 s), so a process reads a split once: the
@@ -104,8 +104,13 @@ def _read_all(builder_dir: str, split: str, fields: tuple) -> tuple[tuple[tuple[
     rows = sorted(rows, key=lambda r: _position(r[order_key]))
   rows = [r for r in rows if int(r["label"]) >= 0]
   labels = np.asarray([r["label"] for r in rows], np.int32)
-  labels.flags.writeable = False
   return tuple(tuple(_text(r[f]) for f in fields) for r in rows), labels
+
+
+def _copy(split: tuple) -> tuple[list[tuple[str, ...]], np.ndarray]:
+  """A split the caller may change without changing what the next read returns."""
+  rows, labels = split
+  return list(rows), labels.copy()
 
 
 def _check_reachable(builder) -> None:
@@ -145,7 +150,7 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
         file_format="array_record",
       )
       builder.download_and_prepare()
-    return {split: _read_all(os.fspath(builder.data_dir), split, tuple(task.text_fields)) for split in SPLITS}
+    return {split: _copy(_read_all(os.fspath(builder.data_dir), split, tuple(task.text_fields))) for split in SPLITS}
   if task.tfds_name:
     try:
       if task.tfds_module:
@@ -164,7 +169,7 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
         f"(or `make demo DATA_DIR=DIR`) where DIR/{task.name}/train.tsv and test.tsv exist."
       ) from e
     fields = tuple(task.tfds_fields or task.text_fields)
-    return {ours: _read_all(os.fspath(builder.data_dir), theirs, fields) for ours, theirs in task.tfds_splits}
+    return {ours: _copy(_read_all(os.fspath(builder.data_dir), theirs, fields)) for ours, theirs in task.tfds_splits}
   raise FileNotFoundError(
     f"task {task.name!r} has no TFDS catalog entry and no directory "
     f"{os.path.join(data_dir, task.name)} with train.tsv and test.tsv; "
