@@ -22,7 +22,6 @@ def share_compiled_programs():
   atexit.register(shutil.rmtree, path, ignore_errors=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = path
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
-  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   # A size limit turns on the cache's file lock: without it, a process can read an entry another is writing.
   os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
 

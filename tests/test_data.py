@@ -45,6 +45,11 @@ def test_tfds_builder_gives_the_file_rows_in_order(tfds_dir):
     sentences, labels = tsv.read_tsv(f"{data_dir()}/trec/{split}.tsv", task.num_classes)
     assert splits[split][0] == sentences
     np.testing.assert_array_equal(splits[split][1], labels)
+  # A process reads a split once; what a caller does to its copy does not reach the next read.
+  splits["train"][0][0], splits["train"][1][0] = ("changed",), 99
+  rows, labels = tfds_local.load_splits(task, data_dir(), tfds_dir)["train"]
+  assert rows == tsv.read_tsv(f"{data_dir()}/trec/train.tsv", task.num_classes)[0]
+  assert labels[0] != 99
 
 
 def test_malformed_row_fails_through_the_tfds_builder(tmp_path, tfds_dir):

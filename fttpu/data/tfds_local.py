@@ -159,8 +159,8 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
         builder = tfds.builder(task.tfds_name, data_dir=cache_dir, file_format="array_record")
         _check_reachable(builder)
         builder.download_and_prepare()
-      for _, theirs in task.tfds_splits:
-        builder.as_data_source(split=theirs)  # fails here, inside the explanation below, if it cannot be read
+      fields = tuple(task.tfds_fields or task.text_fields)
+      splits = {ours: _read_all(os.fspath(builder.data_dir), theirs, fields) for ours, theirs in task.tfds_splits}
     except Exception as e:  # offline, or TFDS cannot build it here
       reason = str(e).splitlines()[0][:200] if str(e) else ""
       raise FileNotFoundError(
@@ -168,8 +168,7 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
         f"loaded ({type(e).__name__}: {reason}). Point fttpu at the data: --config.data.dir=DIR "
         f"(or `make demo DATA_DIR=DIR`) where DIR/{task.name}/train.tsv and test.tsv exist."
       ) from e
-    fields = tuple(task.tfds_fields or task.text_fields)
-    return {ours: _copy(_read_all(os.fspath(builder.data_dir), theirs, fields)) for ours, theirs in task.tfds_splits}
+    return {ours: _copy(split) for ours, split in splits.items()}
   raise FileNotFoundError(
     f"task {task.name!r} has no TFDS catalog entry and no directory "
     f"{os.path.join(data_dir, task.name)} with train.tsv and test.tsv; "
