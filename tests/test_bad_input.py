@@ -37,13 +37,13 @@ def write_task(root, train=None, test=None):
 GOOD = "sentence\tlabel\n" + "\n".join(sst2_rows()) + "\n"
 
 
-def make_config(tiny_roberta, tmp_path, arg: str = "", **fields):
+def make_config(tiny_roberta, arg: str = "", **fields):
   """The tiny RoBERTa few-shot config (2 steps, k=4) with `fields` ('a.b' -> value) set."""
   from configs import fewshot
 
   config = fewshot.get_config(f"family=roberta,checkpoint={tiny_roberta},steps=2,k=4" + (f",{arg}" if arg else ""))
   config.data.dir = data_dir()
-  config.data.cache_dir = str(tmp_path / "tfds")
+  config.data.cache_dir = os.environ["FTTPU_TFDS_DIR"]  # the session's (tiny_roberta's fixture sets it)
   for key, value in fields.items():
     *parents, leaf = key.split(".")
     node = config
@@ -179,18 +179,18 @@ def user_error(config, workdir) -> str:
 
 @pytest.mark.parametrize("fields, expected", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
 def test_bad_config_values_fail_naming_the_key_and_what_is_valid(tiny_roberta, tmp_path, fields, expected):
-  assert expected in user_error(make_config(tiny_roberta, tmp_path, **fields), tmp_path / "run")
+  assert expected in user_error(make_config(tiny_roberta, **fields), tmp_path / "run")
 
 
 @pytest.mark.parametrize("make_dir, expected", [c[1:] for c in DATA_CASES], ids=[c[0] for c in DATA_CASES])
 def test_bad_data_fails_naming_the_file_the_line_and_what_was_expected(tiny_roberta, tmp_path, make_dir, expected):
   data = make_dir(tmp_path)
-  assert expected in user_error(make_config(tiny_roberta, tmp_path, **{"data.dir": data}), tmp_path / "run")
+  assert expected in user_error(make_config(tiny_roberta, **{"data.dir": data}), tmp_path / "run")
 
 
 def test_k_larger_than_a_class_says_how_many_rows_it_has(tiny_roberta, tmp_path):
   data = write_task(tmp_path, GOOD, GOOD)
-  message = user_error(make_config(tiny_roberta, tmp_path, **{"data.dir": data, "data.k": 30}), tmp_path / "run")
+  message = user_error(make_config(tiny_roberta, **{"data.dir": data, "data.k": 30}), tmp_path / "run")
   assert f"class 0 has {GOOD_TRAIN_ROWS} training rows; k=30 needs 60 (k train + k dev)" in message
 
 
@@ -214,7 +214,6 @@ def test_label_words_must_match_the_classes_the_data_shows(tiny_roberta, tmp_pat
   prompts = {"data.task": "mytask", "data.mlm_template": "{sentence} It was {mask}.", **protocol}
   two_classes = make_config(
     tiny_roberta,
-    tmp_path,
     **{"data.dir": write_folder_task(tmp_path / "two", 2), "data.label_words": ("bad", "okay", "good"), **prompts},
   )
   assert (
@@ -223,7 +222,6 @@ def test_label_words_must_match_the_classes_the_data_shows(tiny_roberta, tmp_pat
   ) in user_error(two_classes, tmp_path / "run")
   three_classes = make_config(
     tiny_roberta,
-    tmp_path,
     **{"data.dir": write_folder_task(tmp_path / "three", 3), "data.label_words": ("bad", "good"), **prompts},
   )
   assert "label '2' is not an integer in 0..1 (the task has 2 classes, one per label word or description" in user_error(
@@ -241,13 +239,13 @@ def test_label_words_must_match_the_classes_the_data_shows(tiny_roberta, tmp_pat
 )
 def test_bad_config_arguments_fail_naming_the_argument(arg, expected, tiny_roberta, tmp_path):
   with pytest.raises(errors.ConfigError, match=expected.replace("[", r"\[")):
-    make_config(tiny_roberta, tmp_path, arg)
+    make_config(tiny_roberta, arg)
 
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_roberta, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("finished")
-  assert train.run(make_config(tiny_roberta, workdir), str(workdir / "run"))["final"]
+  assert train.run(make_config(tiny_roberta), str(workdir / "run"))["final"]
   return workdir / "run"
 
 
@@ -261,7 +259,7 @@ def finished_run(tiny_roberta, tmp_path_factory):
   ids=["another method", "another model setting", "another data setting"],
 )
 def test_a_workdir_of_another_run_fails_with_what_differs(finished_run, tiny_roberta, tmp_path, fields, expected):
-  message = user_error(make_config(tiny_roberta, tmp_path, **fields), finished_run)
+  message = user_error(make_config(tiny_roberta, **fields), finished_run)
   assert f"{finished_run} holds checkpoints of a run with another config (" in message and expected in message
 
 
@@ -270,9 +268,9 @@ def test_a_checkpoint_directory_of_another_family_or_without_weights_fails(tiny_
   shutil.copytree(tiny_roberta, no_weights)
   os.remove(no_weights / "model.safetensors")
   assert "has neither model.safetensors nor model.safetensors.index.json" in user_error(
-    make_config(str(no_weights), tmp_path), tmp_path / "a"
+    make_config(str(no_weights)), tmp_path / "a"
   )
-  wrong_family = make_config(tiny_roberta, tmp_path, **{"model.family": "bert", "model.classifier": "mlm"})
+  wrong_family = make_config(tiny_roberta, **{"model.family": "bert", "model.classifier": "mlm"})
   assert "config.json says model_type='roberta' but model.family='bert'" in user_error(wrong_family, tmp_path / "b")
 
 
@@ -343,7 +341,7 @@ def test_random_config_values_run_or_fail_with_a_user_error(tiny_roberta, tmp_pa
   type). Whatever they are, fttpu trains and evaluates, or raises one of errors.USER_ERRORS."""
   workdir = tmp_path_factory.mktemp("random")
   try:
-    config = make_config(tiny_roberta, workdir)
+    config = make_config(tiny_roberta)
     config_lib.set_fields(config, {k: str(v) for k, v in fields.items()})
     record = train.run(config, str(workdir / "run"))
   except errors.USER_ERRORS as e:

@@ -85,9 +85,9 @@ def test_a_run_in_a_bucket_trains_as_a_local_one_and_resumes_past_a_damaged_chec
   files.copy_tree(tiny_roberta, model)
   files.copy_tree(os.path.join(data_dir(), "sst2"), f"{data}/sst2")
   settings = {"train.steps": 6, "train.checkpoint_every": 2, "train.log_every": 1, "train.keep_checkpoints": 3}
-  local = train.run(make_config(tiny_roberta, tmp_path, **settings), str(tmp_path / "local"))
+  local = train.run(make_config(tiny_roberta, **settings), str(tmp_path / "local"))
   workdir = f"{bucket}/runs/full"
-  config = make_config(tiny_roberta, tmp_path, **settings, **{"model.checkpoint": model, "data.dir": data})
+  config = make_config(tiny_roberta, **settings, **{"model.checkpoint": model, "data.dir": data})
   record = train.run(config, workdir + "/")  # a trailing '/' names the same workdir
   for key in ("eval/accuracy", "eval/loss", "examples"):
     assert record[key] == local[key], key  # the same weights and rows, read from the bucket

@@ -25,7 +25,7 @@ from tests.test_resilience import main_args
 
 
 def run(tiny_roberta, workdir, **fields) -> dict:
-  config = make_config(tiny_roberta, workdir.parent, **{"train.checkpoint_every": 2, "train.log_every": 1, **fields})
+  config = make_config(tiny_roberta, **{"train.checkpoint_every": 2, "train.log_every": 1, **fields})
   return train.run(config, str(workdir))
 
 
