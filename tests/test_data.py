@@ -52,6 +52,28 @@ def test_tfds_builder_gives_the_file_rows_in_order(tfds_dir):
   assert labels[0] != 99
 
 
+def test_the_next_process_reads_the_decoded_copy_and_decodes_a_damaged_one_again(tmp_path, monkeypatch):
+  write(tmp_path / "data/mytask/train.tsv", "sentence\tlabel\nfine \u00e9\t0\nfine too\t1\nthird\t1\n")
+  write(tmp_path / "data/mytask/test.tsv", "sentence\tlabel\nfine\t0\n")
+  task = tasks.get_task("mytask", str(tmp_path / "data"), label_descriptions=("no", "yes"))
+  load = lambda: tfds_local.load_splits(task, str(tmp_path / "data"), str(tmp_path / "tfds"))
+  decoded = load()
+  assert decoded["train"][0] == [("fine \u00e9",), ("fine too",), ("third",)]
+  [stored] = [p for p in (tmp_path / "tfds").rglob("fttpu-decoded-train-*.json")]
+
+  def no_tfds(*_):
+    raise AssertionError("decoded through TFDS again")
+
+  tfds_local._read_all.cache_clear()  # as a new process starts
+  with monkeypatch.context() as patch:
+    patch.setattr(tfds_local, "_decode", no_tfds)
+    again = load()
+  assert again["train"][0] == decoded["train"][0] and np.array_equal(again["train"][1], decoded["train"][1])
+  stored.write_text(stored.read_text()[:20])  # damaged: read through TFDS again, and rewritten
+  tfds_local._read_all.cache_clear()
+  assert load()["train"][0] == decoded["train"][0] and stored.read_text().endswith("}")
+
+
 def test_malformed_row_fails_through_the_tfds_builder(tmp_path, tfds_dir):
   write(tmp_path / "mytask/train.tsv", "sentence\tlabel\nfine\t0\nfine too\t1\nbroken\t7\n")
   write(tmp_path / "mytask/test.tsv", "sentence\tlabel\nfine\t0\n")
