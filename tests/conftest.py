@@ -135,15 +135,15 @@ SHARED_CODE_FAST_METHODS = ("full", "lora", "mezo")
 # last and runs alone.
 LONGEST_FILES = (
   "test_resilience.py",
+  "test_family_methods.py",
+  "test_zo_consistency.py",
   "test_zo_real.py",
   "test_multihost.py",
-  "test_workdir.py",
-  "test_zo_consistency.py",
+  "test_methods.py",
+  "test_zo.py",
+  "test_sharding.py",
   "test_experiments.py",
   "test_methods_real.py",
-  "test_bad_input.py",
-  "test_sharding.py",
-  "test_family_methods.py",
 )
 
 

@@ -23,6 +23,7 @@ def test_short_sst2_run_writes_config_metrics_tensorboard_checkpoints_and_resume
     "--config.train.log_every=2",
     "--config.train.eval_every=2",
     "--config.train.checkpoint_every=2",
+    "--config.data.num_test=256",  # of 872: each pass of MiniLM over all of them takes 7 s
   ]
   result = run_main(*args, workdir=workdir)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -36,6 +37,7 @@ def test_short_sst2_run_writes_config_metrics_tensorboard_checkpoints_and_resume
   assert all(0 <= l["eval/accuracy"] <= 1 for l in lines if "eval/accuracy" in l)
   final = lines[-1]
   assert final["final"] is True and final["split"] == "test" and final["step"] == 4 and "eval/accuracy" in final
+  assert final["examples"] == 256
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tensorboard"))
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
 

@@ -57,6 +57,9 @@ def test_lora_and_dora_match_peft_on_the_same_adapters(minilm, dora, rslora):
   assert np.abs(merged[real] - unmerged[real]).max() <= 1e-5
 
 
+TEST_ROWS = 256  # of SST-2's 872 test rows (data.num_test): each MiniLM pass over all of them takes 7 s
+
+
 @pytest.mark.parametrize("method,overrides", [("lora", {}), ("sparse", {}), ("spiel", {"spiel.every": 2})])
 def test_artifact_on_the_pretrained_weights_reproduces_the_runs_test_accuracy(
   method, overrides, sst2_config, sst2_16shot, minilm, tmp_path
@@ -67,14 +70,16 @@ def test_artifact_on_the_pretrained_weights_reproduces_the_runs_test_accuracy(
     section, field = key.split(".")
     config[section][field] = value
   config.train.steps, config.train.eval_every, config.train.checkpoint_every = 4, 4, 4
+  config.data.num_test = TEST_ROWS
   record = train.run(config, str(tmp_path))
+  assert record["examples"] == TEST_ROWS
   tree = checkpoint.load_artifact(str(tmp_path / "artifact.safetensors"), minilm.params)
   logits_fn = classifier.make_classifier(minilm.module, "similarity", config.model.logit_scale).logits
   eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
   reloaded = train.evaluate(
     eval_step,
     methods.METHODS.get(method).make(config, minilm).merge(tree),
-    sst2_16shot.test,
+    pipeline.load_few_shot(config.data, minilm.tokenizer, config.seed).test,  # the run's TEST_ROWS rows
     sst2_16shot.prompts,
     64,
     make_mesh({"data": -1}),

@@ -61,6 +61,7 @@ def test_a_mezo_run_replays_from_its_trajectory(tmp_path, tfds_dir, noise):
   result = run_main(
     "--config=configs/fewshot.py:task=sst2,method=mezo,k=16,seed=42,steps=12",
     f"--config.data.dir={data_dir()}",
+    "--config.data.num_test=64",  # the test split is not what these check
     f"--config.zo.noise={noise}",
     "--config.train.checkpoint_every=6",
     workdir=workdir,
@@ -90,6 +91,7 @@ def test_replay_refuses_a_run_that_rechooses_its_trainable_set(tmp_path, tfds_di
   result = run_main(
     "--config=configs/fewshot.py:task=sst2,method=zo,zo_base=layers,k=16,seed=42,steps=4",
     f"--config.data.dir={data_dir()}",
+    "--config.data.num_test=64",  # the test split is not what these check
     "--config.layers.sample=1",
     "--config.layers.every=2",
     "--config.train.checkpoint_every=4",
