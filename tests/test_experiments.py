@@ -157,6 +157,7 @@ def test_every_row_of_the_roberta_large_grid_runs_on_a_tiny_roberta(tiny_roberta
     ("train.batch_size", 4),
     ("train.eval_every", 2),
     ("train.checkpoint_every", 2),
+    ("data.num_test", 40),
     ("zo.noise", "rademacher"),
   )
   rows = [dataclasses.replace(r, fixed=r.fixed + smoke) for r in large.ROWS]

@@ -158,8 +158,8 @@ def free_port() -> int:
   return port()
 
 
-PREEMPT_STEPS = 60
-SIGNAL_AT = 20  # the processes agree on a step to save within a step or two of the notice: well before the end
+PREEMPT_STEPS = 45
+SIGNAL_AT = 15  # the processes agree on a step to save within a step or two of the notice: well before the end
 
 
 def launch_two(tiny_roberta, workdir) -> list:
