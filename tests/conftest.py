@@ -129,10 +129,10 @@ SHARED_CODE_FAMILIES = ("bert", "opt")
 SHARED_CODE_FAST_METHODS = ("full", "lora", "mezo")
 
 
-# The files whose end-to-end runs take longest, longest first (measured; only the order depends on it).
-# `make test` runs the files over two pytest-xdist workers (--dist loadfile: a file's module fixtures are
-# built once), handing out files in collection order: the long ones go first so that none of them starts
-# last and runs alone.
+# The files that take 10 s or more, longest first (measured; only the order depends on it). `make test`
+# runs the files over two pytest-xdist workers (--dist loadfile: a file's module fixtures are built once),
+# handing out files in this order and the short rest after them: longest first leaves the least for one
+# worker to run alone at the end.
 LONGEST_FILES = (
   "test_resilience.py",
   "test_family_methods.py",
@@ -143,7 +143,18 @@ LONGEST_FILES = (
   "test_zo.py",
   "test_sharding.py",
   "test_experiments.py",
+  "test_workdir.py",
   "test_methods_real.py",
+  "test_main.py",
+  "test_step.py",
+  "test_cli_errors.py",
+  "test_plan.py",
+  "test_bad_input.py",
+  "test_remote_workdir.py",
+  "test_optim_bench.py",
+  "test_families.py",
+  "test_model_parity.py",
+  "test_architecture.py",
 )
 
 
