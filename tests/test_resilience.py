@@ -292,6 +292,7 @@ def nan_config(tiny_roberta, nonfinite: str):
   return config
 
 
+@pytest.mark.quick_compile  # 6 steps in-process: compiling is the cost
 @pytest.mark.parametrize("kind", ["loss", "grad"])
 def test_a_nonfinite_step_stops_the_run_naming_it_and_keeps_the_last_good_state(
   monkeypatch, tiny_roberta, tmp_path, kind
@@ -321,6 +322,7 @@ def test_a_nonfinite_step_stops_the_run_naming_it_and_keeps_the_last_good_state(
   assert skipped == {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 6: 1}
 
 
+@pytest.mark.quick_compile
 def test_a_stopped_run_resumes_with_skip_once_the_user_switches(monkeypatch, tiny_roberta, tmp_path):
   """train.nonfinite may change on resume (it changes nothing the run computed); other keys may not."""
   from fttpu import train
