@@ -1,8 +1,11 @@
 """Zeroth-order fine-tuning (MeZO and the zo family): the estimate against the true gradient,
 convergence, masks and the trajectory replay. Mechanics on the tiny BERT (data parallelism and its
-scalar-only all-reduces: tests/test_sharding.py)."""
+scalar-only all-reduces: tests/test_sharding.py); the trajectory replayed through the CLI on the tiny RoBERTa."""
 
 import functools
+import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +19,8 @@ from fttpu import methods, step as step_lib, trainer
 from fttpu.methods import base, masks, zo
 from fttpu.models import perturbation
 from fttpu.state import TrainState
-from tests.conftest import tiny_batch
+from tests.conftest import REPO, data_dir, tiny_batch
+from tests.test_main import run_main
 from tests.test_methods import build, state_entries, train
 
 
@@ -200,3 +204,60 @@ def test_replaying_the_trajectory_reproduces_the_trained_parameters(tiny, base_n
     else:
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert not np.array_equal(flat(replayed), flat(tree))
+
+
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_a_mezo_run_replays_from_its_trajectory(tmp_path, tiny_roberta, noise):
+  """The CLI run (tiny RoBERTa, 16-shot SST-2) saves trajectory.safetensors; `python -m fttpu.replay` rebuilds its final checkpoint:
+  bit for bit with rademacher noise, within float32 rounding of erf_inv with gaussian (the README says so)."""
+  workdir = tmp_path / "mezo"
+  result = run_main(
+    f"--config=configs/fewshot.py:family=roberta,checkpoint={tiny_roberta},method=mezo,k=16,seed=42,steps=12",
+    f"--config.data.dir={data_dir()}",
+    "--config.data.num_test=64",  # the test split is not what these check
+    f"--config.zo.noise={noise}",
+    "--config.train.checkpoint_every=6",
+    workdir=workdir,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (workdir / "trajectory.safetensors").is_file()
+  replay = subprocess.run(
+    [sys.executable, "-m", "fttpu.replay", f"--workdir={workdir}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert replay.returncode == 0, replay.stderr[-3000:]
+  out = json.loads(replay.stdout.strip().splitlines()[-1])
+  assert out["steps"] == 12 and out["max_abs_update"] > 1e-5, out
+  if noise == "rademacher":
+    assert out["identical"] and out["max_abs_diff"] == 0.0, out
+  else:  # a replay that drew another z, or skipped a step, would differ by the size of an update
+    assert out["max_abs_diff"] <= 1e-3 * out["max_abs_update"], out
+
+
+def test_replay_refuses_a_run_that_rechooses_its_trainable_set(tmp_path, tiny_roberta):
+  """LISA under zo.base=layers resamples its layers from the run's state every layers.every steps;
+  the trajectory does not hold that choice, so replay says why it cannot rebuild the run."""
+  workdir = tmp_path / "lisa"
+  result = run_main(
+    f"--config=configs/fewshot.py:family=roberta,checkpoint={tiny_roberta},method=zo,zo_base=layers,k=16,seed=42,steps=4",
+    f"--config.data.dir={data_dir()}",
+    "--config.data.num_test=64",  # the test split is not what these check
+    "--config.layers.sample=1",
+    "--config.layers.every=2",
+    "--config.train.checkpoint_every=4",
+    workdir=workdir,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  replay = subprocess.run(
+    [sys.executable, "-m", "fttpu.replay", f"--workdir={workdir}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert replay.returncode != 0
+  assert "cannot replay a zo_layers run: it re-chooses its trainable set every 2 steps" in replay.stderr
+  assert "Traceback" not in replay.stderr
