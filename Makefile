@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # pip's output goes to a log (this machine's mirrors make it noisy); its tail is shown when pip fails.
 PIPLOG := $(VENV)/pip.log
 
-.PHONY: install install-test demo prompt-demo test test-all bench bench-mesh plan format clean
+.PHONY: install install-test demo prompt-demo test test-all bench bench-mesh ladder plan format clean
 
 # Runtime: fttpu and the default checkpoint (--no-deps: its declared dependencies pull PyTorch).
 $(VENV)/.installed: setup.py
@@ -59,6 +59,11 @@ bench-mesh: install
 	$(PY) -m fttpu.bench --methods=forward,full,lora,mezo --mesh=data=1 --mesh=data=8 --mesh=fsdp=8 --batch=16 --seq=64 --steps=5
 
 # Per-device memory of RoBERTa-large MeZO / full / LoRA on a TPU v4-8 (4 chips of 32 GiB), without weights.
+# The scale ladder: step time / forward and peak RSS / parameter bytes per method as the model grows
+# (random-weight presets in bfloat16, batch 4 x 64), skipping what does not fit this machine's memory.
+ladder: install
+	$(PY) -m experiments.scale_ladder --workdir=workdirs/ladder
+
 plan: install
 	$(PY) -m fttpu.plan --config=configs/fewshot.py:family=roberta --model=roberta-large --mesh=fsdp=4 \
 	  --methods=mezo,full,lora --hbm_gb=32 --config.data.dir=$(DATA_DIR)

@@ -38,6 +38,15 @@ flags.DEFINE_integer("seq", 64, "Tokens per sentence.")
 flags.DEFINE_integer("steps", 5, "Timed steps after two warm-up steps.")
 flags.DEFINE_integer("classes", 2, "Label descriptions (classes).")
 flags.DEFINE_string("checkpoint", "", "Hugging Face checkpoint directory; '' = the installed MiniLM.")
+flags.DEFINE_string(
+  "model",
+  "",
+  "A preset of fttpu/models/presets.py with random weights (its family's default classifier), "
+  "instead of --checkpoint: cost as the model grows, without downloads.",
+)
+flags.DEFINE_enum(
+  "param_dtype", "float32", ["float32", "bfloat16", "float16"], "Storage and compute dtype of the weights."
+)
 flags.DEFINE_multi_string("mesh", ["data=1"], "Mesh axis sizes (data=1,fsdp=8,tensor=1); repeat to compare meshes.")
 flags.DEFINE_string("one", None, "Internal: run one method in this process.")
 flags.DEFINE_string("one_mesh", "data=1", "Internal: the mesh of --one.")
@@ -54,30 +63,16 @@ def _memory(compiled) -> dict:
   }
 
 
-def method_config(spec: str):
-  """The fewshot config of 'name:key=value+key=value' (values parsed as the field's type)."""
+def method_config(spec: str, family: str = "bert"):
+  """The fewshot config of 'name:key=value+key=value' (values parsed as the field's type) on `family`."""
   from configs import fewshot
   from fttpu.config import method_spec, set_fields
 
   name, settings = method_spec(spec)
   # zo.base also picks the default learning rate, as get_config's zo_base argument does.
-  config = fewshot.get_config(f"method={name}" + (f",zo_base={settings['zo.base']}" if "zo.base" in settings else ""))
+  base = f",zo_base={settings['zo.base']}" if "zo.base" in settings else ""
+  config = fewshot.get_config(f"family={family},method={name}{base}")
   return set_fields(config, settings)
-
-
-def random_batch(size: int, length: int, classes: int) -> dict:
-  """Random token ids (no padding) and labels, with `classes` label descriptions of 8 tokens."""
-  import numpy as np
-
-  rng = np.random.default_rng(0)
-  return {
-    "input_ids": rng.integers(1000, 20000, (size, length), dtype=np.int32),
-    "attention_mask": np.ones((size, length), np.int32),
-    "labels": rng.integers(0, classes, size, dtype=np.int32),
-    "weights": np.ones(size, np.float32),
-    "label_input_ids": rng.integers(1000, 20000, (classes, 8), dtype=np.int32),
-    "label_attention_mask": np.ones((classes, 8), np.int32),
-  }
 
 
 def timed(step, steps: int, warmup: int = 2) -> list[float]:
@@ -92,21 +87,40 @@ def timed(step, steps: int, warmup: int = 2) -> list[float]:
   return times
 
 
+def bench_model():
+  """(model, family, classifier style): the checkpoint (MiniLM by default, as the PyTorch peers use it, with
+  the sentence-similarity classifier) or a preset with random weights and its family's classifier."""
+  from fttpu import models
+  from fttpu.models import presets
+
+  dtype = FLAGS.param_dtype
+  if not FLAGS.model:
+    return models.load("bert", FLAGS.checkpoint, dtype=dtype, param_dtype=dtype), "bert", "similarity"
+  hf_config = presets.PRESETS[FLAGS.model]
+  family = hf_config["model_type"]
+  style = models.FAMILIES.get(family).default_classifier
+  config = models.make_config(family, hf_config, lm_head=style == "mlm", dtype=dtype, param_dtype=dtype)
+  module = models.FAMILIES.get(family).module(config)
+  return models.LoadedModel(module, models.random_params(module), None, config, ""), family, style
+
+
 def run_one(method_name: str, mesh_spec: str) -> dict:
   import math
   import jax
   import numpy as np
   from fttpu import classifier, models, sharding, trainer
+  from fttpu.data import pipeline
   from fttpu.methods import masks
 
   sizes = sharding.parse_mesh(mesh_spec)
   jax.config.update("jax_num_cpu_devices", math.prod(sizes.values()))  # fake CPU devices, before any device use
   mesh = sharding.make_mesh(sizes, sharding.devices_for(math.prod(sizes.values())))
 
-  model = models.load("bert", FLAGS.checkpoint)
-  batch = random_batch(FLAGS.batch, FLAGS.seq, FLAGS.classes)
-  logits_fn = classifier.make_classifier(model.module, "similarity", 20.0).logits
-  rules, axes = sharding.default_rules("bert"), models.logical_axes(model.module)
+  model, family, style = bench_model()
+  vocab = (1000, 20000) if style == "similarity" else (5, model.config.vocab_size)
+  batch = pipeline.example_batch(style, FLAGS.batch, FLAGS.seq, FLAGS.classes, label_length=8, id_range=vocab)
+  logits_fn = classifier.make_classifier(model.module, style, 20.0).logits
+  rules, axes = sharding.default_rules(family), models.logical_axes(model.module)
   batch = sharding.put_batch(mesh, batch)
   rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   if method_name == "forward":
@@ -118,8 +132,9 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
     rss_compiled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step = lambda: compiled(params, batch).block_until_ready()
   else:
-    config = method_config(method_name)
-    config.model.classifier, config.model.logit_scale = "similarity", 20.0
+    config = method_config(method_name, family)
+    config.model.classifier, config.model.logit_scale = style, 20.0
+    config.model.param_dtype = config.model.compute_dtype = FLAGS.param_dtype
     run = trainer.setup(config, model, lambda step: batch, batch, total_steps=1000, rng=jax.random.key(0))
     method = run.method
     state, shardings = trainer.place(run, 0, mesh, rules, axes)
@@ -170,7 +185,14 @@ def main(argv):
     return
   import os
 
-  out = {"batch": FLAGS.batch, "seq": FLAGS.seq, "steps": FLAGS.steps, "cpu_count": os.cpu_count()}
+  out = {
+    "model": FLAGS.model or FLAGS.checkpoint or "all-MiniLM-L6-v2",
+    "param_dtype": FLAGS.param_dtype,
+    "batch": FLAGS.batch,
+    "seq": FLAGS.seq,
+    "steps": FLAGS.steps,
+    "cpu_count": os.cpu_count(),
+  }
   meshes = FLAGS.mesh
   for method in FLAGS.methods:
     for mesh in meshes:
@@ -185,6 +207,8 @@ def main(argv):
         f"--steps={FLAGS.steps}",
         f"--classes={FLAGS.classes}",
         f"--checkpoint={FLAGS.checkpoint}",
+        f"--model={FLAGS.model}",
+        f"--param_dtype={FLAGS.param_dtype}",
       ]
       result = subprocess.run(command, capture_output=True, text=True)
       if result.returncode:

@@ -63,29 +63,6 @@ def hf_config(model: str) -> dict:
     ) from None
 
 
-def example_batch(style: str, batch_size: int, length: int, classes: int, label_length: int = 16) -> dict:
-  """Zeros shaped as fttpu.data.pipeline's batches of `style` (with their prompts)."""
-  import numpy as np
-
-  rows = (batch_size, classes, length) if style == "causal" else (batch_size, length)
-  batch = {
-    "input_ids": np.zeros(rows, np.int32),
-    "attention_mask": np.ones(rows, np.int32),
-    "labels": np.zeros(batch_size, np.int32),
-    "weights": np.ones(batch_size, np.float32),
-  }
-  if style == "causal":
-    batch["target_mask"] = np.ones(rows, np.int32)
-  elif style == "mlm":
-    batch.update(verbalizer_ids=np.arange(classes, dtype=np.int32), mask_token_id=np.asarray(0, np.int32))
-  else:
-    batch.update(
-      label_input_ids=np.zeros((classes, label_length), np.int32),
-      label_attention_mask=np.ones((classes, label_length), np.int32),
-    )
-  return batch
-
-
 def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
   """Per-device compiled memory of one train step of method `spec` (abstract shapes only)."""
   import jax
@@ -145,7 +122,7 @@ def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
   """{'model': ..., 'mesh': ..., 'methods': {spec: per-device MB}} for every method spec."""
   import jax
   from fttpu import models, sharding
-  from fttpu.data import tasks
+  from fttpu.data import pipeline, tasks
 
   mesh = sharding.make_mesh(mesh_sizes, sharding.devices_for(math.prod(mesh_sizes.values())))
   m = config.model
@@ -159,7 +136,7 @@ def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
   d = config.data
   task = tasks.task_of(d, m.classifier)
   sharding.check_batch_sizes(mesh, config.train.batch_size)
-  batch = example_batch(m.classifier, config.train.batch_size, d.max_length, task.num_classes)
+  batch = pipeline.example_batch(m.classifier, config.train.batch_size, d.max_length, task.num_classes)
   parameters = sum(x.size for x in jax.tree_util.tree_leaves(shapes))
   return {
     "model": model_name,

@@ -120,3 +120,66 @@ def test_bench_compares_meshes_over_fake_devices():
   assert one["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1} and four["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
   assert one["compiled_argument_mb"] / 4 <= four["compiled_argument_mb"] <= one["compiled_argument_mb"] / 4 * 1.05
   assert report["step_ratios_to_first_mesh"]["forward"]["fsdp=4"] > 0
+
+
+def test_random_params_have_the_modules_shapes_dtypes_and_initial_values():
+  """The bench's weights for presets: every leaf as the module declares it, made in its storage dtype."""
+  from fttpu import models
+  from fttpu.models import presets
+
+  config = models.make_config(
+    "opt",
+    {
+      **presets.PRESETS["opt-125m"],
+      "hidden_size": 64,
+      "word_embed_proj_dim": 64,
+      "ffn_dim": 128,
+      "num_hidden_layers": 2,
+      "num_attention_heads": 4,
+      "vocab_size": 500,
+    },
+    param_dtype="bfloat16",
+  )
+  module = models.FAMILIES.get("opt").module(config)
+  shapes, params = models.param_shapes(module), models.random_params(module)
+  assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(params)
+  weights = []
+  for (path, shape), leaf in zip(jax.tree_util.tree_leaves_with_path(shapes), jax.tree_util.tree_leaves(params)):
+    name, values = jax.tree_util.keystr(path), np.asarray(leaf, np.float32)
+    assert leaf.shape == shape.shape and leaf.dtype == shape.dtype == jax.numpy.bfloat16, name
+    if name.endswith("['scale']"):
+      assert np.all(values == 1), name
+    elif name.endswith("bias']"):
+      assert np.all(values == 0), name
+    else:
+      assert abs(values.std() - 0.02) < 0.002 and abs(values.mean()) < 0.002, (name, values.std(), values.mean())
+      weights.append(values.ravel()[:1000])
+  assert len(weights) >= 5 and len({w.tobytes() for w in weights}) == len(weights)  # each leaf its own draw
+
+
+def test_scale_ladder_benches_what_fits_and_says_what_does_not(tmp_path):
+  """On OPT-125m in bfloat16 with 1 GiB allowed: MeZO's planned step fits and is measured, full fine-tuning
+  (AdamW: gradients and two moments beside the weights) does not and is named so; table and plot written."""
+  command = [
+    sys.executable,
+    "-m",
+    "experiments.scale_ladder",
+    f"--workdir={tmp_path}",
+    "--models=opt-125m",
+    "--methods=forward,mezo,full",
+    "--batch=1",
+    "--seq=8",
+    "--steps=1",
+    "--memory_gb=1",
+  ]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((tmp_path / "opt-125m.json").read_text())
+  assert record["planned_gb"]["mezo"] < 1 < record["planned_gb"]["full"] and record["skipped"] == ["full"]
+  bench = record["bench"]
+  assert bench["param_dtype"] == "bfloat16" and 120e6 < record["parameters"] < 130e6
+  assert 230 < bench["forward"]["model_params_mb"] < 260  # 2 bytes a parameter
+  assert bench["mezo"]["step_s"] > 0 and bench["ratios_to_forward"]["mezo"] > 1 and "full" not in bench
+  table = (tmp_path / "results.md").read_text()
+  assert f"does not fit (plan {record['planned_gb']['full']:.1f} GiB)" in table and "- mezo: opt-125m" in table
+  assert "- full: none" in table and (tmp_path / "results.png").stat().st_size > 10_000

@@ -330,3 +330,29 @@ def eval_batches(data: Encoded, batch_size: int) -> Iterator[dict]:
     indices = np.arange(start, start + batch_size)
     weights = (indices < len(data)).astype(np.float32)
     yield _batch(data.take(np.minimum(indices, len(data) - 1)), weights)
+
+
+def example_batch(
+  style: str, batch_size: int, length: int, classes: int, label_length: int = 16, id_range: tuple | None = None
+) -> dict:
+  """A batch shaped as this module's batches of `style` (with their prompts), no padding: token ids 0,
+  or drawn uniformly from `id_range` = (low, high) with seed 0. fttpu.plan needs only its shapes;
+  fttpu.bench times steps on the random ids."""
+  rng = np.random.default_rng(0)
+  ids = lambda shape: np.zeros(shape, np.int32) if id_range is None else rng.integers(*id_range, shape, dtype=np.int32)
+  rows = (batch_size, classes, length) if style == "causal" else (batch_size, length)
+  batch = {
+    "input_ids": ids(rows),
+    "attention_mask": np.ones(rows, np.int32),
+    "labels": rng.integers(0, classes, batch_size, dtype=np.int32) if id_range else np.zeros(batch_size, np.int32),
+    "weights": np.ones(batch_size, np.float32),
+  }
+  if style == "causal":
+    batch["target_mask"] = np.ones(rows, np.int32)
+  elif style == "mlm":
+    batch.update(verbalizer_ids=np.arange(classes, dtype=np.int32), mask_token_id=np.asarray(0, np.int32))
+  else:
+    batch.update(
+      label_input_ids=ids((classes, label_length)), label_attention_mask=np.ones((classes, label_length), np.int32)
+    )
+  return batch

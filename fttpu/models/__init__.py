@@ -126,6 +126,33 @@ def init_params(module: nn.Module, rng: jax.Array) -> dict:
   return nn.unbox(module.init(rng, jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"])
 
 
+def random_params(module: nn.Module, seed: int = 0) -> dict:
+  """Weights of the module's shapes for timing and memory (fttpu.bench on a preset), not for training.
+
+  Made leaf by leaf in their storage dtype, each by one fused program, so nothing beyond the weights is
+  ever held (flax's init would draw each stacked leaf's threefry bits and float32 values first): norm
+  scales 1, biases 0, every other leaf N(0, 0.02^2) from the counter-based noise of perturbation.py.
+  """
+  from fttpu.models import perturbation
+
+  def fill(shape: tuple, dtype, kind: str, key: jax.Array) -> jax.Array:
+    if kind == "scale":
+      return jnp.ones(shape, dtype)
+    if kind == "bias":
+      return jnp.zeros(shape, dtype)
+    return (0.02 * perturbation.leaf_noise(key, shape, "gaussian").value(shape)).astype(dtype)
+
+  make = jax.jit(fill, static_argnums=(0, 1, 2))
+  paths_and_shapes = jax.tree_util.tree_flatten_with_path(param_shapes(module))
+  leaves = []
+  for index, (path, shape) in enumerate(paths_and_shapes[0]):
+    name = getattr(path[-1], "key", "")
+    kind = "scale" if name == "scale" else "bias" if name.endswith("bias") else "weight"
+    key = jnp.array([seed, index], jnp.uint32)
+    leaves.append(make(tuple(shape.shape), shape.dtype, kind, key))
+  return jax.tree_util.tree_unflatten(paths_and_shapes[1], leaves)
+
+
 def load(
   family_name: str,
   checkpoint_dir: str,

@@ -66,6 +66,7 @@ PRESETS = {
     "num_attention_heads": 16,
     "intermediate_size": 4096,
   },
+  "opt-125m": _opt(768, 12, 12),
   "opt-1.3b": _opt(2048, 24, 32),
   "opt-2.7b": _opt(2560, 32, 32),
   "opt-6.7b": _opt(4096, 32, 32),
