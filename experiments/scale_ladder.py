@@ -156,25 +156,38 @@ def plot(records: list, path: str) -> None:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib import ticker
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for method in FLAGS.methods[1:]:
-    points = [(r["parameters"] / 1e9, figures(r, method)) for r in records if figures(r, method)]
+    points = sorted((r["parameters"] / 1e9, figures(r, method)) for r in records if figures(r, method))
     if not points:
       continue
     sizes = [p for p, _ in points]
     axes[0].plot(sizes, [f["to_forward"] for _, f in points], marker="o", label=method)
     axes[1].plot(sizes, [f["rss_gb"] for _, f in points], marker="o", label=method)
-  sizes = [r["parameters"] / 1e9 for r in records]
-  weights_gb = [r["bench"]["forward"]["model_params_mb"] / 1024 for r in records]
-  axes[1].plot(sizes, weights_gb, ls=":", color="gray", label="parameter bytes")
+  by_size = sorted(records, key=lambda r: r["parameters"])
+  sizes = [r["parameters"] / 1e9 for r in by_size]
+  axes[1].plot(
+    sizes, [r["bench"]["forward"]["max_rss_mb"] / 1024 for r in by_size], marker="o", color="black", label="forward"
+  )
+  axes[1].plot(
+    sizes,
+    [r["bench"]["forward"]["model_params_mb"] / 1024 for r in by_size],
+    ls=":",
+    color="gray",
+    label="parameter bytes",
+  )
   for ax, title in ((axes[0], "step time / forward"), (axes[1], "peak RSS (GiB)")):
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("parameters (billions)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
   axes[1].set_yscale("log")
   axes[0].legend(fontsize=8)
+  axes[1].legend(fontsize=8)
   fig.suptitle(f"Cost as the model grows ({FLAGS.param_dtype}, batch {FLAGS.batch} x {FLAGS.seq}, this machine)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)

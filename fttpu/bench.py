@@ -2,6 +2,7 @@
 
   python -m fttpu.bench --methods=forward,full --batch=16 --seq=64 --steps=5
   python -m fttpu.bench --methods=forward,mezo,mezo:zo.noise=rademacher,zo:zo.base=lora
+  python -m fttpu.bench --model=opt-1.3b --param_dtype=bfloat16 --methods=forward,mezo --batch=4
 
 A method may carry config overrides after a colon, joined by '+': `zo:zo.base=prefix+zo.samples=4`.
 
@@ -11,6 +12,9 @@ random batch, the way ../shared/bench/peer_torch.py measures the PyTorch peers:
   <method>: one train step of that method (fttpu.step.train_step, jitted, state donated), with
             the method's defaults of configs/fewshot.py (lora: r=8 on query/value; sparse and
             spiel: density 0.01). spiel's prune/regrow, every 20 steps outside the step, is not timed.
+--model=<preset> (fttpu/models/presets.py) times a paper's architecture on random weights instead,
+with its family's default classifier (mlm for RoBERTa, causal for OPT and Llama): how cost grows with
+the model, without downloads (experiments/scale_ladder.py runs the ladder of them).
 Each method also reports its parameter bytes and largest parameter, the bounds the zeroth-order
 memory goal is stated in (compiled temp <= forward temp + largest parameter).
 
@@ -178,8 +182,19 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
   }
 
 
+def check_model_flags() -> None:
+  from fttpu.errors import ConfigError
+  from fttpu.models import presets
+
+  if FLAGS.model and FLAGS.model not in presets.PRESETS:
+    raise ConfigError(f"--model={FLAGS.model!r} is not a preset; valid: {sorted(presets.PRESETS)}")
+  if FLAGS.model and FLAGS.checkpoint:
+    raise ConfigError("--model (a preset with random weights) and --checkpoint exclude each other; give one")
+
+
 def main(argv):
   del argv
+  check_model_flags()
   if FLAGS.one:
     print(json.dumps(run_one(FLAGS.one, FLAGS.one_mesh)))
     return

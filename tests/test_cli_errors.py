@@ -89,6 +89,12 @@ CASES = [
     "benchmark of adapter on mesh data=1: unknown method 'adapter'; valid: ['bitfit'",
   ),
   (
+    "bench: unknown preset",
+    "fttpu.bench",
+    lambda t: ["--model=opt-1b"],
+    "--model='opt-1b' is not a preset; valid: ['llama-2-13b'",
+  ),
+  (
     "tiny: out under a file",
     "fttpu.models.tiny",
     lambda t: [f"--out={a_file(t)}/tiny", f"--data_dir={data_dir()}"],
