@@ -206,6 +206,16 @@ def test_replaying_the_trajectory_reproduces_the_trained_parameters(tiny, base_n
   assert not np.array_equal(flat(replayed), flat(tree))
 
 
+def run_replay(workdir) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, "-m", "fttpu.replay", f"--workdir={workdir}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+
+
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
 def test_a_mezo_run_replays_from_its_trajectory(tmp_path, tiny_roberta, noise):
   """The CLI run (tiny RoBERTa, 16-shot SST-2) saves trajectory.safetensors; `python -m fttpu.replay` rebuilds its final checkpoint:
@@ -221,13 +231,7 @@ def test_a_mezo_run_replays_from_its_trajectory(tmp_path, tiny_roberta, noise):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert (workdir / "trajectory.safetensors").is_file()
-  replay = subprocess.run(
-    [sys.executable, "-m", "fttpu.replay", f"--workdir={workdir}"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  replay = run_replay(workdir)
   assert replay.returncode == 0, replay.stderr[-3000:]
   out = json.loads(replay.stdout.strip().splitlines()[-1])
   assert out["steps"] == 12 and out["max_abs_update"] > 1e-5, out
@@ -251,13 +255,7 @@ def test_replay_refuses_a_run_that_rechooses_its_trainable_set(tmp_path, tiny_ro
     workdir=workdir,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  replay = subprocess.run(
-    [sys.executable, "-m", "fttpu.replay", f"--workdir={workdir}"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  replay = run_replay(workdir)
   assert replay.returncode != 0
   assert "cannot replay a zo_layers run: it re-chooses its trainable set every 2 steps" in replay.stderr
   assert "Traceback" not in replay.stderr
