@@ -197,9 +197,7 @@ def main(argv):
   del argv
   from fttpu.models import presets
 
-  unknown = [m for m in FLAGS.models if m not in presets.PRESETS]
-  if unknown:
-    raise ConfigError(f"--models: {unknown} are not presets; valid: {sorted(presets.PRESETS)}")
+  presets.check(FLAGS.models, "--models")
   if not FLAGS.methods or FLAGS.methods[0] != "forward":
     raise ConfigError(f"--methods must start with forward (the ratios' unit); got {FLAGS.methods}")
   memory_gb = FLAGS.memory_gb or machine_memory_gb()

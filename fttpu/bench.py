@@ -186,8 +186,7 @@ def check_model_flags() -> None:
   from fttpu.errors import ConfigError
   from fttpu.models import presets
 
-  if FLAGS.model and FLAGS.model not in presets.PRESETS:
-    raise ConfigError(f"--model={FLAGS.model!r} is not a preset; valid: {sorted(presets.PRESETS)}")
+  presets.check([FLAGS.model] if FLAGS.model else [], "--model")
   if FLAGS.model and FLAGS.checkpoint:
     raise ConfigError("--model (a preset with random weights) and --checkpoint exclude each other; give one")
 

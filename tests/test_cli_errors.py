@@ -92,7 +92,7 @@ CASES = [
     "bench: unknown preset",
     "fttpu.bench",
     lambda t: ["--model=opt-1b"],
-    "--model='opt-1b' is not a preset; valid: ['llama-2-13b'",
+    "--model: ['opt-1b'] are not presets; valid: ['llama-2-13b'",
   ),
   (
     "tiny: out under a file",

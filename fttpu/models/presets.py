@@ -89,3 +89,12 @@ PRESETS = {
     "intermediate_size": 13824,
   },
 }
+
+
+def check(names, flag: str) -> None:
+  """ConfigError naming `flag`, the unknown names and the valid presets, unless every name is a preset."""
+  from fttpu.errors import ConfigError
+
+  unknown = [name for name in names if name not in PRESETS]
+  if unknown:
+    raise ConfigError(f"{flag}: {unknown} are not presets; valid: {sorted(PRESETS)}")
