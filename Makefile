@@ -29,7 +29,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# Main job: 16-shot SST-2, zero-shot vs full fine-tuning of MiniLM, results table + plot.
+# Main job: 16-shot SST-2 on MiniLM, zero-shot, full, LoRA, sparse and MeZO through the one step, table + plot.
 demo: install
 	$(PY) -m experiments.demo --data_dir=$(DATA_DIR) --workdir=$(WORKDIR) --tasks=$(TASKS)
 
@@ -58,12 +58,12 @@ bench: install
 bench-mesh: install
 	$(PY) -m fttpu.bench --methods=forward,full,lora,mezo --mesh=data=1 --mesh=data=8 --mesh=fsdp=8 --batch=16 --seq=64 --steps=5
 
-# Per-device memory of RoBERTa-large MeZO / full / LoRA on a TPU v4-8 (4 chips of 32 GiB), without weights.
 # The scale ladder: step time / forward and peak RSS / parameter bytes per method as the model grows
-# (random-weight presets in bfloat16, batch 4 x 64), skipping what does not fit this machine's memory.
+# (random-weight presets in float16, batch 4 x 64), skipping what does not fit this machine's memory.
 ladder: install
 	$(PY) -m experiments.scale_ladder --workdir=workdirs/ladder
 
+# Per-device memory of RoBERTa-large MeZO / full / LoRA on a TPU v4-8 (4 chips of 32 GiB), without weights.
 plan: install
 	$(PY) -m fttpu.plan --config=configs/fewshot.py:family=roberta --model=roberta-large --mesh=fsdp=4 \
 	  --methods=mezo,full,lora --hbm_gb=32 --config.data.dir=$(DATA_DIR)

@@ -1,13 +1,18 @@
 """The scale ladder: how each method's cost grows with the model, on this machine (the MeZO paper's Figure 2).
 
-  python -m experiments.scale_ladder --workdir=workdirs/ladder [--models=opt-125m,opt-1.3b] [--param_dtype=bfloat16]
+  python -m experiments.scale_ladder --workdir=workdirs/ladder [--models=opt-125m,opt-1.3b] [--param_dtype=float16]
 
 For each preset (random weights, fttpu/models/presets.py) and method, `fttpu.bench --model=<preset>`
 times the train step at a small batch (its own process per method, medians after warm-up) and
 records the process's peak RSS. Before a model is benchmarked, `fttpu.plan` sizes each method's
-compiled step (arguments + temporaries + outputs); a method whose plan exceeds this machine's memory
-(--memory_gb, default: MemTotal less --reserve_gb) is skipped and the table says so, as are the
-larger models of a method once one did not fit. Writes WORKDIR/results.md (step time as a multiple
+compiled step (arguments + temporaries + outputs; the forward as the zero_shot method's evaluation);
+a method whose plan exceeds this machine's memory (--memory_gb, default: MemTotal less --reserve_gb)
+is skipped and the table says so, as are the larger models of a method once one did not fit (and a
+model whose forward does not fit, since the forward is every ratio's unit).
+
+The weights are stored in float16 by default, as the MeZO paper runs OPT: on XLA's CPU backend a
+scanned stack of bfloat16 weights is converted to float32 whole, outside the layer loop
+(experiments/xla_cpu_bf16_scan.py shows it), so bfloat16 costs three times its bytes here. Writes WORKDIR/results.md (step time as a multiple
 of the forward, peak RSS as a multiple of the parameter bytes, the largest model each method
 trained) and WORKDIR/results.png; each model's bench and plan JSON stay in WORKDIR/<preset>.json.
 """
@@ -24,13 +29,15 @@ from fttpu.errors import ConfigError
 
 LADDER = ("opt-125m", "roberta-base", "roberta-large", "opt-1.3b", "opt-2.7b", "opt-6.7b", "llama-2-7b")
 METHODS = ("forward", "mezo", "zo:zo.base=lora", "lora", "full")
+FORWARD_PLAN = "zero_shot"  # the method whose step is the forward alone
 flags.DEFINE_string("workdir", "workdirs/ladder", "Where the JSON per model, the table and the plot go.")
 flags.DEFINE_list("models", list(LADDER), "Presets to measure, smallest first.")
 flags.DEFINE_list("methods", list(METHODS), "forward, then methods as fttpu.bench takes them.")
-flags.DEFINE_enum("param_dtype", "bfloat16", ["float32", "bfloat16", "float16"], "Storage and compute dtype.")
+flags.DEFINE_enum("param_dtype", "float16", ["float32", "bfloat16", "float16"], "Storage and compute dtype.")
 flags.DEFINE_integer("batch", 4, "Sentences per batch.")
 flags.DEFINE_integer("seq", 64, "Tokens per sentence.")
-flags.DEFINE_integer("steps", 2, "Timed steps after two warm-up steps.")
+flags.DEFINE_integer("steps", 2, "Timed steps after --warmup untimed ones.")
+flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling (a 7B model's mezo step takes minutes here).")
 flags.DEFINE_float("memory_gb", 0.0, "Memory a run may use in GiB; 0 = this machine's MemTotal - --reserve_gb.")
 flags.DEFINE_float("reserve_gb", 2.0, "What --memory_gb=0 leaves to the system and the compiler.")
 FLAGS = flags.FLAGS
@@ -52,11 +59,11 @@ def run_json(command: list) -> dict:
 
 
 def plan_gb(model: str, methods: list) -> tuple[dict, int]:
-  """({method: planned peak GiB of its step on one device}, parameters) for the methods but forward."""
+  """({method: planned peak GiB on one device}, parameters); the forward is planned as zero_shot's."""
   from fttpu.models import presets
 
   family = presets.PRESETS[model]["model_type"]
-  trained = [m for m in methods if m != "forward"]
+  trained = [FORWARD_PLAN if m == "forward" else m for m in methods]
   dtype = FLAGS.param_dtype
   planned = run_json(
     [
@@ -72,7 +79,8 @@ def plan_gb(model: str, methods: list) -> tuple[dict, int]:
       "--json",
     ]
   )
-  return {m: r["peak_mb"] / 1024 for m, r in planned["methods"].items()}, planned["parameters"]
+  by_method = {"forward" if m == FORWARD_PLAN else m: r["peak_mb"] / 1024 for m, r in planned["methods"].items()}
+  return by_method, planned["parameters"]
 
 
 def measure(model: str, memory_gb: float, too_big: set) -> dict:
@@ -83,18 +91,25 @@ def measure(model: str, memory_gb: float, too_big: set) -> dict:
     with open(path) as f:
       return json.load(f)
   planned, parameters = plan_gb(model, FLAGS.methods)
-  fits = [m for m in FLAGS.methods if m == "forward" or (m not in too_big and planned[m] <= memory_gb)]
+  fits = [m for m in FLAGS.methods if m not in too_big and planned[m] <= memory_gb]
+  if "forward" not in fits:
+    fits = []
   logging.info("%s: %d parameters; planned GiB %s; running %s", model, parameters, planned, fits)
-  bench = run_json(
-    [
-      "fttpu.bench",
-      f"--model={model}",
-      f"--param_dtype={FLAGS.param_dtype}",
-      f"--methods={','.join(fits)}",
-      f"--batch={FLAGS.batch}",
-      f"--seq={FLAGS.seq}",
-      f"--steps={FLAGS.steps}",
-    ]
+  bench = (
+    {}
+    if not fits
+    else run_json(
+      [
+        "fttpu.bench",
+        f"--model={model}",
+        f"--param_dtype={FLAGS.param_dtype}",
+        f"--methods={','.join(fits)}",
+        f"--batch={FLAGS.batch}",
+        f"--seq={FLAGS.seq}",
+        f"--steps={FLAGS.steps}",
+        f"--warmup={FLAGS.warmup}",
+      ]
+    )
   )
   record = {
     "model": model,
@@ -110,7 +125,7 @@ def measure(model: str, memory_gb: float, too_big: set) -> dict:
 
 def figures(record: dict, method: str) -> dict | None:
   bench = record["bench"]
-  if method not in bench:
+  if method not in bench or "forward" not in bench:
     return None
   param_mb = bench["forward"]["model_params_mb"]
   return {
@@ -124,7 +139,8 @@ def figures(record: dict, method: str) -> dict | None:
 def table(records: list, memory_gb: float) -> str:
   methods = FLAGS.methods
   lines = [
-    f"Random-weight presets in {FLAGS.param_dtype}, batch {FLAGS.batch} x {FLAGS.seq} tokens, {os.cpu_count()} "
+    f"Random-weight presets in {FLAGS.param_dtype}, batch {FLAGS.batch} x {FLAGS.seq} tokens, median of "
+    f"{FLAGS.steps} steps after {FLAGS.warmup} warm-up, {os.cpu_count()} "
     f"CPU cores, {memory_gb:.1f} GiB for a run. Each cell: step time as a multiple of the forward's, and peak "
     "RSS as a multiple of the parameter bytes (GiB).",
     "",
@@ -139,10 +155,11 @@ def table(records: list, memory_gb: float) -> str:
         cells.append(f"{f['to_forward']:.2f}x, {f['rss_to_params']:.2f}x ({f['rss_gb']:.1f})")
       else:
         cells.append(f"does not fit (plan {record['planned_gb'].get(method, float('nan')):.1f} GiB)")
-    forward = record["bench"]["forward"]["step_s"]
-    lines.append(
-      f"| {record['model']} | {record['parameters'] / 1e9:.2f}B | {forward:.2f} | " + " | ".join(cells) + " |"
+    bench = record["bench"]
+    forward = (
+      f"{bench['forward']['step_s']:.2f}" if bench else f"does not fit (plan {record['planned_gb']['forward']:.1f} GiB)"
     )
+    lines.append(f"| {record['model']} | {record['parameters'] / 1e9:.2f}B | {forward} | " + " | ".join(cells) + " |")
   lines += ["", "Largest model each method trains here:", ""]
   for method in methods[1:]:
     trained = [r for r in records if figures(r, method)]
@@ -166,7 +183,7 @@ def plot(records: list, path: str) -> None:
     sizes = [p for p, _ in points]
     axes[0].plot(sizes, [f["to_forward"] for _, f in points], marker="o", label=method)
     axes[1].plot(sizes, [f["rss_gb"] for _, f in points], marker="o", label=method)
-  by_size = sorted(records, key=lambda r: r["parameters"])
+  by_size = sorted((r for r in records if r["bench"]), key=lambda r: r["parameters"])
   sizes = [r["parameters"] / 1e9 for r in by_size]
   axes[1].plot(
     sizes, [r["bench"]["forward"]["max_rss_mb"] / 1024 for r in by_size], marker="o", color="black", label="forward"
@@ -210,7 +227,8 @@ def main(argv):
   text = table(records, memory_gb)
   with open(os.path.join(FLAGS.workdir, "results.md"), "w") as f:
     f.write(text + "\n")
-  plot(records, os.path.join(FLAGS.workdir, "results.png"))
+  if any(r["bench"] for r in records):
+    plot(records, os.path.join(FLAGS.workdir, "results.png"))
   print(text)
 
 
