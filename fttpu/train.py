@@ -9,10 +9,12 @@ import dataclasses
 import functools
 import json
 import logging
+import resource
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fttpu import (
@@ -118,11 +120,11 @@ def start(config, workdir: str, closing: contextlib.ExitStack) -> "Loop":
   batch_at, train_set = trainer.data_batches(config, data)
   started = time.perf_counter()
   run = trainer.setup(config, model, batch_at, train_set)
-  labels = run.method.labels(run.tree)
+  trainable = masks.count_trainable(run.tree, run.method.labels(run.tree))
   logging.info(
     "method %s: %d of %d parameters train (prepared in %.1fs)",
     run.method.name,
-    masks.count_trainable(run.tree, labels),
+    trainable,
     sum(p.size for p in jax.tree_util.tree_leaves(run.tree)),
     time.perf_counter() - started,
   )
@@ -135,11 +137,24 @@ def start(config, workdir: str, closing: contextlib.ExitStack) -> "Loop":
     sum(p.nbytes for p in jax.tree_util.tree_leaves(state.params)) / 2**20,
     max(sharding.device_bytes(state.params).values()) / 2**20,
   )
+  warn_of_bfloat16_on_cpu(state.params)
   loop = Loop(config, workdir, mesh, manager, run, data, batch_at, state, state_sharding, initial)
+  loop.summary["model/trainable"] = int(trainable)
+  loop.summary["model/optimizer_entries"] = sum(int(x.size) for x in jax.tree_util.tree_leaves(state.opt_state))
   loop.resume()
   loop.writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=loop.saved_step)
   closing.callback(loop.writer.close)
   return loop
+
+
+def warn_of_bfloat16_on_cpu(params) -> None:
+  """XLA's CPU backend converts a scanned stack of bfloat16 weights to float32 whole (it has no bfloat16
+  dynamic-slice): say so, since it triples the weights' memory there (float16 is sliced as it is)."""
+  if jax.default_backend() == "cpu" and any(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(params)):
+    logging.warning(
+      "bfloat16 weights on XLA's CPU backend: each scanned stack is held in float32 too (3x its bytes); "
+      "model.param_dtype=float16 avoids it here (experiments/xla_cpu_bf16_scan.py)"
+    )
 
 
 @dataclasses.dataclass
@@ -161,7 +176,7 @@ class Loop:
   fingerprints: dict | None = None  # of the sampled splits, saved in each checkpoint
   writer: Any = None
   eval_step: Any = None
-  timings: dict = dataclasses.field(default_factory=dict)
+  summary: dict = dataclasses.field(default_factory=dict)  # figures of the run for the test line
   # saved beside the state in each checkpoint; "projected_grad": the method's per-step record (method.record)
   record: dict = dataclasses.field(
     default_factory=lambda: {"projected_grad": [], "skipped_batches": 0, "divergence": {}}
@@ -254,8 +269,8 @@ class Loop:
       return step
     started = time.perf_counter()
     step = step.lower(self.state, example).compile()
-    self.timings["perf/compile_s"] = time.perf_counter() - started
-    logging.info("train step compiled in %.1fs", self.timings["perf/compile_s"])
+    self.summary["perf/compile_s"] = time.perf_counter() - started
+    logging.info("train step compiled in %.1fs", self.summary["perf/compile_s"])
     return step
 
   def train(self, preemption: guards.Preemption) -> dict | None:
@@ -295,7 +310,7 @@ class Loop:
       if done % config.train.checkpoint_every == 0 or done == total_steps:
         self.save(dev)
     if step_times:
-      self.timings["perf/step_s"] = float(np.median(step_times[1:] or step_times))
+      self.summary["perf/step_s"] = float(np.median(step_times[1:] or step_times))
     return None
 
   def preempted(self, step: int, reason: str) -> dict:
@@ -340,9 +355,10 @@ class Loop:
           "saved %s (%.2f MB): what %s adds to the pretrained checkpoint", saved[0], saved[1], self.method.name
         )
     test = self.evaluate(self.data.test)
+    self.summary["perf/peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = self.writer.write(
       self.step,
-      {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **self.timings},
+      {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **self.summary},
       split="test",
       examples=len(self.data.test),
       final=True,

@@ -38,6 +38,9 @@ def test_short_sst2_run_writes_config_metrics_tensorboard_checkpoints_and_resume
   final = lines[-1]
   assert final["final"] is True and final["split"] == "test" and final["step"] == 4 and "eval/accuracy" in final
   assert final["examples"] == 256
+  # full FT: every one of MiniLM's 22.7M parameters trains, AdamW keeps two moments of each
+  assert 22.5e6 < final["model/trainable"] < 23e6 and final["model/optimizer_entries"] >= 2 * final["model/trainable"]
+  assert final["perf/peak_rss_mb"] > 200 and final["perf/step_s"] > 0
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tensorboard"))
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
 
