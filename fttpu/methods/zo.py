@@ -218,8 +218,8 @@ def rounded_away_fraction(tree, labels, eps: float, dtype) -> float:
   for leaf, label in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(labels)):
     if label != masks.TRAIN:
       continue
-    w = np.asarray(leaf, np.float32).reshape(-1)
-    w = w[:: max(1, w.size // SAMPLED_ENTRIES)]  # an even sample: start-up stays cheap for large models
+    w = np.asarray(leaf).reshape(-1)  # a view of the weights (converting the whole leaf held 2x its bytes)
+    w = w[:: max(1, w.size // SAMPLED_ENTRIES)].astype(np.float32)  # an even sample: start-up stays cheap
     cast = lambda x: np.asarray(jnp.asarray(x).astype(dtype).astype(jnp.float32))
     hidden += int(np.sum((cast(w + eps) == cast(w)) & (cast(w - eps) == cast(w))))
     total += w.size
