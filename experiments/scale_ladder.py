@@ -12,9 +12,11 @@ model whose forward does not fit, since the forward is every ratio's unit).
 
 The weights are stored in float16 by default, as the MeZO paper runs OPT: on XLA's CPU backend a
 scanned stack of bfloat16 weights is converted to float32 whole, outside the layer loop
-(experiments/xla_cpu_bf16_scan.py shows it), so bfloat16 costs three times its bytes here. Writes WORKDIR/results.md (step time as a multiple
-of the forward, peak RSS as a multiple of the parameter bytes, the largest model each method
-trained) and WORKDIR/results.png; each model's bench and plan JSON stay in WORKDIR/<preset>.json.
+(experiments/xla_cpu_bf16_scan.py shows it), so bfloat16 costs three times its bytes here.
+
+Writes WORKDIR/results.md (step time as a multiple of the forward, peak RSS as a multiple of the
+parameter bytes, the largest model each method trained) and WORKDIR/results.png; each model's
+bench and plan JSON stay in WORKDIR/<preset>.json.
 """
 
 import json
