@@ -8,8 +8,8 @@ every step; replaying it applies the same updates without evaluating a single lo
 {"steps", "max_abs_diff" (replayed vs checkpoint), "max_abs_update" (checkpoint vs start), "identical"}.
 
 What is exact: with rademacher noise the replay equals the checkpoint bit for bit. Gaussian z goes
-through erf_inv (a log and a polynomial), which XLA compiles into the train step's fusions and the
-replay's differently, so the two differ by float32 rounding (measured: 3e-8 after 12 steps).
+through a log, a square root and a polynomial, which XLA compiles into the train step's fusions and
+the replay's differently, so the two may differ by float32 rounding.
 """
 
 import json
@@ -56,7 +56,9 @@ def replay_workdir(workdir: str) -> dict:
       "set replay"
     )
   try:
-    tree, rng, projected = zo.load_trajectory(trajectory, model.params)
+    tree, rng, projected = zo.load_trajectory(trajectory, model.params, config.zo.noise)
+  except ConfigError:
+    raise
   except Exception as e:  # safetensors raises its own error kinds for truncated or foreign files
     raise CheckpointError(
       f"{trajectory} is damaged ({type(e).__name__}: {str(e)[:160]}); resume the run to rewrite it"

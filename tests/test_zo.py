@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import safetensors.numpy
 
 from configs import fewshot
 from fttpu import errors
@@ -59,6 +60,46 @@ def test_noise_of_looked_up_rows_is_the_rows_of_the_whole_leaf(kind):
   other = np.asarray(perturbation.leaf_noise(perturbation.subkeys(key, 1), shape, kind).value(shape))
   for a, b in ((whole[:, 1:], whole[:, :-1]), (whole[1:], whole[:-1]), (whole, other)):
     assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(a.size)
+
+
+@pytest.mark.parametrize("kind", perturbation.KINDS)
+def test_noise_is_independent_across_samples_steps_leaves_and_within_each_draw(kind):
+  """z as a step draws it (draw_noise on the step's key): for each pair of draws that must be independent
+  (samples of a step, steps, two leaves, neighbouring entries) no linear correlation and none between
+  squares (the radius of a Box-Muller pair shared with its neighbour would show there); gaussian z
+  passes a Kolmogorov-Smirnov test against N(0, 1) and matches its moments through the sixth."""
+  from scipy import stats
+
+  shape = (2048, 512)
+  tree = {"model": {"a": jnp.zeros(shape), "b": jnp.zeros(shape)}}
+  labels = jax.tree_util.tree_map(lambda _: masks.TRAIN, tree)
+  run_key = jax.random.key(11)
+
+  def z(step, sample, leaf):
+    key = zo.probe_key(jax.random.fold_in(run_key, step), sample)  # as step.train_step folds in the step
+    noise = dict(zo.draw_noise(tree, labels, key, kind))[("model", leaf)]
+    return np.asarray(noise.value(shape), np.float64).ravel()
+
+  base = z(0, 0, "a")
+  size = base.size
+  for label, other in (
+    ("samples", z(0, 1, "a")),
+    ("steps", z(1, 0, "a")),
+    ("leaves", z(0, 0, "b")),
+    ("entries", np.roll(base, 1)),
+    ("rows", np.roll(base, shape[1])),
+  ):
+    for power in (1, 2):
+      if kind == "rademacher" and power == 2:
+        continue  # z^2 == 1
+      assert abs(np.corrcoef(base**power, other**power)[0, 1]) < 5 / np.sqrt(size), (label, power)
+  if kind == "gaussian":
+    u = np.linspace(-1, 1, 10001, dtype=np.float32)
+    np.testing.assert_allclose(perturbation.sin_half_period(jnp.asarray(u)), np.sin(np.pi * u / 2), rtol=0, atol=2e-7)
+    assert stats.kstest(base, "norm").pvalue > 1e-3
+    for order, moment in ((1, 0), (2, 1), (3, 0), (4, 3), (6, 15)):
+      spread = np.sqrt(stats.norm.moment(2 * order) - moment**2)  # the standard error of the sample moment
+      assert abs(np.mean(base**order) - moment) < 5 * spread / np.sqrt(size), order
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
@@ -219,7 +260,9 @@ def run_replay(workdir) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
 def test_a_mezo_run_replays_from_its_trajectory(tmp_path, tiny_roberta, noise):
   """The CLI run (tiny RoBERTa, 16-shot SST-2) saves trajectory.safetensors; `python -m fttpu.replay` rebuilds its final checkpoint:
-  bit for bit with rademacher noise, within float32 rounding of erf_inv with gaussian (the README says so)."""
+  bit for bit with rademacher noise, within float32 rounding of the Box-Muller draw with gaussian (the
+  README says so). A gaussian trajectory that an earlier generator drew (no `noise_generator` in its
+  metadata) is refused with the reason, not replayed along other directions."""
   workdir = tmp_path / "mezo"
   result = run_main(
     f"--config=configs/fewshot.py:family=roberta,checkpoint={tiny_roberta},method=mezo,k=16,seed=42,steps=12",
@@ -239,6 +282,11 @@ def test_a_mezo_run_replays_from_its_trajectory(tmp_path, tiny_roberta, noise):
     assert out["identical"] and out["max_abs_diff"] == 0.0, out
   else:  # a replay that drew another z, or skipped a step, would differ by the size of an update
     assert out["max_abs_diff"] <= 1e-3 * out["max_abs_update"], out
+    path = workdir / "trajectory.safetensors"
+    safetensors.numpy.save_file(safetensors.numpy.load_file(path), path, metadata={"method": "mezo"})
+    refused = run_replay(workdir)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "its gaussian z was drawn by the inverse-CDF generator of an earlier fttpu" in refused.stderr
 
 
 def test_replay_refuses_a_run_that_rechooses_its_trainable_set(tmp_path, tiny_roberta):

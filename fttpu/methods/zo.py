@@ -26,6 +26,8 @@ A run is also its trajectory: the initial trainable tree plus g per step. `repla
 the final parameters from it.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -252,13 +254,24 @@ def save_trajectory(workdir: str, initial_artifact: dict, rng, projected: np.nda
   files.write_atomic(
     path,
     safetensors.numpy.save(
-      {**flat, "rng": np.asarray(rng), "projected_grad": np.asarray(projected, np.float32)}, metadata={"method": method}
+      {**flat, "rng": np.asarray(rng), "projected_grad": np.asarray(projected, np.float32)},
+      metadata={"method": method, "noise_generator": perturbation.GENERATOR},
     ),
   )
 
 
-def load_trajectory(path: str, pretrained: dict) -> tuple[dict, np.ndarray, np.ndarray]:
-  """(initial tree on the pretrained weights, rng key data, projected gradients (steps, samples))."""
-  saved = safetensors.numpy.load(files.read_bytes(path))
+def load_trajectory(path: str, pretrained: dict, noise: str) -> tuple[dict, np.ndarray, np.ndarray]:
+  """(initial tree on the pretrained weights, rng key data, projected gradients (steps, samples)).
+
+  Refuses a gaussian trajectory whose z another generator drew (fttpu before the Box-Muller draw
+  saved none and drew by inverse CDF): its replay would follow other directions."""
+  raw = files.read_bytes(path)
+  saved = safetensors.numpy.load(raw)
+  generator = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")]).get("__metadata__", {}).get("noise_generator")
+  if noise == "gaussian" and generator != perturbation.GENERATOR:
+    raise ConfigError(
+      f"{path}: its gaussian z was drawn by {generator or 'the inverse-CDF generator of an earlier fttpu'}, "
+      f"this fttpu draws it by {perturbation.GENERATOR}; replay it with the fttpu that trained it"
+    )
   initial = {k[len("initial/") :]: v for k, v in saved.items() if k.startswith("initial/")}
   return checkpoint.onto_pretrained(initial, pretrained), saved["rng"], saved["projected_grad"]

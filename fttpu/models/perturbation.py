@@ -19,6 +19,8 @@ threefry runs as a rolled loop on CPU whose bits are materialised at the size of
 (twice a leaf's size for a whole stacked weight).
 """
 
+import math
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -28,6 +30,9 @@ import numpy as np
 KINDS = ("gaussian", "rademacher")
 # JAX's default generator: a step's noise key of each sample (its leaves' and rows' keys are subkeys).
 IMPL = "threefry2x32"
+ANGLE_SALT = np.uint32(0x9E3779B9)  # the angle's bits: a second hash of the radius's (2^32 / golden ratio)
+# What draws z, recorded in a trajectory: replaying one drawn by another generator would diverge.
+GENERATOR = "fmix32-position-hash/box-muller"
 
 
 def fmix32(x: jax.Array) -> jax.Array:
@@ -67,13 +72,42 @@ def entry_bits(keys: jax.Array, shape: tuple) -> jax.Array:
   return fmix32(fmix32(index) ^ k1)
 
 
+def symmetric_uniform(bits: jax.Array) -> jax.Array:
+  """Uniform in (-1, 1) from the top 24 of 32 bits: odd integers in [1 - 2^24, 2^24 - 1] over 2^24,
+  exact in float32 and symmetric about 0."""
+  odd = (bits >> 8).astype(jnp.int32) * 2 + (1 - 2**24)
+  return odd.astype(jnp.float32) * (1.0 / 2**24)
+
+
+# sin(x) = sum_k (-1)^k x^(2k+1) / (2k+1)!, through x^11: within 6e-8 for |x| <= pi / 2.
+SINE_TERMS = tuple(np.float32((-1) ** k / math.factorial(2 * k + 1)) for k in range(6))
+
+
+def sin_half_period(u: jax.Array) -> jax.Array:
+  """sin(pi u / 2) for u in (-1, 1), as a polynomial: jnp.sin's range reduction is the costliest
+  part of the draw on CPU (5 ns an entry) and this range needs none."""
+  x = u * np.float32(math.pi / 2)
+  square = x * x
+  total = SINE_TERMS[-1]
+  for term in reversed(SINE_TERMS[:-1]):
+    total = term + total * square
+  return x * total
+
+
 def unit_from_bits(bits: jax.Array, kind: str) -> jax.Array:
-  """z in float32 from 32 bits per entry: N(0, 1) (inverse CDF of 24 uniform bits) or +-1 (top bit)."""
+  """z in float32 from 32 bits per entry: +-1 (the top bit) or N(0, 1) by Box-Muller.
+
+  Gaussian: radius sqrt(-2 log u) from the top 24 bits (u in (0, 1], so |z| <= 5.77) times the sine
+  of a uniform angle on a half period (the same arcsine law as the cosine of a whole one), from 24
+  bits of a second hash of the first. A log, a square root and six multiply-adds: half what
+  jax.lax.erf_inv (inverse CDF, two polynomials of nine terms) costs on CPU, so that gaussian MeZO
+  costs about what sign noise does (experiments/noise_cost.py measures both).
+  """
   if kind == "rademacher":
     return 1.0 - 2.0 * (bits >> 31).astype(jnp.float32)
-  odd = (bits >> 8).astype(jnp.int32) * 2 + (1 - 2**24)  # odd integers in [1 - 2^24, 2^24 - 1]: exact in float32
-  uniform = odd.astype(jnp.float32) * (1.0 / 2**24)  # in (-1, 1), symmetric
-  return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(uniform)
+  u = ((bits >> 8).astype(jnp.int32) + 1).astype(jnp.float32) * (1.0 / 2**24)
+  radius = jnp.sqrt(-2.0 * jnp.log(u))
+  return radius * sin_half_period(symmetric_uniform(fmix32(bits ^ ANGLE_SALT)))
 
 
 @flax.struct.dataclass
