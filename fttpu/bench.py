@@ -164,9 +164,7 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
     labels = method.labels(holder[0].params)
     extra = {
       "trainable": masks.count_trainable(holder[0].params, labels),
-      "optimizer_state_entries": int(
-        sum(np.size(x) for x in jax.tree_util.tree_leaves(holder[0].opt_state) if np.ndim(x) > 0)
-      ),
+      "optimizer_state_entries": masks.optimizer_state_entries(holder[0].opt_state),
     }
   sizes = [x.nbytes for x in jax.tree_util.tree_leaves(model.params)]
   extra.update(model_params_mb=sum(sizes) / 2**20, largest_param_mb=max(sizes) / 2**20)

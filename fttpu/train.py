@@ -140,7 +140,7 @@ def start(config, workdir: str, closing: contextlib.ExitStack) -> "Loop":
   warn_of_bfloat16_on_cpu(state.params)
   loop = Loop(config, workdir, mesh, manager, run, data, batch_at, state, state_sharding, initial)
   loop.summary["model/trainable"] = int(trainable)
-  loop.summary["model/optimizer_entries"] = sum(int(x.size) for x in jax.tree_util.tree_leaves(state.opt_state))
+  loop.summary["model/optimizer_entries"] = masks.optimizer_state_entries(state.opt_state)
   loop.resume()
   loop.writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=loop.saved_step)
   closing.callback(loop.writer.close)

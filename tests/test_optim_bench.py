@@ -191,3 +191,58 @@ def test_scale_ladder_benches_what_fits_and_says_what_does_not(tmp_path):
   record, table = ladder(tmp_path / "tiny", 0.2)
   assert record["bench"] == {} and record["skipped"] == ["forward", "mezo", "full"]
   assert f"| does not fit (plan {record['planned_gb']['forward']:.1f} GiB) |" in table and "- mezo: none" in table
+
+
+def bf16_scan_figures(dtype: str) -> list:
+  """[compiled temp MiB, peak RSS extra MiB] of experiments/xla_cpu_bf16_scan's program: 6 layers of 256x1024."""
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.xla_cpu_bf16_scan",
+      f"--one=jax:{dtype}",
+      "--layers=6",
+      "--hidden=256",
+      "--ffn=1024",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_scan_over_bfloat16_weights_holds_a_float32_stack_and_the_run_warns(caplog):
+  """The finding train.warn_of_bfloat16_on_cpu reports: XLA's CPU backend converts a scanned bfloat16 stack
+  to float32 whole (temporaries: the stack in float32, 6 MiB here, on top of a layer's), float16 one layer at a time. If a new
+  XLA slices bfloat16 too, this fails, and the warning (and the float16 default of the ladder) can go."""
+  from fttpu import train
+
+  stack_mb = 6 * 256 * 1024 * 4 / 2**20
+  float16_temp = bf16_scan_figures("float16")[0]
+  assert float16_temp < 3 * stack_mb / 6  # a layer's float32 copy in flight (two, measured)
+  assert bf16_scan_figures("bfloat16")[0] >= stack_mb + float16_temp / 2  # the whole stack on top
+  with caplog.at_level("WARNING"):
+    train.warn_of_bfloat16_on_cpu({"w": jax.numpy.zeros((2, 2), jax.numpy.float16)})
+    assert not [r for r in caplog.records if "bfloat16 weights" in r.getMessage()]
+    train.warn_of_bfloat16_on_cpu({"w": jax.numpy.zeros((2, 2), jax.numpy.bfloat16)})
+  assert [r for r in caplog.records if "bfloat16 weights on XLA's CPU backend" in r.getMessage()]
+
+
+def test_noise_cost_times_every_draw_against_the_sign_draw():
+  """experiments/noise_cost.py: a row per transform, each a positive time per entry, sign at 1.00x."""
+  out = subprocess.run(
+    [sys.executable, "-m", "experiments.noise_cost", "--entries=65536", "--rounds=2"],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  rows = {
+    line.split("|")[1].strip(): line.split("|")[2:4]
+    for line in out.stdout.splitlines()
+    if line.startswith("| ") and "ns" not in line
+  }
+  assert set(rows) == {"sign", "hash only", "box-muller", "inverse CDF"}, out.stdout
+  assert all(float(ns) > 0 for ns, _ in rows.values()) and rows["sign"][1].strip() == "1.00"

@@ -49,6 +49,12 @@ def count_trainable(params, labels) -> int:
   )
 
 
+def optimizer_state_entries(opt_state) -> int:
+  """Entries of the optimizer's per-parameter buffers (Adam's moments, momentum), without scalars
+  such as step counters: what a method's optimizer memory grows with."""
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(opt_state) if jnp.ndim(x) > 0)
+
+
 def split(tree, labels):
   """(list of the TRAIN leaves, rebuild) where rebuild(new TRAIN leaves) is the whole tree again."""
   leaves, treedef = jax.tree_util.tree_flatten(tree)
