@@ -86,6 +86,8 @@ def get_config(arg=None):
   config.train.divergence = "stop"  # a diverged run (below): stop (keeping the last good state) | continue
   config.train.divergence_ratio = 100.0  # diverged: a training loss above this x max(first step's loss, 1); 0: off
   config.train.stuck_steps = 20  # diverged (zo.objective=loss): projected gradient exactly 0 this many steps; 0: off
+  config.train.grad_accum_steps = 1  # micro-batches per step (the batch split, one update; zeroth-order: the same z)
+  config.train.remat = "none"  # the scanned layer keeps for the backward: none | full | dots_saveable | ...
 
   # Update rules: each method module's own section (its defaults live beside its checks), read only
   # when it is config.method (or zo.base).

@@ -8,17 +8,20 @@ from fttpu.methods import masks
 from fttpu.state import TrainState
 
 
-def train_step(state: TrainState, batch: dict, *, method, loss_fn, skip_nonfinite: bool = False):
+def train_step(
+  state: TrainState, batch: dict, *, method, loss_fn, skip_nonfinite: bool = False, micro_batches: int = 1
+):
   """One update: estimate gradients of the trainable leaves, transform them under the mask, apply.
 
   A step whose loss or gradient is not finite (NaN or Inf) changes no parameter and no optimizer
   state, and reports train/nonfinite = 1. With `skip_nonfinite` its step still counts (the batch is
   skipped); otherwise the step counter stays too, so the returned state is the last good one.
+  `micro_batches` (train.grad_accum_steps) splits the batch for the estimate; the step is still one update.
   """
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   labels = method.labels(state.params)
   view_loss = lambda tree, batch, rng: loss_fn(method.view(tree), batch, rng)
-  loss, aux, grads = method.estimate(view_loss, state.params, labels, batch, rng)
+  loss, aux, grads = method.estimate(view_loss, state.params, labels, batch, rng, micro_batches=micro_batches)
   metrics = {"train/loss": loss, **{f"train/{name}": value for name, value in aux.items()}}
   finite = all_finite(loss, aux)
   metrics["train/nonfinite"] = 1 - finite.astype(jnp.int32)

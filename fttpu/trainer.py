@@ -48,6 +48,15 @@ def check_train(config) -> None:
     "a number > 1 (a multiple of the first step's loss), or 0 (off)",
   )
   check(t.stuck_steps >= 0, "train.stuck_steps", t.stuck_steps, "an integer >= 0 (0: off)")
+  check(
+    t.grad_accum_steps >= 1 and t.batch_size % t.grad_accum_steps == 0,
+    "train.grad_accum_steps",
+    t.grad_accum_steps,
+    f"an integer >= 1 that divides train.batch_size={t.batch_size} (each step's batch is split into that many)",
+  )
+  check(
+    t.remat in models.transformer.REMAT_POLICIES, "train.remat", t.remat, str(list(models.transformer.REMAT_POLICIES))
+  )
 
 
 def validate(config) -> None:
@@ -69,6 +78,7 @@ class Setup(NamedTuple):
   loss_fn: Callable  # (tree, batch, rng) -> (loss, aux)
   logits_fn: Callable  # (tree, batch, rng) -> logits
   optimizer: Any  # config.optimizer's transform (before the mask)
+  micro_batches: int = 1  # train.grad_accum_steps: slices of each batch the estimate runs over
 
 
 def setup(
@@ -84,6 +94,7 @@ def setup(
   """config.method on `model`, prepared from its weights. `batch_at(step)` and `train_set` are training
   batches with their prompts (what sparse selection and linear probes read). `prepare` wraps the method's
   prepare (fttpu.plan sizes it under jax.eval_shape)."""
+  model = models.with_remat(model, config.train.remat)
   classify = classifier.make_classifier(model.module, config.model.classifier, config.model.logit_scale)
   loss_fn = classifier.make_loss_fn(classify.logits)
   optimizer = optim.make_optimizer(config.optimizer, config.train.steps if total_steps is None else total_steps)
@@ -94,7 +105,7 @@ def setup(
   rng = jax.random.key(config.seed) if rng is None else rng
   run_prepare = lambda params: method.prepare(params, rng, context)
   tree = (prepare or (lambda f, params: f(params)))(run_prepare, model.params)
-  return Setup(method, tree, loss_fn, classify.logits, optimizer)
+  return Setup(method, tree, loss_fn, classify.logits, optimizer, config.train.grad_accum_steps)
 
 
 def data_batches(config, data: pipeline.FewShotData) -> tuple[Callable, dict]:
@@ -114,7 +125,13 @@ def place(run: Setup, seed: int, mesh, rules: dict, model_axes: dict):
 
 def compile_train_step(run: Setup, state_sharding, batch_sharding, mesh, skip_nonfinite: bool = False):
   """The train step jitted over the mesh, state donated."""
-  step = functools.partial(step_lib.train_step, method=run.method, loss_fn=run.loss_fn, skip_nonfinite=skip_nonfinite)
+  step = functools.partial(
+    step_lib.train_step,
+    method=run.method,
+    loss_fn=run.loss_fn,
+    skip_nonfinite=skip_nonfinite,
+    micro_batches=run.micro_batches,
+  )
   return jax.jit(
     step,
     in_shardings=(state_sharding, batch_sharding),

@@ -208,3 +208,29 @@ def test_whole_heads_on_grouped_query_attention_fail_clearly(family_setup):
   config.sparse.structure = "heads"
   with pytest.raises(ConfigError, match="grouped-query attention has fewer key/value heads"):
     run_steps(config, model, data, steps=1)
+
+
+@pytest.mark.parametrize("method_name", ["full", "lora"])
+def test_every_remat_policy_gives_the_gradients_of_none(family_setup, method_name):
+  """train.remat recomputes the scanned layer's activations in the backward pass instead of keeping them:
+  each policy's gradients equal those of keeping everything (float32, 1e-6 relative)."""
+  family, config_for, model, data = family_setup
+  batch = {**pipeline.train_batch(data.train, 0, 4, 0), **data.prompts}
+
+  def gradients(policy):
+    config = config_for(method_name)
+    config.train.remat = policy
+    run = trainer.setup(
+      config, model, lambda i: batch, {**pipeline.whole(data.train), **data.prompts}, rng=jax.random.key(0)
+    )
+    loss = lambda tree: run.loss_fn(run.method.view(tree), batch, None)[0]
+    labels = run.method.labels(run.tree)
+    return masks.split(jax.jit(jax.grad(loss))(run.tree), labels)[0]
+
+  expected = gradients("none")
+  for policy in [p for p in models.transformer.REMAT_POLICIES if p != "none"]:
+    got = gradients(policy)
+    scale = max(float(np.max(np.abs(np.asarray(g)))) for g in expected)
+    assert scale > 0
+    for g, e in zip(got, expected):
+      np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-6, atol=1e-6 * scale, err_msg=policy)

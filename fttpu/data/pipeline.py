@@ -295,6 +295,20 @@ def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") 
   )
 
 
+EXAMPLE_KEYS = ("input_ids", "attention_mask", "labels", "weights", "target_mask")  # one row per example
+
+
+def micro_batches(batch: dict, count: int) -> tuple[dict, dict]:
+  """(the example arrays as `count` micro-batches stacked on a new leading axis, the prompts they share).
+
+  Micro-batch m holds rows m, m + count, m + 2 count, ...: a batch sharded over devices by rows keeps
+  each micro-batch spread over all of them. (A jax or numpy batch; rows must divide by `count`.)
+  """
+  examples = {k: v for k, v in batch.items() if k in EXAMPLE_KEYS}
+  split = lambda x: x.reshape((x.shape[0] // count, count) + x.shape[1:]).swapaxes(0, 1)
+  return {k: split(v) for k, v in examples.items()}, {k: v for k, v in batch.items() if k not in EXAMPLE_KEYS}
+
+
 def _batch(data: Encoded, weights: np.ndarray) -> dict:
   """The batch dict of `data`: target_mask only when the style has one."""
   batch = {

@@ -23,6 +23,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
+from fttpu.data import pipeline
 from fttpu.methods import deltas, masks
 from fttpu.registry import Registry
 
@@ -52,7 +53,7 @@ class Method(NamedTuple):
   prepare: Callable  # (model params, rng, Context) -> tree with any added leaves
   labels: Callable  # tree -> tree of "train"/"freeze": the optax parameter mask
   tx: Optional[optax.GradientTransformation]  # set from `labels` by `with_optimizer`, never by a maker
-  estimate: Callable  # (loss_fn, tree, labels, batch, rng) -> (loss, aux: metrics, grads)
+  estimate: Callable  # (loss_fn, tree, labels, batch, rng, micro_batches=1) -> (loss, aux: metrics, grads)
   trains: bool  # False for evaluation-only methods
   view: Callable = None  # tree -> what the loss applies in a train step
   merge: Callable = None  # tree -> {"model": plain weights, "head"?} for evaluation and export
@@ -156,14 +157,43 @@ def wrap(params, rng=None, context=None) -> dict:
   return {"model": params}
 
 
-def autodiff(loss_fn, tree, labels, batch, rng):
+def mean_over_micro_batches(fn: Callable, batch: dict, count: int):
+  """sum_m share_m fn(micro-batch m, m) over `count` micro-batches (accumulated in float32, one micro-batch
+  in flight), share_m = micro-batch m's example weight over the batch's: of a weighted mean per example
+  (the loss, accuracy, their gradients) the whole batch's value. count 1: fn(batch, 0) itself."""
+  if count == 1:
+    return fn(batch, 0)
+  examples, prompts = pipeline.micro_batches(batch, count)
+  weights = examples["weights"].sum(axis=1)
+  shares = weights / jnp.maximum(weights.sum(), 1.0)
+  first = jax.tree_util.tree_map(lambda x: x[0], examples)
+  shapes = jax.eval_shape(lambda: fn({**first, **prompts}, 0))
+
+  def add(total, inputs):
+    micro, share, index = inputs
+    out = fn({**micro, **prompts}, index)
+    return jax.tree_util.tree_map(lambda t, x: t + share * x.astype(jnp.float32), total, out), None
+
+  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+  total, _ = jax.lax.scan(add, zeros, (examples, shares, jnp.arange(count)))
+  return jax.tree_util.tree_map(lambda t, s: t.astype(s.dtype), total, shapes)
+
+
+def autodiff(loss_fn, tree, labels, batch, rng, micro_batches: int = 1):
   """Exact gradients of the trainable leaves by reverse-mode autodiff (dropout on: rng is given).
 
   Frozen leaves are constants of the differentiated function, so no gradient is computed for
-  them (their entry in `grads` is zeros, which the optimizer never reads).
+  them (their entry in `grads` is zeros, which the optimizer never reads). With micro_batches > 1
+  (train.grad_accum_steps) the gradients are accumulated over that many slices of the batch, so
+  only one slice's activations are alive: the same update, except that dropout draws per slice.
   """
   trainable, rebuild = masks.split(tree, labels)
-  (loss, aux), grads = jax.value_and_grad(lambda t: loss_fn(rebuild(t), batch, rng), has_aux=True)(trainable)
+  grad_fn = jax.value_and_grad(lambda t, b, r: loss_fn(rebuild(t), b, r), has_aux=True)
+
+  def of_micro_batch(micro, index):
+    return grad_fn(trainable, micro, rng if rng is None or micro_batches == 1 else jax.random.fold_in(rng, index))
+
+  (loss, aux), grads = mean_over_micro_batches(of_micro_batch, batch, micro_batches)
   return loss, {**aux, "grad_norm": optax.global_norm(grads)}, masks.fill(tree, labels, grads)
 
 

@@ -118,12 +118,15 @@ def spsa(eps: float, samples: int, kind: str, objective: str, optimizer_name: st
   """The estimate of a zeroth-order method: (loss, aux, grad) as autodiff returns them; aux's
   projected_grad is the value (the trajectory), what the update uses follows `coefficients`."""
 
-  def estimate(loss_fn, tree, labels, batch, rng):
+  def estimate(loss_fn, tree, labels, batch, rng, micro_batches: int = 1):
     def evaluate(probe):
-      """The loss at theta + eps z (even probes) or theta - eps z (odd) of sample probe // 2."""
+      """The loss at theta + eps z (even probes) or theta - eps z (odd) of sample probe // 2: over the
+      micro-batches (train.grad_accum_steps) with the same z, their mean is the whole batch's loss."""
       noise = draw_noise(tree, labels, probe_key(rng, probe // 2), kind)
       scale = jnp.where(probe % 2 == 0, eps, -eps)
-      loss, aux = loss_fn(perturb(tree, noise, scale), batch, None)  # rng None: dropout off
+      perturbed = perturb(tree, noise, scale)
+      of_micro_batch = lambda micro, _: loss_fn(perturbed, micro, None)  # rng None: dropout off
+      loss, aux = base.mean_over_micro_batches(of_micro_batch, batch, micro_batches)
       return loss, aux["accuracy"], loss if objective == "loss" else -aux["accuracy"]
 
     # One loop over the 2n evaluations: the model is compiled once and each pass is unbatched.

@@ -39,6 +39,15 @@ class LoadedModel:
   checkpoint_dir: str
 
 
+def with_remat(model: LoadedModel, policy: str) -> LoadedModel:
+  """`model` whose scanned layers rematerialise by `policy` (train.remat, a key of transformer.REMAT_POLICIES) in
+  the backward pass; the parameters are the same arrays."""
+  if policy == model.config.remat:
+    return model
+  config = dataclasses.replace(model.config, remat=policy)
+  return dataclasses.replace(model, module=model.module.clone(config=config), config=config)
+
+
 def validate(config) -> None:
   """config.model: family, classifier style for the family, dtypes, checkpoint directory."""
   m = config.model

@@ -27,6 +27,15 @@ from fttpu.models.perturbation import perturbed
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
+# train.remat: what the scanned layer keeps for the backward pass (jax.checkpoint's policies); the rest
+# is recomputed there. "none" keeps every activation.
+REMAT_POLICIES = {
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,  # keeps only each layer's input
+  "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keeps matmul outputs, recomputes the rest
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # projections, not attention
+}
+
 ACTIVATIONS = {
   "gelu": lambda x: nn.gelu(x, approximate=False),
   "gelu_new": lambda x: nn.gelu(x, approximate=True),
@@ -68,6 +77,7 @@ class ModelConfig:
   tied_embeddings: bool = True
   dtype: str = "float32"  # compute dtype of activations and matmuls
   param_dtype: str = "float32"  # storage dtype of parameters
+  remat: str = "none"  # a key of REMAT_POLICIES: the scanned layer's rematerialisation
 
   def __post_init__(self):
     if not self.num_kv_heads:
@@ -232,8 +242,10 @@ class Layer(nn.Module):
 
 def stack_layers(config: ModelConfig, deterministic: bool, hidden, bias, positions):
   """The L layers as one scanned module named "layers" (parameters stacked on a leading "layers" axis)."""
+  policy = REMAT_POLICIES[config.remat]
+  layer = Layer if policy is None else nn.remat(Layer, policy=policy, prevent_cse=False)  # scan keeps CSE apart
   layers = nn.scan(
-    Layer,
+    layer,
     variable_axes={"params": 0, "intermediates": 0, "noise": 0},
     split_rngs={"params": True, "dropout": True},
     in_axes=nn.broadcast,
