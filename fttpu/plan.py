@@ -105,6 +105,8 @@ def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
   sizes = {key: getattr(memory, f"{key}_size_in_bytes") / MB for key in ("argument", "temp", "output", "alias")}
   labels = method.labels(tree)
   return {
+    "remat": config.train.remat,
+    "micro_batches": run.micro_batches,
     "trainable": masks.count_trainable(tree, labels),
     "optimizer_state_mb": sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state.opt_state)) / MB,
     **{f"{key}_mb": value for key, value in sizes.items()},
@@ -160,21 +162,27 @@ def count(n: int) -> str:
 def table(result: dict, hbm_gb: float) -> str:
   gb = lambda mb: f"{mb / 1024:.2f}"
   mesh = " ".join(f"{k}={v}" for k, v in result["mesh"].items())
+  width = max(28, 2 + max(map(len, result["methods"])))
   lines = [
     f"{result['model']} ({result['family']}, {result['parameters'] / 1e6:.1f}M parameters in "
     f"{result['param_dtype']}, compute {result['compute_dtype']}; {result['classifier']} classifier, task "
     f"{result['task']}, batch {result['batch'][0]} x {result['batch'][1]} tokens)",
     f"mesh {mesh} on {math.prod(result['mesh'].values())} {result['platform']} devices; GiB per device:",
-    f"{'method':<28}{'trainable':>12}{'arguments':>11}{'temp':>9}{'output':>9}{'alias':>9}{'peak':>9}"
+    f"{'method':<{width}}{'remat':>8}{'micro':>6}{'trainable':>12}{'arguments':>11}{'temp':>9}{'output':>9}"
+    f"{'alias':>9}{'peak':>9}"
     + ("  fits" if hbm_gb else ""),
   ]
   for spec, r in result["methods"].items():
     fits = ("  yes" if r["peak_mb"] / 1024 <= hbm_gb else "  NO") if hbm_gb else ""
     lines.append(
-      f"{spec:<28}{count(r['trainable']):>12}{gb(r['argument_mb']):>11}{gb(r['temp_mb']):>9}"
+      f"{spec:<{width}}{r['remat']:>8}{r['micro_batches']:>6}{count(r['trainable']):>12}{gb(r['argument_mb']):>11}"
+      f"{gb(r['temp_mb']):>9}"
       f"{gb(r['output_mb']):>9}{gb(r['alias_mb']):>9}{gb(r['peak_mb']):>9}{fits}"
     )
-  lines.append("peak = arguments + temp + output - alias (outputs written into donated arguments)")
+  lines.append(
+    "peak = arguments + temp + output - alias (outputs written into donated arguments); remat: train.remat, "
+    "micro: train.grad_accum_steps"
+  )
   return "\n".join(lines)
 
 
