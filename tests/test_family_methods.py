@@ -201,6 +201,34 @@ def test_the_rounding_dither_is_uniform_and_independent_across_entries_and_keys(
   assert u.min() >= 0 and u.max() < 1 and len(np.unique(u)) > 0.9 * n
 
 
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_keeps_each_entry_with_one_minus_the_rate_independently_and_keeps_the_mean(rate):
+  """The models' dropout (a keyed hash per entry, models.layers.keep_mask): over 2^20 entries the kept
+  fraction is 1 - rate within 5 standard errors, for a Python rate and a traced one (LoRA's lora_dropout);
+  neighbours along either axis and two keys are uncorrelated (|r| < 5/sqrt(n)); the kept entries are
+  scaled by 1 / (1 - rate), so the mean is kept; the module draws from the "dropout" stream, and eval mode
+  and rate 0 are the identity."""
+  key, shape = jax.random.key(3), (1024, 1024)
+  keep = np.asarray(models.layers.keep_mask(key, rate, shape), np.float64)
+  traced = np.asarray(jax.jit(lambda r: models.layers.keep_mask(key, r, shape))(np.float32(rate)), np.float64)
+  other = np.asarray(models.layers.keep_mask(jax.random.key(4), rate, shape), np.float64)
+  n = keep.size
+  for mask in (keep, traced):
+    assert abs(mask.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n), mask.mean()
+  np.testing.assert_array_equal(traced, keep)
+  for a, b in ((keep[:, 1:], keep[:, :-1]), (keep[1:], keep[:-1]), (keep, other)):
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(n)
+  x = np.full(shape, 2.0, np.float32)
+  dropped = np.asarray(models.layers.dropout(x, rate, key))
+  np.testing.assert_allclose(dropped, np.where(keep > 0, 2.0 / (1 - rate), 0.0), rtol=1e-6)
+  assert abs(dropped.mean() - 2.0) < 5 * 2.0 / (1 - rate) * np.sqrt(rate * (1 - rate) / n)
+  layer = lambda deterministic, r: models.layers.Dropout(r, deterministic)
+  assert layer(True, rate).apply({}, x) is x and layer(False, 0.0).apply({}, x) is x
+  trained = np.asarray(layer(False, rate).apply({}, x, rngs={"dropout": key}))  # a key made from the stream's
+  assert set(np.unique(trained)) == {0.0, np.float32(2.0 / (1 - rate))}
+  assert abs((trained > 0).mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
+
+
 @pytest.mark.parametrize("family_setup", ["llama"], indirect=True)  # 2 key/value heads for 4 query heads
 def test_whole_heads_on_grouped_query_attention_fail_clearly(family_setup):
   _, config_for, model, data = family_setup
@@ -213,7 +241,11 @@ def test_whole_heads_on_grouped_query_attention_fail_clearly(family_setup):
 @pytest.mark.parametrize("method_name", ["full", "lora"])
 def test_every_remat_policy_gives_the_gradients_of_none(family_setup, method_name):
   """train.remat recomputes the scanned layer's activations in the backward pass instead of keeping them:
-  each policy's gradients equal those of keeping everything (float32, 1e-6 relative)."""
+  each policy's gradients equal those of keeping everything in float32: 1e-6 relative per entry, or 1e-5 of
+  the largest entry. The recomputed layer is compiled into the backward's own fusions, so BERT's and
+  RoBERTa's gradients differ by float32 rounding (up to 1.1e-6 of the whole gradient's norm; entries near
+  cancellation by 4e-7 of a 0.36 maximum on CI's CPU) while OPT's and Llama's come out bit-identical. A
+  policy that lost or mixed up a layer's activations is off by far more than that."""
   family, config_for, model, data = family_setup
   batch = {**pipeline.train_batch(data.train, 0, 4, 0), **data.prompts}
 
@@ -225,6 +257,8 @@ def test_every_remat_policy_gives_the_gradients_of_none(family_setup, method_nam
     )
     loss = lambda tree: run.loss_fn(run.method.view(tree), batch, None)[0]
     labels = run.method.labels(run.tree)
+    recomputes = "remat2" in str(jax.make_jaxpr(jax.grad(loss))(run.tree))  # jax.checkpoint's primitive
+    assert recomputes == (policy != "none"), policy  # the policy reached the scanned layer
     return masks.split(jax.jit(jax.grad(loss))(run.tree), labels)[0]
 
   expected = gradients("none")
@@ -233,4 +267,4 @@ def test_every_remat_policy_gives_the_gradients_of_none(family_setup, method_nam
     scale = max(float(np.max(np.abs(np.asarray(g)))) for g in expected)
     assert scale > 0
     for g, e in zip(got, expected):
-      np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-6, atol=1e-6 * scale, err_msg=policy)
+      np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-6, atol=1e-5 * scale, err_msg=policy)
