@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fttpu.models import transformer
-from fttpu.models.layers import Embed, LayerNorm, axes
+from fttpu.models.layers import Dropout, Embed, LayerNorm, axes
 from fttpu.models.perturbation import perturbed
 from fttpu.models.transformer import ModelConfig
 
@@ -48,7 +48,7 @@ class BertEncoder(nn.Module):
       + Embed(c.type_vocab_size, c.hidden_size, None, dtype, param_dtype, name="token_type")(jnp.zeros_like(input_ids))
     )
     hidden = LayerNorm(c.norm_eps, dtype, param_dtype, name="embedding_norm")(embedded)
-    hidden = nn.Dropout(c.hidden_dropout, deterministic=deterministic)(hidden)
+    hidden = Dropout(c.hidden_dropout, deterministic)(hidden)
     bias = transformer.attention_bias(attention_mask, False, dtype)
     hidden = transformer.stack_layers(c, deterministic, hidden, bias, token_positions)
     if not c.lm_head or (output == "hidden" and not self.is_initializing()):

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fttpu.models import transformer
-from fttpu.models.layers import Embed, LayerNorm, RMSNorm
+from fttpu.models.layers import Dropout, Embed, LayerNorm, RMSNorm
 from fttpu.models.transformer import ModelConfig
 
 
@@ -45,7 +45,7 @@ class Decoder(nn.Module):
       hidden = hidden + Embed(c.max_positions, c.hidden_size, None, dtype, param_dtype, name="position")(
         token_positions + c.position_offset
       )
-    hidden = nn.Dropout(c.hidden_dropout, deterministic=deterministic)(hidden)
+    hidden = Dropout(c.hidden_dropout, deterministic)(hidden)
     bias = transformer.attention_bias(attention_mask, True, dtype)
     hidden = transformer.stack_layers(c, deterministic, hidden, bias, token_positions)
     if c.final_norm:

@@ -1,17 +1,46 @@
 """The base layers the model families share: an embedding table, LayerNorm and RMSNorm, each reading
 its parameters through `perturbation.perturbed` (a zeroth-order step's noise is added where they are
-read), and `axes`, the logical axis names the sharding rules map onto the mesh."""
+read), dropout, and `axes`, the logical axis names the sharding rules map onto the mesh."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fttpu.models.perturbation import perturbed
+from fttpu.models.perturbation import entry_bits, perturbed
 
 
 def axes(init, names: tuple):
   """`init` annotated with logical axis names (flax partitioning metadata; the value stays plain)."""
   return nn.with_logical_partitioning(init, names)
+
+
+def keep_mask(key: jax.Array, rate, shape: tuple) -> jax.Array:
+  """True with probability 1 - rate (to 2^-24) per entry, independently: 24 bits of a keyed hash of the
+  entry's position (perturbation.entry_bits), element-wise, so it fuses into the activation it masks.
+  jax.random.bernoulli runs threefry, on CPU a loop that stores its bits: flax's Dropout cost MiniLM's
+  training step 0.05 s of 0.75 (tests/test_families.py checks the draw's statistics). `rate` may be traced
+  (LoRA's per-layer lora_dropout)."""
+  bits = entry_bits(jax.random.bits(key, (2,), jnp.uint32), shape)
+  return (bits >> 8).astype(jnp.float32) >= rate * float(2**24)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+  """x with each entry zeroed with probability `rate` and the rest scaled by 1 / (1 - rate)."""
+  return jnp.where(keep_mask(key, rate, x.shape), x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class Dropout(nn.Module):
+  """flax nn.Dropout's behaviour (its "dropout" rng stream, identity when deterministic or at rate 0)
+  with the element-wise mask of `keep_mask`."""
+
+  rate: float
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.deterministic or self.rate == 0.0:
+      return x
+    return dropout(x, self.rate, self.make_rng("dropout"))
 
 
 class Embed(nn.Module):

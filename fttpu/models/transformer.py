@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fttpu.models.layers import LayerNorm, RMSNorm, axes
+from fttpu.models.layers import Dropout, LayerNorm, RMSNorm, axes, dropout
 from fttpu.models.perturbation import perturbed
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -137,9 +137,7 @@ class Projection(nn.Module):
         for name in ("lora_a", "lora_b", "lora_scale")
       )
       if self.has_variable("params", "lora_dropout") and not self.deterministic:
-        rate = self.get_variable("params", "lora_dropout")
-        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, x.shape)
-        x = jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+        x = dropout(x, self.get_variable("params", "lora_dropout"), self.make_rng("dropout"))
       low_rank = scale * contract(contract(x, a, self.in_dims), b, 1)
       if self.has_variable("params", "dora_magnitude"):
         merged = kernel + lora_delta(a, b, scale)
@@ -188,7 +186,7 @@ class Layer(nn.Module):
     bias, positions = inputs
     c = self.config
     dtype, param_dtype = c.compute_dtype, c.storage_dtype
-    drop = lambda rate: nn.Dropout(rate, deterministic=self.deterministic)
+    drop = lambda rate: Dropout(rate, self.deterministic)
     project = lambda features, kernel_axes, name, in_dims=1: Projection(
       features, kernel_axes, in_dims, c.use_bias, self.deterministic, dtype, param_dtype, name=name
     )
