@@ -63,10 +63,14 @@ bench-mesh: install
 ladder: install
 	$(PY) -m experiments.scale_ladder --workdir=workdirs/ladder
 
-# Per-device memory of RoBERTa-large MeZO / full / LoRA on a TPU v4-8 (4 chips of 32 GiB), without weights.
+# Per-device memory of RoBERTa-large MeZO / full / LoRA on a TPU v4-8 (4 chips of 32 GiB), without weights;
+# then the OPT-13B FT row on a v4-32 (fsdp=8 x tensor=4), without and with rematerialisation.
 plan: install
 	$(PY) -m fttpu.plan --config=configs/fewshot.py:family=roberta --model=roberta-large --mesh=fsdp=4 \
 	  --methods=mezo,full,lora --hbm_gb=32 --config.data.dir=$(DATA_DIR)
+	$(PY) -m fttpu.plan --config=configs/fewshot.py:family=opt,task=multirc --model=opt-13b \
+	  --mesh=data=1,fsdp=8,tensor=4 --methods=full,full:train.remat=full --config.train.batch_size=8 \
+	  --config.data.max_length=768 --config.model.compute_dtype=bfloat16 --hbm_gb=32 --config.data.dir=$(DATA_DIR)
 
 # The formatter (ruff format, settings in ruff.toml): run before committing.
 format: install-test

@@ -163,19 +163,20 @@ def table(result: dict, hbm_gb: float) -> str:
   gb = lambda mb: f"{mb / 1024:.2f}"
   mesh = " ".join(f"{k}={v}" for k, v in result["mesh"].items())
   width = max(28, 2 + max(map(len, result["methods"])))
+  remat_width = max(8, 2 + max(len(r["remat"]) for r in result["methods"].values()))
   lines = [
     f"{result['model']} ({result['family']}, {result['parameters'] / 1e6:.1f}M parameters in "
     f"{result['param_dtype']}, compute {result['compute_dtype']}; {result['classifier']} classifier, task "
     f"{result['task']}, batch {result['batch'][0]} x {result['batch'][1]} tokens)",
     f"mesh {mesh} on {math.prod(result['mesh'].values())} {result['platform']} devices; GiB per device:",
-    f"{'method':<{width}}{'remat':>8}{'micro':>6}{'trainable':>12}{'arguments':>11}{'temp':>9}{'output':>9}"
+    f"{'method':<{width}}{'remat':>{remat_width}}{'micro':>6}{'trainable':>12}{'arguments':>11}{'temp':>9}{'output':>9}"
     f"{'alias':>9}{'peak':>9}"
     + ("  fits" if hbm_gb else ""),
   ]
   for spec, r in result["methods"].items():
     fits = ("  yes" if r["peak_mb"] / 1024 <= hbm_gb else "  NO") if hbm_gb else ""
     lines.append(
-      f"{spec:<{width}}{r['remat']:>8}{r['micro_batches']:>6}{count(r['trainable']):>12}{gb(r['argument_mb']):>11}"
+      f"{spec:<{width}}{r['remat']:>{remat_width}}{r['micro_batches']:>6}{count(r['trainable']):>12}{gb(r['argument_mb']):>11}"
       f"{gb(r['temp_mb']):>9}"
       f"{gb(r['output_mb']):>9}{gb(r['alias_mb']):>9}{gb(r['peak_mb']):>9}{fits}"
     )

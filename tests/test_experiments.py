@@ -205,6 +205,7 @@ def test_every_row_of_the_opt13b_grid_runs_on_a_tiny_opt(tmp_path, tfds_dir):
   assert (config.model.compute_dtype, config.model.param_dtype, config.mesh.fsdp) == ("float16", "float16", -1)
   ft = cells[5].config(f"family=opt,checkpoint={checkpoint}", data_dir())  # MeZO's --fp16: float32 weights
   assert (ft.model.compute_dtype, ft.model.param_dtype, ft.optimizer.weight_decay) == ("bfloat16", "float32", 0.0)
+  assert ft.train.remat == "full"  # what fits the FT row in a v4 chip (experiments/mezo_opt13b/README.md)
   eps = [c.config(f"family=opt,checkpoint={checkpoint}", data_dir()).zo.eps for c in cells[2:5]]
   assert eps == [1e-3, 1e-2, 1e-1]
   full = sweeps.cells(opt13b.ROWS, opt13b.TASKS, opt13b.SEEDS, opt13b.TASK_SETTINGS)
