@@ -113,7 +113,7 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
   import math
   import jax
   import numpy as np
-  from fttpu import classifier, models, sharding, trainer
+  from fttpu import classifier, host_memory, models, sharding, trainer
   from fttpu.data import pipeline
   from fttpu.methods import masks
 
@@ -135,6 +135,7 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
     compiled = jax.jit(logits_fn).lower(params, batch).compile()
     compile_s = time.perf_counter() - started
     rss_compiled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    host_memory.release_free_memory()
     step = lambda: compiled(params, batch).block_until_ready()
   else:
     config = method_config(method_name, family)
@@ -151,6 +152,7 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
     )
     compile_s = time.perf_counter() - started
     rss_compiled = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    host_memory.release_free_memory()
     holder = [state]
 
     def step():

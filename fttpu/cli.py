@@ -1,11 +1,13 @@
 """What every command line does with a user's mistake: one line naming it and the way out, no
-traceback. `cli.run(main)` in place of absl's `app.run(main)`."""
+traceback. `cli.run(main)` in place of absl's `app.run(main)`; it first restarts the process with huge
+pages for XLA's per-step blocks (fttpu.host_memory)."""
 
 import errno
 import sys
 
 from absl import app
 
+from fttpu import host_memory
 from fttpu.errors import USER_ERRORS
 
 OS_HINTS = {
@@ -42,4 +44,5 @@ def guarded(main):
 
 
 def run(main) -> None:
+  host_memory.restart_with_huge_pages()
   app.run(guarded(main))

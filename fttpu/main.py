@@ -10,7 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fttpu import errors
-from fttpu import cli, distributed, guards, metrics, train
+from fttpu import cli, distributed, guards, host_memory, metrics, train
 from fttpu.config import check_overrides
 from fttpu.errors import ConfigError
 
@@ -78,6 +78,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.restart_with_huge_pages()
   try:
     check_overrides(_load_config_file(sys.argv), sys.argv)
   except ConfigError as e:

@@ -28,6 +28,19 @@ def share_compiled_programs():
 
 share_compiled_programs()
 
+
+def huge_pages_for_subprocesses():
+  """The environment fttpu's command lines restart themselves into (fttpu.host_memory), set once here so
+  that the many runs the tests start do not each restart."""
+  from fttpu import host_memory
+
+  tunables = host_memory.tunables_with_huge_pages(os.environ.get("GLIBC_TUNABLES", ""))
+  if tunables is not None:
+    os.environ["GLIBC_TUNABLES"] = tunables
+
+
+huge_pages_for_subprocesses()
+
 # Files whose programs all run on tiny random models for a few steps: compiling them is nearly all their
 # cost, so they compile with XLA's optimisation passes off (jax_disable_most_optimizations; measured on
 # the tiny RoBERTa's full step: compile 3.9 s -> 2.2 s, step 13 -> 41 ms), in-process and in the runs they
