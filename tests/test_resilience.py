@@ -27,12 +27,15 @@ STEPS = 150
 KILL_AT = 80  # the run is killed (or sent SIGTERM) once it logs this step; it checkpoints every 25
 
 
+# The runs of the kill test: a method, or a method with train.grad_accum_steps ("full/2": 2 micro-batches).
 def main_args(checkpoint_dir: str, method: str, workdir, steps: int = STEPS) -> list:
+  method, _, micro_batches = method.partition("/")
   return [
     sys.executable,
     "-m",
     "fttpu.main",
     f"--config=configs/fewshot.py:family=roberta,checkpoint={checkpoint_dir},method={method},steps={steps}",
+    f"--config.train.grad_accum_steps={micro_batches or 1}",
     f"--config.data.dir={data_dir()}",
     "--config.train.log_every=10",
     "--config.train.eval_every=100",
@@ -79,7 +82,7 @@ class References:
 
   def start(self, method):
     if method not in self.runs:
-      workdir = self.tmp.mktemp(f"uninterrupted-{method}")
+      workdir = self.tmp.mktemp(f"uninterrupted-{method.replace('/', '-')}")
       log = open(workdir / "log.txt", "w")
       self.runs[method] = (
         workdir,
@@ -100,11 +103,13 @@ def references(tiny_roberta, tmp_path_factory):
   return References(tiny_roberta, tmp_path_factory)
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "spiel", "mezo"])
+@pytest.mark.parametrize("method", ["full", "lora", "spiel", "mezo", "full/2"])
 def test_a_killed_run_resumes_to_the_uninterrupted_parameters_bit_for_bit(method, references, tiny_roberta, tmp_path):
   """SIGKILL after step KILL_AT, restart with the same workdir: the final state (params, optimizer state,
   rng), the logged losses and, for MeZO, the trajectory equal the uninterrupted run's exactly. SpIEL
-  refreshes its mask every 7 steps, so the resumed run crosses refreshes on both sides of the kill."""
+  refreshes its mask every 7 steps, so the resumed run crosses refreshes on both sides of the kill.
+  full/2 splits each step into 2 micro-batches (train.grad_accum_steps), accumulated inside the one
+  compiled step: a checkpoint holds whole steps, so the resume never replays half of one."""
   references.start(method)
   args = main_args(tiny_roberta, method, tmp_path)
   process, _, _ = start_and_signal(args, signal.SIGKILL)
@@ -253,7 +258,8 @@ def test_the_best_checkpoint_by_dev_metric_is_kept_beside_the_newest(tmp_path):
 
 
 def poisoned_loss(monkeypatch, config, step: int, kind: str):
-  """Makes the loss (kind 'loss') or only its gradient (kind 'grad') NaN on the batch of `step`."""
+  """Makes the loss (kind 'loss') or only its gradient (kind 'grad') NaN on the batch of `step`; under
+  train.grad_accum_steps, on its first micro-batch only (rows 0, N, 2N, ...: the split is strided)."""
   from fttpu import classifier, models
   from fttpu.data import pipeline
 
@@ -273,7 +279,7 @@ def poisoned_loss(monkeypatch, config, step: int, kind: str):
 
     def poisoned(tree, batch, rng):
       loss, aux = loss_fn(tree, batch, rng)
-      bad = jnp.all(batch["input_ids"] == target)
+      bad = jnp.all(batch["input_ids"] == target[:: config.train.grad_accum_steps])
       return jnp.where(bad, jnp.nan if kind == "loss" else nan_gradient(loss), loss), aux
 
     return poisoned
@@ -281,10 +287,11 @@ def poisoned_loss(monkeypatch, config, step: int, kind: str):
   monkeypatch.setattr(classifier, "make_loss_fn", make_loss_fn)
 
 
-def nan_config(tiny_roberta, nonfinite: str):
+def nan_config(tiny_roberta, nonfinite: str, micro_batches: int = 1):
   from configs import fewshot
 
   config = fewshot.get_config(f"family=roberta,checkpoint={tiny_roberta},method=full,steps=6")
+  config.train.grad_accum_steps = micro_batches
   config.data.dir = data_dir()
   config.train.checkpoint_every = config.train.log_every = 1
   config.train.keep_checkpoints = 10
@@ -293,15 +300,16 @@ def nan_config(tiny_roberta, nonfinite: str):
 
 
 @pytest.mark.quick_compile  # 6 steps in-process: compiling is the cost
-@pytest.mark.parametrize("kind", ["loss", "grad"])
+@pytest.mark.parametrize("kind,micro_batches", [("loss", 1), ("grad", 1), ("loss", 2)])
 def test_a_nonfinite_step_stops_the_run_naming_it_and_keeps_the_last_good_state(
-  monkeypatch, tiny_roberta, tmp_path, kind
+  monkeypatch, tiny_roberta, tmp_path, kind, micro_batches
 ):
+  """Under train.grad_accum_steps a NaN in one micro-batch discards the whole step: no half step is applied."""
   from fttpu import train
 
-  poisoned_loss(monkeypatch, nan_config(tiny_roberta, "stop"), 3, kind)
+  poisoned_loss(monkeypatch, nan_config(tiny_roberta, "stop", micro_batches), 3, kind)
   with pytest.raises(FloatingPointError) as error:
-    train.run(nan_config(tiny_roberta, "stop"), str(tmp_path / "stop"))
+    train.run(nan_config(tiny_roberta, "stop", micro_batches), str(tmp_path / "stop"))
   message = str(error.value)
   assert message.startswith("step 4: training loss is ") and "saved as checkpoint 3" in message
   assert ("training loss is nan" if kind == "loss" else "gradient norm is nan") in message
@@ -312,7 +320,7 @@ def test_a_nonfinite_step_stops_the_run_naming_it_and_keeps_the_last_good_state(
 
   # The same run with train.nonfinite=skip: the same first three steps, the poisoned batch changes
   # nothing (params and optimizer state) and is counted, and the run finishes.
-  record = train.run(nan_config(tiny_roberta, "skip"), str(tmp_path / "skip"))
+  record = train.run(nan_config(tiny_roberta, "skip", micro_batches), str(tmp_path / "skip"))
   assert record["step"] == 6
   assert all(np.array_equal(a, b) for a, b in zip(saved_state(tmp_path / "skip", 3), last_good))
   after = saved_state(tmp_path / "skip", 4)
