@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # pip's output goes to a log (this machine's mirrors make it noisy); its tail is shown when pip fails.
 PIPLOG := $(VENV)/pip.log
 
-.PHONY: install install-test demo prompt-demo test test-all bench bench-mesh ladder plan format clean
+.PHONY: install install-test demo prompt-demo test test-all bench bench-torch bench-mesh ladder plan format clean
 
 # Runtime: fttpu and the default checkpoint (--no-deps: its declared dependencies pull PyTorch).
 $(VENV)/.installed: setup.py
@@ -53,6 +53,11 @@ test-all: install-test
 # PyTorch peers: THREADS=2 BATCH=16 SEQ=64 $(PY) ../shared/bench/peer_torch.py (after make install-test).
 bench: install
 	$(PY) -m fttpu.bench --methods=forward,full,head,bitfit,lora,sparse,spiel,prefix,layers,mezo,mezo:zo.noise=rademacher,zo:zo.base=lora,zo:zo.base=prefix --batch=16 --seq=64 --steps=5
+
+# One sitting against the PyTorch peers (../shared/bench/peer_torch.py before and after fttpu.bench, same
+# MiniLM, batch and threads): a table of fttpu / PyTorch ratios and a plot in workdirs/torch_sitting.
+bench-torch: install-test
+	$(PY) -m experiments.torch_sitting --workdir=workdirs/torch_sitting
 
 # Sharding overhead on this CPU: each method on 1 device, then data-parallel and FSDP over 8 fake devices.
 bench-mesh: install

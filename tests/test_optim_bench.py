@@ -246,3 +246,32 @@ def test_noise_cost_times_every_draw_against_the_sign_draw():
   }
   assert set(rows) == {"sign", "hash only", "box-muller", "inverse CDF"}, out.stdout
   assert all(float(ns) > 0 for ns, _ in rows.values()) and rows["sign"][1].strip() == "1.00"
+
+
+def test_torch_sitting_divides_by_the_peers_mean_and_marks_fttpu_only_rows(tmp_path):
+  """experiments.torch_sitting's table: each fttpu figure over the mean of the peers' runs before and after,
+  x forward over fttpu's forward; methods without a peer get no ratio; the plot is written."""
+  from experiments import torch_sitting
+
+  peer = lambda s, rss: {"step_s": s, "max_rss_mb": rss}
+  before = {"forward": peer(0.2, 500), "full": peer(0.8, 1100), "lora": peer(0.5, 800), "mezo": peer(1.2, 700)}
+  after = {"forward": peer(0.2, 500), "full": peer(1.0, 1100), "lora": peer(0.5, 800), "mezo": peer(1.2, 700)}
+  ours = {
+    "cpu_count": 2,
+    "forward": peer(0.1, 600),
+    "full": peer(0.9, 1320),
+    "lora": peer(0.4, 880),
+    "mezo": peer(0.25, 770),
+    "zo:zo.base=lora": peer(0.2, 650),
+    "ratios_to_forward": {},
+  }
+  rows = {r["method"]: r for r in torch_sitting.rows(before, ours, after)}
+  assert list(rows) == ["forward", "full", "lora", "mezo", "zo:zo.base=lora"]
+  assert rows["full"]["time_ratio"] == pytest.approx(1.0) and rows["full"]["rss_ratio"] == pytest.approx(1.2)
+  assert rows["mezo"]["x_forward"] == pytest.approx(2.5) and rows["forward"]["time_ratio"] == pytest.approx(0.5)
+  assert "time_ratio" not in rows["zo:zo.base=lora"]
+  text = torch_sitting.table(list(rows.values()), "header")
+  assert "| full AdamW | 0.800 / 1.000 | 0.900 | 1.00 | 9.00x | 1100 / 1320 | 1.20 |" in text
+  assert "| MeZO over LoRA |  | 0.200 |  | 2.00x | 650 |  |" in text
+  torch_sitting.plot(list(rows.values()), str(tmp_path / "plot.png"))
+  assert (tmp_path / "plot.png").stat().st_size > 10_000
