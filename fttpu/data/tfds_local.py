@@ -17,6 +17,7 @@ import re
 import socket
 import sys
 import urllib.parse
+from typing import Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -76,6 +77,7 @@ def _fingerprint(source_dir: str, label_names) -> str:
 
 
 def _text(value) -> str:
+  """A TFDS text (bytes) as str."""
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
@@ -87,6 +89,15 @@ def _position(index) -> tuple[int, ...]:
   if isinstance(index, dict):
     return tuple(int(index[name]) for name in _NESTED_INDEX if name in index)
   return (int(index),)
+
+
+def in_file_order(examples: list[dict]) -> list[dict]:
+  """Examples sorted by their place in the source (TFDS shuffles on prepare): our `index`, GLUE's and
+  SuperGLUE's `idx`, else by SQuAD's `id` or DROP's `query_id` (a fixed order, if not the file's)."""
+  key = next((k for k in ("index", "idx", "id", "query_id") if examples and k in examples[0]), None)
+  if key in ("index", "idx"):
+    return sorted(examples, key=lambda r: _position(r[key]))
+  return sorted(examples, key=lambda r: _text(r[key])) if key else list(examples)
 
 
 @functools.lru_cache(maxsize=8)
@@ -110,14 +121,8 @@ def _read_all(builder_dir: str, split: str, fields: tuple) -> tuple[tuple[tuple[
 
 
 def _decode(builder_dir: str, split: str, fields: tuple) -> tuple[tuple[tuple[str, ...], ...], np.ndarray]:
-  """The split through TFDS, in file order (TFDS shuffles on prepare; ours carry `index`, GLUE's `idx`);
-  rows with label -1 (SNLI's no gold label) are dropped."""
-  source = tfds.builder_from_directory(builder_dir).as_data_source(split=split)
-  rows = source.__getitems__(range(len(source)))
-  order_key = next((k for k in ("index", "idx") if rows and k in rows[0]), None)
-  if order_key:
-    rows = sorted(rows, key=lambda r: _position(r[order_key]))
-  rows = [r for r in rows if int(r["label"]) >= 0]
+  """The split through TFDS, in file order (in_file_order); rows with label -1 (SNLI's no gold label) are dropped."""
+  rows = [r for r in in_file_order(read_examples(builder_dir, split)) if int(r["label"]) >= 0]
   labels = np.asarray([r["label"] for r in rows], np.int32)
   return tuple(tuple(_text(r[f]) for f in fields) for r in rows), labels
 
@@ -148,6 +153,25 @@ def _one_preparer(cache_dir: str, name: str):
     yield
 
 
+def prepare_catalog(name: str, module: Optional[str], cache_dir: str) -> str:
+  """The directory of the TFDS catalog dataset `name` (registered by importing `module`), downloaded and
+  prepared under `cache_dir` the first time (processes preparing it at once take turns)."""
+  if module:
+    importlib.import_module(module)
+  with _one_preparer(cache_dir, name):
+    builder = tfds.builder(name, data_dir=cache_dir, file_format="array_record")
+    _check_reachable(builder)
+    builder.download_and_prepare()
+  return os.fspath(builder.data_dir)
+
+
+def read_examples(builder_dir: str, split: str) -> list[dict]:
+  """Every example of a prepared split as TFDS decodes it (texts as bytes, sequences as lists), in the
+  order of its files."""
+  source = tfds.builder_from_directory(builder_dir).as_data_source(split=split)
+  return source.__getitems__(range(len(source)))
+
+
 def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[list[tuple[str, ...]], np.ndarray]]:
   """{'train': (rows, labels), 'test': ...} from DATA_DIR/<task> or, failing that, the TFDS catalog."""
   cache_dir = os.path.expanduser(cache_dir)
@@ -168,14 +192,9 @@ def load_splits(task: Task, data_dir: str, cache_dir: str) -> dict[str, tuple[li
     return {split: _copy(_read_all(os.fspath(builder.data_dir), split, tuple(task.text_fields))) for split in SPLITS}
   if task.tfds_name:
     try:
-      if task.tfds_module:
-        importlib.import_module(task.tfds_module)
-      with _one_preparer(cache_dir, task.tfds_name):
-        builder = tfds.builder(task.tfds_name, data_dir=cache_dir, file_format="array_record")
-        _check_reachable(builder)
-        builder.download_and_prepare()
+      builder_dir = prepare_catalog(task.tfds_name, task.tfds_module, cache_dir)
       fields = tuple(task.tfds_fields or task.text_fields)
-      splits = {ours: _read_all(os.fspath(builder.data_dir), theirs, fields) for ours, theirs in task.tfds_splits}
+      splits = {ours: _read_all(builder_dir, theirs, fields) for ours, theirs in task.tfds_splits}
     except Exception as e:  # offline, or TFDS cannot build it here
       reason = str(e).splitlines()[0][:200] if str(e) else ""
       raise FileNotFoundError(

@@ -46,6 +46,14 @@ def read_tsv(
   The header must name `text_fields` when given (a registered task's own columns, e.g. SuperGLUE BoolQ's
   `passage<TAB>question<TAB>label`), else be an accepted header.
   """
+  rows, labels, _ = read_numbered_tsv(path, num_classes, text_fields)
+  return rows, labels
+
+
+def read_numbered_tsv(
+  path: str, num_classes: int, text_fields: Optional[tuple[str, ...]] = None
+) -> tuple[list[tuple[str, ...]], np.ndarray, list[int]]:
+  """read_tsv's (rows, labels) and the line number of each row in the file (the header is line 1)."""
   if text_fields is None:
     expected = [*HEADERS, choice_header(2).replace("choice2", "choice2[<TAB>choice3...]")]
   else:
@@ -56,7 +64,7 @@ def read_tsv(
     raise DataError(f"{path}: file not found (a task directory needs train.tsv and test.tsv)") from None
   if not raw_lines:
     raise DataError(f"{path}: empty file; expected a header line {' or '.join(map(repr, expected))} and rows")
-  rows, labels, fields = [], [], None
+  rows, labels, numbers, fields = [], [], [], None
   for number, raw in enumerate(raw_lines, start=1):
     try:
       line = raw.decode("utf-8")
@@ -85,6 +93,7 @@ def read_tsv(
       )
     rows.append(tuple(texts))
     labels.append(int(label))
+    numbers.append(number)
   if not rows:
     raise DataError(f"{path}: no rows after the header")
-  return rows, np.asarray(labels, np.int32)
+  return rows, np.asarray(labels, np.int32), numbers
