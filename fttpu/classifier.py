@@ -158,10 +158,19 @@ def _causal(module, output_embedding: str) -> Classifier:
 
 
 def weighted_sums(logits: jax.Array, batch: dict) -> dict:
-  """Sums over the batch, each example weighted (padding rows weigh 0): loss, correct, count."""
+  """Sums over the batch, each example weighted (padding rows weigh 0): loss, correct, count.
+
+  Row tasks' multiple choice (ReCoRD) carries choice_mask, 0 at padding candidates, which then neither win
+  nor take probability, and gold_mask: a prediction is right when it is any gold."""
   weights = batch["weights"]
+  if "choice_mask" in batch:
+    logits = jnp.where(batch["choice_mask"] > 0, logits, -1e9)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-  correct = (logits.argmax(-1) == batch["labels"]).astype(jnp.float32)
+  predicted = logits.argmax(-1)
+  if "gold_mask" in batch:
+    correct = (jnp.take_along_axis(batch["gold_mask"], predicted[:, None], axis=-1)[:, 0] > 0).astype(jnp.float32)
+  else:
+    correct = (predicted == batch["labels"]).astype(jnp.float32)
   return {"loss_sum": (losses * weights).sum(), "correct": (correct * weights).sum(), "count": weights.sum()}
 
 

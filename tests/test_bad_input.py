@@ -77,7 +77,11 @@ CONFIG_CASES = [
     "config.model.checkpoint='/nonexistent/roberta' is invalid; valid: a Hugging Face checkpoint directory with config.json",
   ),
   ("logit scale", {"model.logit_scale": 0.0}, "config.model.logit_scale=0.0 is invalid; valid: a number > 0"),
-  ("unknown task", {"data.task": "imdb"}, "config.data.task='imdb' is invalid; valid: ['boolq', 'cb', 'mnli'"),
+  (
+    "unknown task",
+    {"data.task": "imdb"},
+    "config.data.task='imdb' is invalid; valid: ['boolq', 'cb', 'copa', 'drop', 'mnli'",
+  ),
   ("k of 0", {"data.k": 0}, "config.data.k=0 is invalid; valid: an integer >= 1"),
   ("max_length too short", {"data.max_length": 4}, "config.data.max_length=4 is invalid; valid: 8..the checkpoint's"),
   (

@@ -41,7 +41,7 @@ def test_bad_config_arguments(arg, message):
     (
       "data.task",
       "imdb",
-      r"data.task='imdb' is invalid; valid: \['boolq', 'cb', 'mnli', 'multirc', 'rte', 'snli', 'sst2', 'sst5', 'trec', 'wic', 'wsc'\], a folder under data.dir",
+      r"data.task='imdb' is invalid; valid: \['boolq', 'cb', 'copa', 'drop', 'mnli', 'multirc', 'record', 'rte', 'snli', 'squad', 'sst2', 'sst5', 'trec', 'wic', 'wsc'\], a folder under data.dir",
     ),
     ("data.k", 0, r"data.k=0 is invalid; valid: an integer >= 1"),
     ("data.max_length", 4, r"data.max_length=4 is invalid; valid: 8..the checkpoint's positions"),

@@ -10,6 +10,10 @@ Each style (tasks.STYLES) encodes differently:
               prompts = {"verbalizer_ids": (C,)}, the token of each class's label word.
   causal      input_ids (n, C, L): task.causal_template followed by each class's label word, and
               target_mask (n, C, L), 1 at the label word's tokens; prompts = {}.
+              Row tasks' multiple choice (COPA, ReCoRD; encode_choices): each row's own candidates after
+              MeZO's prompt, C the most any row has, plus choice_mask (n, C), 0 at the padding
+              candidates of rows with fewer, and gold_mask (n, C), 1 at every right candidate.
+Generation tasks (SQuAD, DROP) are encoded by fttpu.data.generation.
 """
 
 import dataclasses
@@ -20,7 +24,8 @@ import numpy as np
 import tokenizers
 
 from fttpu.errors import ConfigError, check
-from fttpu.data import fewshot, tasks, tfds_local
+from fttpu.data import fewshot, row_tasks, tasks, tfds_local
+from fttpu.data.rows import RowTask, continued_text, gold_indices, prompt_text
 
 STYLES = tasks.STYLES
 
@@ -31,22 +36,19 @@ class Encoded:
   attention_mask: np.ndarray  # like input_ids, int32
   labels: np.ndarray  # (n,) int32
   target_mask: Optional[np.ndarray] = None  # causal only: like input_ids, 1 at the label word's tokens
+  choice_mask: Optional[np.ndarray] = None  # row tasks' multiple choice: (n, classes), 0 at padding candidates
+  gold_mask: Optional[np.ndarray] = None  # row tasks' multiple choice: (n, classes), 1 at each right candidate
 
   def __len__(self):
     return len(self.labels)
 
   def take(self, indices) -> "Encoded":
-    return Encoded(
-      self.input_ids[indices],
-      self.attention_mask[indices],
-      self.labels[indices],
-      None if self.target_mask is None else self.target_mask[indices],
-    )
+    return Encoded(*(None if x is None else x[indices] for x in dataclasses.astuple(self)))
 
 
 @dataclasses.dataclass(frozen=True)
 class FewShotData:
-  task: tasks.Task
+  task: tasks.Task | RowTask
   train: Encoded
   dev: Encoded
   test: Encoded
@@ -173,31 +175,69 @@ def _candidate(prompt: str, word: str) -> str:
   return word if prompt[-1:].isspace() else " " + word
 
 
-def encode_causal(tokenizer: tokenizers.Tokenizer, task: tasks.Task, rows, labels, max_length: int) -> Encoded:
-  """Prompt + each label word per row (each of the row's choices, for multiple choice), truncated from
-  the left; target_mask marks the word's tokens.
+def encode_continued(
+  tokenizer: tokenizers.Tokenizer, prompt_lengths, texts: list[str], max_length: int, what: str = "label-word"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(input_ids, attention_mask, target_mask), each (len(texts), max_length): each text truncated from the
+  left (special tokens kept) and padded right; target_mask marks what follows its prompt, the first
+  prompt_lengths[i] characters of texts[i].
 
   A token is a target when it is a real, non-special token that starts at or after the end of the
   prompt (character offsets into the text).
   """
+  encodings = _encoder(tokenizer, max_length, "left").encode_batch(texts)
+  starts = np.asarray([[start for start, _ in e.offsets] for e in encodings], np.int64)
+  real = np.asarray([[a and not s for a, s in zip(e.attention_mask, e.special_tokens_mask)] for e in encodings], bool)
+  target = (real & (starts >= np.asarray(prompt_lengths, np.int64)[:, None])).astype(np.int32)
+  if (bad := np.flatnonzero(target.sum(1) == 0)).size:
+    raise ConfigError(
+      f"{len(bad)} causal candidates have no {what} token after truncation to "
+      f"data.max_length={max_length}; e.g. {texts[bad[0]][-200:]!r}"
+    )
+  ids = np.asarray([e.ids for e in encodings], np.int32)
+  return ids, np.asarray([e.attention_mask for e in encodings], np.int32), target
+
+
+def encode_causal(tokenizer: tokenizers.Tokenizer, task: tasks.Task, rows, labels, max_length: int) -> Encoded:
+  """Prompt + each label word per row (each of the row's choices, for multiple choice), truncated from
+  the left; target_mask marks the word's tokens (encode_continued)."""
   prompts = [tasks.fill(task.causal_template, task.text_fields, row) for row in rows]
   choices = [task.text_fields.index(f) for f in task.choice_fields]
   words = [[row[i].strip() for i in choices] if choices else task.label_words for row in rows]  # multiple choice
   texts = [prompt + _candidate(prompt, word) for prompt, row_words in zip(prompts, words) for word in row_words]
-  encodings = _encoder(tokenizer, max_length, "left").encode_batch(texts)
-  starts = np.asarray([[start for start, _ in e.offsets] for e in encodings], np.int64)
-  real = np.asarray([[a and not s for a, s in zip(e.attention_mask, e.special_tokens_mask)] for e in encodings], bool)
   prompt_ends = np.repeat([len(p) for p in prompts], task.num_classes)
-  target = (real & (starts >= prompt_ends[:, None])).astype(np.int32)
-  if (bad := np.flatnonzero(target.sum(1) == 0)).size:
-    raise ConfigError(
-      f"{len(bad)} causal candidates have no label-word token after truncation to "
-      f"data.max_length={max_length}; e.g. {texts[bad[0]][-200:]!r}"
-    )
   shape = (len(prompts), task.num_classes, max_length)
-  ids = np.asarray([e.ids for e in encodings], np.int32).reshape(shape)
-  attention = np.asarray([e.attention_mask for e in encodings], np.int32).reshape(shape)
-  return Encoded(ids, attention, np.asarray(labels, np.int32), target.reshape(shape))
+  ids, attention, target = (a.reshape(shape) for a in encode_continued(tokenizer, prompt_ends, texts, max_length))
+  return Encoded(ids, attention, np.asarray(labels, np.int32), target)
+
+
+def encode_choices(tokenizer: tokenizers.Tokenizer, task: RowTask, examples, max_length: int, choices: int) -> Encoded:
+  """A multiple-choice row task's rows (rows.Row), as encode_causal's arrays (n, choices, max_length): each
+  row's prompt followed by each of its candidates (MeZO's verbalize), target_mask on the candidate.
+
+  A row with fewer candidates than `choices` (ReCoRD's) repeats its first; choice_mask (n, choices) is 0
+  there, so the copies neither win nor take probability. gold_mask (n, choices) is 1 at every right
+  candidate (a prediction is right when it is any of them); labels is the first gold (MeZO's
+  correct_candidate_id for training).
+  """
+  prompt_ends, texts, golds, counts = [], [], [], []
+  for row in examples:
+    candidates = task.candidates(row.fields)
+    if len(candidates) > choices:
+      raise ValueError(f"{row.origin}: {len(candidates)} candidates, more than the {choices} encoded per row")
+    padded = list(candidates) + [candidates[0]] * (choices - len(candidates))
+    prompt_ends.append(len(prompt_text(task, row.fields)))
+    texts += [continued_text(task, row.fields, candidate) for candidate in padded]
+    golds.append(gold_indices(task, row.fields))
+    counts.append(len(candidates))
+  shape = (len(examples), choices, max_length)
+  ids, attention, target = encode_continued(tokenizer, np.repeat(prompt_ends, choices), texts, max_length, "candidate")
+  choice_mask = (np.arange(choices)[None, :] < np.asarray(counts)[:, None]).astype(np.int32)
+  gold_mask = np.zeros((len(examples), choices), np.int32)
+  for i, row_golds in enumerate(golds):
+    gold_mask[i, list(row_golds)] = 1
+  labels = np.asarray([row_golds[0] for row_golds in golds], np.int32)
+  return Encoded(ids.reshape(shape), attention.reshape(shape), labels, target.reshape(shape), choice_mask, gold_mask)
 
 
 def encode_split(tokenizer, task: tasks.Task, rows, labels, max_length: int, style: str = "similarity") -> Encoded:
@@ -237,17 +277,48 @@ def check_classes(task: tasks.Task, labels: dict) -> None:
     )
 
 
+# The causal LM families (fttpu/models/families/: default_classifier "causal"): the data layer names them
+# without importing the models.
+DECODER_FAMILIES = ("opt", "llama")
+
+
+def validate_row_task(config) -> None:
+  """A row task (row_tasks.ROW_TASKS) runs on a causal LM with MeZO's row sampling."""
+  d, m = config.data, config.model
+  task = row_tasks.ROW_TASKS[d.task]
+  how = "generates its answers" if task.generation else "scores its candidates by their likelihood"
+  check(
+    m.family in DECODER_FAMILIES,
+    "model.family",
+    m.family,
+    f"{' or '.join(map(repr, DECODER_FAMILIES))} (task {d.task!r} {how} under a causal LM; the encoder "
+    f"family {m.family!r} has none)",
+  )
+  check(m.classifier == "causal", "model.classifier", m.classifier, f"'causal' for the {task.kind} task {d.task!r}")
+  check(
+    d.num_train > 0,
+    "data.num_train",
+    d.num_train,
+    f"an integer > 0: task {d.task!r} samples rows, not k per class (MeZO: {row_tasks.MEZO_ROWS[d.task]} "
+    "train / dev / test rows in data.num_train, data.num_dev, data.num_test)",
+  )
+
+
 def validate(config) -> None:
   """config.data: the task exists and its prompts fit the classifier style; the sampling sizes."""
   d = config.data
-  known = d.task in tasks.TASKS or tasks.task_dir(d.task, d.dir) is not None
+  known = d.task in tasks.TASKS or d.task in row_tasks.ROW_TASKS or tasks.task_dir(d.task, d.dir) is not None
   check(
     known,
     "data.task",
     d.task,
-    f"{sorted(tasks.TASKS)}, a folder under data.dir={d.dir!r}, or an absolute path, with train.tsv and test.tsv",
+    f"{sorted(tasks.TASKS | row_tasks.ROW_TASKS)}, a folder under data.dir={d.dir!r}, or an absolute path, "
+    "with train.tsv and test.tsv",
   )
-  tasks.task_of(d, config.model.classifier)  # its prompts fit
+  if d.task in row_tasks.ROW_TASKS:
+    validate_row_task(config)
+  else:
+    tasks.task_of(d, config.model.classifier)  # its prompts fit
   check(d.k >= 1, "data.k", d.k, "an integer >= 1 (examples per class)")
   check(
     d.max_length >= 8, "data.max_length", d.max_length, "8..the checkpoint's positions (512 for BERT, 2048 for OPT)"
@@ -264,8 +335,24 @@ def validate(config) -> None:
   )
 
 
+def load_choice_rows(data_config, tokenizer, seed: int) -> FewShotData:
+  """A multiple-choice row task (COPA, ReCoRD) sampled by MeZO's protocol, as causal batches whose rows
+  all have as many candidates as the sample's row with the most (encode_choices)."""
+  task, splits = row_tasks.load_sample(data_config, seed)
+  if task.generation:
+    raise ConfigError(
+      f"task {task.name!r} is a generation task: its data is fttpu.data.generation.load_generation (greedy "
+      "decoding scored by F1), which the classification training loop does not run"
+    )
+  choices = max(len(task.candidates(row.fields)) for split in splits.values() for row in split)
+  encoded = {k: encode_choices(tokenizer, task, v, data_config.max_length, choices) for k, v in splits.items()}
+  return FewShotData(task, encoded["train"], encoded["dev"], encoded["test"], {}, "causal")
+
+
 def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") -> FewShotData:
   """The task of `data_config`, k-shot sampled with `seed` and tokenized for `style`."""
+  if data_config.task in row_tasks.ROW_TASKS:
+    return load_choice_rows(data_config, tokenizer, seed)
   optional = lambda key, default: getattr(data_config, key, default)  # keys a config may not have
   task = tasks.task_of(data_config, style)
   splits = tfds_local.load_splits(task, data_config.dir, data_config.cache_dir)
@@ -295,7 +382,8 @@ def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") 
   )
 
 
-EXAMPLE_KEYS = ("input_ids", "attention_mask", "labels", "weights", "target_mask")  # one row per example
+# One row per example.
+EXAMPLE_KEYS = ("input_ids", "attention_mask", "labels", "weights", "target_mask", "choice_mask", "gold_mask")
 
 
 def micro_batches(batch: dict, count: int) -> tuple[dict, dict]:
@@ -310,15 +398,16 @@ def micro_batches(batch: dict, count: int) -> tuple[dict, dict]:
 
 
 def _batch(data: Encoded, weights: np.ndarray) -> dict:
-  """The batch dict of `data`: target_mask only when the style has one."""
+  """The batch dict of `data`: target_mask, choice_mask and gold_mask only when the data has them."""
   batch = {
     "input_ids": data.input_ids,
     "attention_mask": data.attention_mask,
     "labels": data.labels,
     "weights": weights,
   }
-  if data.target_mask is not None:
-    batch["target_mask"] = data.target_mask
+  for key in ("target_mask", "choice_mask", "gold_mask"):
+    if getattr(data, key) is not None:
+      batch[key] = getattr(data, key)
   return batch
 
 

@@ -1,0 +1,116 @@
+"""Generation tasks (SQuAD, DROP; rows.RowTask with no candidates) as arrays: what trains and what decodes.
+
+  teacher forcing  pipeline.Encoded: input_ids, attention_mask, target_mask (n, L), labels (n,) all 0:
+                   MeZO's prompt, then " " + the row's first gold answer + "\\n" (its verbalize),
+                   truncated from the left (OPT's BOS kept) and padded right; target_mask is 1 at the
+                   tokens after the prompt (the answer and the newline), so the LM loss on them is
+                   MeZO's training objective (train_as_classification=False, only_train_option).
+                   pipeline.train_batch draws batches of it.
+  Prompts          input_ids, attention_mask (n, P): the prompt alone, truncated from the left to
+                   max_length - max_new_tokens (MeZO's room for the answer) and padded on the LEFT, so
+                   every row's next token goes to column P; the decoder counts OPT's positions over the
+                   attended tokens, so padding moves none. answers: each row's golds.
+
+Evaluation decodes greedily from Prompts (at most max_new_tokens, stopping at stop_ids: the newline's
+token or EOS, as MeZO's run.py), turns the new tokens into text with answer_text and scores them with
+score (the task's metric from fttpu.data.qa_metrics, the best over each row's golds).
+"""
+
+import dataclasses
+
+import numpy as np
+import tokenizers
+
+from fttpu.data import pipeline, qa_metrics, row_tasks
+from fttpu.data.rows import Row, RowTask, continued_text, prompt_text
+from fttpu.errors import ConfigError
+
+MAX_NEW_TOKENS = 50  # MeZO's run.py max_new_tokens
+STOP = "\n"  # MeZO's run.py eos_token
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+  input_ids: np.ndarray  # (n, P) int32, left-padded: each prompt ends at the last column
+  attention_mask: np.ndarray  # (n, P) int32
+  answers: tuple[tuple[str, ...], ...]  # each row's gold answers
+
+  def __len__(self):
+    return len(self.answers)
+
+  def take(self, indices) -> "Prompts":
+    return Prompts(self.input_ids[indices], self.attention_mask[indices], tuple(self.answers[i] for i in indices))
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationData:
+  task: RowTask
+  train: pipeline.Encoded  # teacher forcing on the first gold answer
+  train_prompts: Prompts  # the same training rows as prompts and golds (MeZO's non-differentiable objective)
+  dev: Prompts
+  test: Prompts
+  max_new_tokens: int
+
+
+def encode_teacher_forced(tokenizer: tokenizers.Tokenizer, task: RowTask, rows: list[Row], max_length: int):
+  """Each row's prompt and first gold answer (MeZO's verbalize) as pipeline.Encoded, target_mask on the answer."""
+  lengths = [len(prompt_text(task, row.fields)) for row in rows]
+  texts = [continued_text(task, row.fields, task.golds(row.fields)[0]) for row in rows]
+  ids, attention, target = pipeline.encode_continued(tokenizer, lengths, texts, max_length, "answer")
+  return pipeline.Encoded(ids, attention, np.zeros(len(rows), np.int32), target)
+
+
+def encode_prompts(tokenizer, task: RowTask, rows: list[Row], max_length: int, max_new_tokens: int) -> Prompts:
+  """Each row's prompt, left-truncated to max_length - max_new_tokens tokens and padded on the left."""
+  length = max_length - max_new_tokens
+  if length < 8:
+    raise ConfigError(
+      f"data.max_length={max_length} leaves {length} prompt tokens after the {max_new_tokens} the answer may take"
+    )
+  pad_id, pad = pipeline.pad_token(tokenizer)
+  encoder = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+  encoder.enable_truncation(length, direction="left")
+  encoder.enable_padding(direction="left", length=length, pad_id=pad_id, pad_token=pad)
+  encodings = encoder.encode_batch([prompt_text(task, row.fields) for row in rows])
+  return Prompts(
+    np.asarray([e.ids for e in encodings], np.int32),
+    np.asarray([e.attention_mask for e in encodings], np.int32),
+    tuple(tuple(task.golds(row.fields)) for row in rows),
+  )
+
+
+def stop_ids(tokenizer: tokenizers.Tokenizer) -> tuple[int, ...]:
+  """The tokens decoding stops at: the newline's (its last token, as MeZO's run.py) and EOS (</s>)."""
+  newline = tokenizer.encode(STOP, add_special_tokens=False).ids[-1]
+  eos = tokenizer.token_to_id("</s>")
+  return (newline,) if eos is None else (newline, eos)
+
+
+def answer_text(tokenizer: tokenizers.Tokenizer, new_ids) -> str:
+  """The decoded answer: the new tokens up to the first stop token, without special tokens, stripped
+  (MeZO: tokenizer.decode(new tokens, skip_special_tokens=True).strip())."""
+  new_ids = [int(i) for i in new_ids]
+  stops = set(stop_ids(tokenizer))
+  end = next((i + 1 for i, token in enumerate(new_ids) if token in stops), len(new_ids))
+  return tokenizer.decode(new_ids[:end], skip_special_tokens=True).strip()
+
+
+def score(task: RowTask, predictions, prompts: Prompts) -> float:
+  """The task's metric (MeZO's: SQuAD and DROP report F1) of the decoded answers against each row's golds."""
+  return qa_metrics.mean_score(task.metric, predictions, prompts.answers)
+
+
+def load_generation(data_config, tokenizer, seed: int, max_new_tokens: int = MAX_NEW_TOKENS) -> GenerationData:
+  """The generation task config.data names, sampled by MeZO's protocol with `seed`, encoded to train and decode."""
+  task, splits = row_tasks.load_sample(data_config, seed)
+  if not task.generation:
+    raise ConfigError(f"task {task.name!r} is multiple choice: pipeline.load_few_shot encodes it")
+  encode = lambda rows: encode_prompts(tokenizer, task, rows, data_config.max_length, max_new_tokens)
+  return GenerationData(
+    task,
+    encode_teacher_forced(tokenizer, task, splits["train"], data_config.max_length),
+    encode(splits["train"]),
+    encode(splits["dev"]),
+    encode(splits["test"]),
+    max_new_tokens,
+  )
