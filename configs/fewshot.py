@@ -60,6 +60,9 @@ def get_config(arg=None):
   config.model.logit_scale = 20.0  # similarity: logits = scale * cosine(sentence, label description)
   config.model.param_dtype = "float32"  # float32 | bfloat16 | float16: how parameters are stored
   config.model.compute_dtype = "float32"  # the matmuls' dtype; logits and losses are float32 always
+  # none | int8 | nf4: the layers' projection kernels stored quantised and frozen (adapter methods: lora, dora,
+  # prefix, head, zero_shot, zo over them); embeddings, norms and biases stay in param_dtype
+  config.model.quantize = "none"
 
   zeroth_order = method_base.is_zeroth_order(arg.method)  # ZO-SGD, constant, no weight decay (MeZO's)
   config.optimizer = ml_collections.ConfigDict()

@@ -20,7 +20,7 @@ import tokenizers
 
 from fttpu import classifier, errors, files
 from fttpu.errors import check
-from fttpu.models import hf
+from fttpu.models import hf, quantize as quantization
 from fttpu.models.families import FAMILIES
 from fttpu.models.transformer import DTYPES, ModelConfig
 
@@ -68,6 +68,8 @@ def validate(config) -> None:
   )
   for key in ("param_dtype", "compute_dtype"):
     check(m[key] in DTYPES, f"model.{key}", m[key], str(sorted(DTYPES)))
+  quantize = m.get("quantize", "none")
+  check(quantize in quantization.MODES, "model.quantize", quantize, str(list(quantization.MODES)))
   check(
     m.checkpoint or m.family == "bert",
     "model.checkpoint",
@@ -96,9 +98,16 @@ def check_length(config: ModelConfig, max_length: int) -> None:
 
 
 def make_config(
-  family_name: str, hf_config: dict, *, lm_head: bool = False, dtype: str = "float32", param_dtype: str = "float32"
+  family_name: str,
+  hf_config: dict,
+  *,
+  lm_head: bool = False,
+  dtype: str = "float32",
+  param_dtype: str = "float32",
+  quantize: str = "none",
 ) -> ModelConfig:
-  """The ModelConfig of a family from a config.json dict and the precision policy."""
+  """The ModelConfig of a family from a config.json dict, the precision policy and the projections'
+  storage (`quantize`: none, int8, nf4)."""
   family = FAMILIES.get(family_name)
   model_type = hf_config.get("model_type", family_name)
   if model_type != family_name:
@@ -112,7 +121,14 @@ def make_config(
   overrides = {"dtype": dtype, "param_dtype": param_dtype}
   if family.masked_lm:
     overrides["lm_head"] = lm_head
-  return family.config_from_hf(hf_config, **overrides)
+  return dataclasses.replace(family.config_from_hf(hf_config, **overrides), quantize=quantize)
+
+
+def with_quantize(module: nn.Module, mode: str) -> nn.Module:
+  """`module` (a family's) with its layers' projection kernels stored as `mode` (none, int8, nf4)."""
+  return (
+    module if module.config.quantize == mode else module.clone(config=dataclasses.replace(module.config, quantize=mode))
+  )
 
 
 def _init(module: nn.Module):
@@ -135,28 +151,38 @@ def init_params(module: nn.Module, rng: jax.Array) -> dict:
   return nn.unbox(module.init(rng, jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"])
 
 
+# Leaves random_params fills with a constant: norm scales, and the scales of N(0, 0.02^2) weights stored as
+# int8 (kernel_int8 ~ N(0, 32^2)) or nf4 (about 3 standard deviations per block of 64).
+RANDOM_CONSTANTS = {"scale": 1.0, "bias": 0.0, "kernel_scale": 0.02 / 32, "kernel_absmax": 0.06}
+RANDOM_KINDS = (*RANDOM_CONSTANTS, "kernel_int8", "kernel_nf4")
+
+
 def random_params(module: nn.Module, seed: int = 0) -> dict:
   """Weights of the module's shapes for timing and memory (fttpu.bench on a preset), not for training.
 
   Made leaf by leaf in their storage dtype, each by one fused program, so nothing beyond the weights is
   ever held (flax's init would draw each stacked leaf's threefry bits and float32 values first): norm
-  scales 1, biases 0, every other leaf N(0, 0.02^2) from the counter-based noise of perturbation.py.
+  scales 1, biases 0, every other leaf N(0, 0.02^2) from the counter-based noise of perturbation.py;
+  quantised kernels (model.quantize) as random codes with the scales of such weights.
   """
   from fttpu.models import perturbation
 
   def fill(shape: tuple, dtype, kind: str, key: jax.Array) -> jax.Array:
-    if kind == "scale":
-      return jnp.ones(shape, dtype)
-    if kind == "bias":
-      return jnp.zeros(shape, dtype)
-    return (0.02 * perturbation.leaf_noise(key, shape, "gaussian").value(shape)).astype(dtype)
+    if kind in RANDOM_CONSTANTS:
+      return jnp.full(shape, RANDOM_CONSTANTS[kind], dtype)
+    normal = perturbation.leaf_noise(key, shape, "gaussian").value(shape)
+    if kind == "kernel_int8":
+      return jnp.clip(jnp.round(normal * 32), -127, 127).astype(dtype)
+    if kind == "kernel_nf4":
+      return (jnp.round(normal * 64).astype(jnp.int32) % 256).astype(dtype)
+    return (0.02 * normal).astype(dtype)
 
   make = jax.jit(fill, static_argnums=(0, 1, 2))
   paths_and_shapes = jax.tree_util.tree_flatten_with_path(param_shapes(module))
   leaves = []
   for index, (path, shape) in enumerate(paths_and_shapes[0]):
     name = getattr(path[-1], "key", "")
-    kind = "scale" if name == "scale" else "bias" if name.endswith("bias") else "weight"
+    kind = "bias" if name.endswith("bias") else name if name in RANDOM_KINDS else "weight"
     key = jnp.array([seed, index], jnp.uint32)
     leaves.append(make(tuple(shape.shape), shape.dtype, kind, key))
   return jax.tree_util.tree_unflatten(paths_and_shapes[1], leaves)
@@ -169,20 +195,26 @@ def load(
   lm_head: bool = False,
   dtype: str = "float32",
   param_dtype: str = "float32",
+  quantize: str = "none",
   shardings=None,
 ) -> LoadedModel:
   """Loads config.json, safetensors and tokenizer.json of a Hugging Face directory.
 
-  `lm_head`: build (and read) an encoder's masked-LM head. `shardings`: a tree of target
-  shardings (or a function of the module giving one); each process then reads only its slices.
+  `lm_head`: build (and read) an encoder's masked-LM head. `quantize` (int8, nf4): store the layers'
+  projection kernels quantised, each quantised as it is read, one layer at a time. `shardings`: a tree of
+  target shardings (or a function of the module giving one); each process then reads only its slices.
   """
   path = hf.resolve_checkpoint_dir(checkpoint_dir)
-  config = make_config(family_name, hf.read_config(path), lm_head=lm_head, dtype=dtype, param_dtype=param_dtype)
+  config = make_config(
+    family_name, hf.read_config(path), lm_head=lm_head, dtype=dtype, param_dtype=param_dtype, quantize=quantize
+  )
   module = FAMILIES.get(family_name).module(config)
-  shapes = param_shapes(module)
+  shapes = param_shapes(with_quantize(module, "none"))  # the checkpoint's tensors
   if callable(shardings):
     shardings = shardings(module)
-  params, reader = hf.load_params(path, family_name, shapes, NUMPY_DTYPES[param_dtype], shardings, head=config.lm_head)
+  params, reader = hf.load_params(
+    path, family_name, shapes, NUMPY_DTYPES[param_dtype], shardings, head=config.lm_head, quantize=quantize
+  )
   total = sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
   logging.info(
     "read %.0f%% of the checkpoint's %d parameters (the blocks this process's devices hold)",
@@ -205,6 +237,7 @@ def load_for(model_config, shardings=None) -> LoadedModel:
     lm_head=model_config.classifier == "mlm",
     dtype=model_config.compute_dtype,
     param_dtype=model_config.param_dtype,
+    quantize=model_config.get("quantize", "none"),
     shardings=shardings,
   )
 
@@ -212,6 +245,12 @@ def load_for(model_config, shardings=None) -> LoadedModel:
 def export(model: LoadedModel, params: dict, out_dir: str) -> str:
   """Writes plain model `params` (a method's merged tree["model"]) as a Hugging Face directory that
   `transformers` loads, with the source checkpoint's config.json and tokenizer files."""
+  if model.config.quantize != "none":
+    raise errors.CheckpointError(
+      f"the model's projections are stored quantised (model.quantize={model.config.quantize!r}) and adapters "
+      "stay unmerged on them: export needs float weights; the run's artifact.safetensors holds what it trained, "
+      "to load onto the float checkpoint (fttpu.checkpoint.load_artifact)"
+    )
   dtype = model.config.param_dtype
   return hf.export(
     jax.tree_util.tree_map(np.asarray, jax.device_get(params)),

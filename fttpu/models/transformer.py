@@ -12,7 +12,8 @@ mlp_gate, mlp_out, attention_norm, mlp_norm), so method regexes (`lora.targets=q
 names (embed, heads, kv, mlp, vocab, layers) for the sharding rules.
 
 Methods add leaves the layers look for: `lora_a`/`lora_b`/`lora_scale` (and `lora_dropout`,
-`dora_magnitude`) beside a projection's kernel, `prefix_key`/`prefix_value` in a layer.
+`dora_magnitude`) beside a projection's kernel, `prefix_key`/`prefix_value` in a layer. With
+`quantize` (model.quantize) the projections hold their kernel quantised instead (fttpu/models/quantize.py).
 """
 
 import dataclasses
@@ -22,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fttpu.errors import check
+from fttpu.models import quantize as quantization
 from fttpu.models.layers import Dropout, LayerNorm, RMSNorm, axes, dropout
 from fttpu.models.perturbation import perturbed
 
@@ -78,12 +81,17 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype of activations and matmuls
   param_dtype: str = "float32"  # storage dtype of parameters
   remat: str = "none"  # a key of REMAT_POLICIES: the scanned layer's rematerialisation
+  quantize: str = "none"  # none | int8 | nf4: how the layers' projection kernels are stored (quantize.py)
 
   def __post_init__(self):
     if not self.num_kv_heads:
       object.__setattr__(self, "num_kv_heads", self.num_heads)
     if not self.head_dim:
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+    check(self.quantize in quantization.MODES, "model.quantize", self.quantize, str(list(quantization.MODES)))
+    quantization.check_divisible(
+      self.quantize, {"hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size}
+    )
 
   @property
   def compute_dtype(self):
@@ -99,6 +107,17 @@ def contract(x, y, dims: int):
   return jax.lax.dot_general(x, y, ((tuple(range(x.ndim - dims, x.ndim)), tuple(range(dims))), ((), ())))
 
 
+def dequantized_contract(x, stored: dict, in_dims: int, dtype):
+  """x @ the kernel dequantised from its `stored` leaves. Rematerialised: a backward pass keeps the
+  stored leaves and dequantises again, so no layer's float kernel is kept for it (under the scan that
+  would stack every layer's: the float model)."""
+
+  def product(x, stored):
+    return contract(x, quantization.dequantize(stored, in_dims, dtype), in_dims)
+
+  return jax.checkpoint(product, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)(x, stored)
+
+
 def lora_delta(a, b, scale):
   """The weight change scale * (A @ B) of a LoRA adapter, shaped like the kernel."""
   return scale * contract(a, b, 1)
@@ -111,6 +130,8 @@ class Projection(nn.Module):
   `lora_b` (r, out...) and `lora_scale` () among its params it adds scale * dropout(x) @ A @ B
   without merging (LoRA; rank r). With `dora_magnitude` (out...) too, the output is rescaled to
   magnitude / ||W + scale A B|| per output unit (DoRA; the norm is not differentiated, as in the paper).
+  With `quantize` (int8, nf4) the kernel is stored quantised (frozen: no noise is added to it) and
+  dequantised here, where it is read.
   """
 
   features: tuple[int, ...]
@@ -120,17 +141,34 @@ class Projection(nn.Module):
   deterministic: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  quantize: str = "none"
+
+  def stored_kernel(self, shape: tuple) -> dict:
+    """The quantised kernel's leaves {name: value} (zeros at init: they are read from a checkpoint)."""
+    return {
+      name: self.param(name, axes(nn.initializers.zeros, names), leaf_shape, leaf_dtype)
+      for name, (leaf_shape, leaf_dtype, names) in quantization.layout(
+        self.quantize, shape, self.kernel_axes, self.in_dims
+      ).items()
+    }
 
   @nn.compact
   def __call__(self, x):
     in_shape = x.shape[x.ndim - self.in_dims :]
-    init = nn.initializers.lecun_normal(
-      in_axis=tuple(range(self.in_dims)), out_axis=tuple(range(self.in_dims, self.in_dims + len(self.features)))
-    )
-    kernel = self.param("kernel", axes(init, self.kernel_axes), in_shape + tuple(self.features), self.param_dtype)
-    kernel = perturbed(self, "kernel", kernel).astype(self.dtype)
+    shape = in_shape + tuple(self.features)
     x = x.astype(self.dtype)
-    out = contract(x, kernel, self.in_dims)
+    if self.quantize == "none":
+      init = nn.initializers.lecun_normal(
+        in_axis=tuple(range(self.in_dims)), out_axis=tuple(range(self.in_dims, self.in_dims + len(self.features)))
+      )
+      kernel = self.param("kernel", axes(init, self.kernel_axes), shape, self.param_dtype)
+      kernel = perturbed(self, "kernel", kernel).astype(self.dtype)
+      out = contract(x, kernel, self.in_dims)
+      read_kernel = lambda: kernel
+    else:
+      stored = self.stored_kernel(shape)
+      out = dequantized_contract(x, stored, self.in_dims, self.dtype)
+      read_kernel = lambda: jax.lax.stop_gradient(quantization.dequantize(stored, self.in_dims, self.dtype))
     if self.has_variable("params", "lora_a"):
       a, b, scale = (
         perturbed(self, name, self.get_variable("params", name)).astype(self.dtype)
@@ -140,7 +178,7 @@ class Projection(nn.Module):
         x = dropout(x, self.get_variable("params", "lora_dropout"), self.make_rng("dropout"))
       low_rank = scale * contract(contract(x, a, self.in_dims), b, 1)
       if self.has_variable("params", "dora_magnitude"):
-        merged = kernel + lora_delta(a, b, scale)
+        merged = read_kernel() + lora_delta(a, b, scale)
         norm = jnp.sqrt(jnp.sum(jnp.square(merged.astype(jnp.float32)), axis=tuple(range(self.in_dims))))
         magnitude = perturbed(self, "dora_magnitude", self.get_variable("params", "dora_magnitude"))
         ratio = (magnitude / jax.lax.stop_gradient(norm)).astype(self.dtype)
@@ -188,7 +226,7 @@ class Layer(nn.Module):
     dtype, param_dtype = c.compute_dtype, c.storage_dtype
     drop = lambda rate: Dropout(rate, self.deterministic)
     project = lambda features, kernel_axes, name, in_dims=1: Projection(
-      features, kernel_axes, in_dims, c.use_bias, self.deterministic, dtype, param_dtype, name=name
+      features, kernel_axes, in_dims, c.use_bias, self.deterministic, dtype, param_dtype, c.quantize, name=name
     )
     norm = lambda name: (
       RMSNorm(c.norm_eps, dtype, param_dtype, name=name)
