@@ -10,6 +10,7 @@ from fttpu.errors import check
 from fttpu.methods import base
 from fttpu.methods import layers, lora, simple, sparse, zo  # the table: each module registers on import
 from fttpu.methods.base import METHODS, SECTIONS, Context, Method, added_leaf_axes
+from fttpu.models import quantize
 
 MODULES = (simple, lora, layers, sparse, zo)
 __all__ = ["METHODS", "SECTIONS", "Context", "Method", "MODULES", "added_leaf_axes", "get_method", "validate"]
@@ -25,3 +26,27 @@ def validate(config) -> None:
   check(config.method in METHODS, "method", config.method, str(METHODS.names()))
   for _, section in SECTIONS.items():
     section.validate(config)
+  check_quantized_base(config)
+
+
+def trained_set(config) -> tuple[str, str]:
+  """(config key, method) of the method whose trainable set runs: zo.base for method=zo."""
+  return ("zo.base", config.zo.base) if config.method == "zo" else ("method", config.method)
+
+
+def check_quantized_base(config) -> None:
+  """model.quantize stores the pretrained weights quantised and frozen: only methods registered as
+  leaving them as they are may run on them (models.validate checks the value itself)."""
+  mode = config.model.get("quantize", "none")
+  if mode == "none" or mode not in quantize.MODES:
+    return
+  key, name = trained_set(config)
+  valid = sorted(base.frozen_base_methods())
+  zo_valid = [m for m in valid if m in base.zo_bases()]
+  check(
+    name in valid,
+    key,
+    name,
+    f"method among {valid}, or zo with zo.base among {zo_valid}: model.quantize={mode!r} stores the pretrained "
+    f"weights quantised and frozen, and {name} updates them",
+  )

@@ -107,6 +107,7 @@ class Registered(NamedTuple):
   learning_rate: Any  # the default with its optimizer: a number, or a function of zo.base
   zo_learning_rate: Optional[float] = None  # the default as zo.base (ZO-SGD); None: not a zeroth-order base
   zeroth_order: bool = False  # trains by a zeroth-order estimate (ZO-SGD defaults, a trajectory)
+  frozen_base: bool = False  # leaves the pretrained weights as they are (may run on a quantised base)
 
 
 class Section(NamedTuple):
@@ -120,9 +121,19 @@ METHODS: Registry[Registered] = Registry("method")
 SECTIONS: Registry[Section] = Registry("config section")
 
 
-def register(name: str, *, learning_rate, zo_learning_rate: Optional[float] = None, zeroth_order: bool = False):
-  """Decorator of a maker (config, model) -> Method: config.method=`name` builds it."""
-  return lambda make: METHODS.register(name, Registered(make, learning_rate, zo_learning_rate, zeroth_order)).make
+def register(
+  name: str,
+  *,
+  learning_rate,
+  zo_learning_rate: Optional[float] = None,
+  zeroth_order: bool = False,
+  frozen_base: bool = False,
+):
+  """Decorator of a maker (config, model) -> Method: config.method=`name` builds it. `frozen_base`: the
+  method never changes the pretrained weights, so they may be stored quantised (model.quantize)."""
+  return lambda make: (
+    METHODS.register(name, Registered(make, learning_rate, zo_learning_rate, zeroth_order, frozen_base)).make
+  )
 
 
 def register_section(name: str, defaults: Callable, validate: Callable) -> None:
@@ -144,6 +155,11 @@ def default_learning_rate(name: str, zo_base: str) -> float:
 
 def is_zeroth_order(name: str) -> bool:
   return name in METHODS and METHODS.get(name).zeroth_order
+
+
+def frozen_base_methods() -> list[str]:
+  """The methods registered as leaving the pretrained weights as they are."""
+  return [name for name, entry in METHODS.items() if entry.frozen_base]
 
 
 def zo_bases() -> list[str]:

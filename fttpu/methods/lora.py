@@ -8,6 +8,8 @@ magnitude) train. scale = alpha / r, or alpha / sqrt(r) with rsLoRA.
   - DoRA: magnitude m = ||W||_in per output unit; output rescaled by m / ||W + scale A B||.
 The artifact is the adapters only; for PiSSA it is rank 2r ([A; -A0], [B, B0]) so that it adds
 onto the untouched pretrained weights.
+On a quantised base (model.quantize: QLoRA with nf4) the adapters stay unmerged beside the quantised
+kernels, for evaluation too; PiSSA, which rewrites the base weights, is refused there.
 """
 
 import re
@@ -28,16 +30,21 @@ from fttpu.methods.base import (
   register_section,
   scatter_deltas,
 )
+from fttpu.models import quantize
 from fttpu.models.transformer import lora_delta
 from fttpu.sharding import to_host
 
 TRAINABLE = ("lora_a", "lora_b", "dora_magnitude")
 
 
+KERNEL_LEAVES = ("kernel", *quantize.VALUE_LEAVES)  # a projection's kernel, as it is stored
+
+
 def target_modules(model: dict, pattern: str) -> list[tuple]:
-  """Paths of the projections (modules with a kernel of >= 2 axes per layer) matching `pattern`."""
+  """Paths of the projections (modules with a kernel of >= 2 axes per layer, float or quantised) matching
+  `pattern`."""
   regex = re.compile(pattern)
-  modules = [p[:-1] for p, v in traverse_util.flatten_dict(model).items() if p[-1] == "kernel" and v.ndim >= 3]
+  modules = [p[:-1] for p, v in traverse_util.flatten_dict(model).items() if p[-1] in KERNEL_LEAVES and v.ndim >= 3]
   chosen = [m for m in modules if regex.search("/".join(m))]
   if not chosen:
     raise ConfigError(
@@ -62,16 +69,18 @@ def fold_adapter(kernel, a, b, scale, magnitude=None):
 
 
 def fold_adapters(model: dict) -> dict:
-  """Model params with every LoRA/DoRA adapter folded into its kernel (and its leaves removed)."""
+  """Model params with every LoRA/DoRA adapter folded into its float kernel (and its leaves removed);
+  adapters on quantised kernels stay as they are (the model applies them unmerged)."""
   flat = traverse_util.flatten_dict(model)
-  for module in [p[:-1] for p in flat if p[-1] == "lora_a"]:
+  for module in [p[:-1] for p in flat if p[-1] == "lora_a" and p[:-1] + ("kernel",) in flat]:
     get = lambda name: flat.get(module + (name,))
     fold = jax.vmap(fold_adapter) if get("lora_scale").ndim else fold_adapter  # stacked layers: (L, ...)
     kernel = get("kernel")
     flat[module + ("kernel",)] = fold(
       kernel, get("lora_a"), get("lora_b"), get("lora_scale"), get("dora_magnitude")
     ).astype(kernel.dtype)
-  return traverse_util.unflatten_dict({p: v for p, v in flat.items() if p[-1] not in LORA_LEAVES})
+  folded = lambda p: p[-1] in LORA_LEAVES and p[:-1] + ("kernel",) in flat
+  return traverse_util.unflatten_dict({p: v for p, v in flat.items() if not folded(p)})
 
 
 def merge(tree) -> dict:
@@ -101,6 +110,30 @@ def init_adapter(kernel, in_dims: int, rank: int, scale: float, rng, pissa: bool
   return a.reshape(in_shape + (rank,)), np.zeros((rank,) + out_shape, np.float32), None
 
 
+def kernel_shape(stored: dict, in_dims: int) -> tuple:
+  """(layers, one layer's kernel as a ShapeDtypeStruct) of a projection's leaves {name: stacked value},
+  whether its kernel is float or quantised."""
+  mode = quantize.stored_mode(stored)
+  if mode == "none":
+    kernel = stored["kernel"]
+    return kernel.shape[0], jax.ShapeDtypeStruct(kernel.shape[1:], kernel.dtype)
+  values = stored[quantize.LEAVES[mode][0]]
+  return values.shape[0], jax.ShapeDtypeStruct(quantize.kernel_shape(mode, values.shape[1:], in_dims), jnp.float32)
+
+
+def kernel_norms(stored: dict, in_dims: int):
+  """||W|| over the input axes per output unit of each layer's kernel (DoRA's initial magnitude), as a
+  float32 host array; a quantised kernel is dequantised one layer at a time."""
+  mode = quantize.stored_mode(stored)
+  if mode == "none":
+    kernel = to_host(stored["kernel"]).astype(jnp.float32)
+    return to_host(jnp.sqrt(jnp.square(kernel).sum(tuple(range(1, 1 + in_dims)))))
+  leaves = {name: to_host(stored[name]) for name in quantize.LEAVES[mode]}
+  layer = lambda l: quantize.dequantize({name: v[l] for name, v in leaves.items()}, in_dims, jnp.float32)
+  layers = len(leaves[quantize.LEAVES[mode][0]])
+  return to_host(jnp.stack([jnp.sqrt(jnp.square(layer(l)).sum(tuple(range(in_dims)))) for l in range(layers)]))
+
+
 def section() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
     {
@@ -121,6 +154,15 @@ def check_section(config) -> None:
   check(l.alpha > 0, "lora.alpha", l.alpha, "a number > 0")
   check(0 <= l.dropout < 1, "lora.dropout", l.dropout, "a probability in [0, 1)")
   check_regex(l.targets, "lora.targets")
+  mode = config.model.get("quantize", "none")
+  uses_lora = config.method == "lora" or (config.method == "zo" and config.zo.base == "lora")
+  check(
+    not (l.pissa and uses_lora and mode != "none"),
+    "lora.pissa",
+    l.pissa,
+    f"False with model.quantize={mode!r}: PiSSA replaces the base weights by their residual, which a quantised "
+    "base cannot hold (model.quantize=none for PiSSA)",
+  )
 
 
 register_section("lora", section, check_section)
@@ -129,7 +171,8 @@ register_section("lora", section, check_section)
 def leaf_axes(path: tuple, shape: tuple, model_axes: dict):
   """Logical names of an adapter leaf, from its kernel's: A (layers, in..., rank) shares its input axes,
   B (layers, rank, out...) its output axes, DoRA's magnitude (layers, out...) too."""
-  name, kernel = path[-1], model_axes.get(path[:-1] + ("kernel",))
+  name = path[-1]
+  kernel = next((model_axes[path[:-1] + (k,)] for k in KERNEL_LEAVES if path[:-1] + (k,) in model_axes), None)
   if kernel is None:
     return None
   kernel = tuple(kernel)
@@ -146,7 +189,7 @@ register_added_leaves("lora_", leaf_axes)
 register_added_leaves("dora_", leaf_axes)
 
 
-@register("lora", learning_rate=5e-4, zo_learning_rate=1e-3)
+@register("lora", learning_rate=5e-4, zo_learning_rate=1e-3, frozen_base=True)
 def make(config, model):
   c = config.lora
   scale = c.alpha / (np.sqrt(c.rank) if c.rslora else c.rank)
@@ -154,11 +197,9 @@ def make(config, model):
   def prepare(params, rng, context=None):
     flat = traverse_util.flatten_dict(params)
     for index, module in enumerate(target_modules(params, c.targets)):
-      kernel = flat[module + ("kernel",)]
-      layers = kernel.shape[0]
-      if c.pissa or c.dora:  # the adapters start from the weight's values (else from its shape only)
-        kernel = to_host(kernel)
-      layer_shape = jax.ShapeDtypeStruct(kernel.shape[1:], kernel.dtype)
+      stored = {p[-1]: v for p, v in flat.items() if p[:-1] == module}
+      layers, layer_shape = kernel_shape(stored, _in_dims(module[-1]))
+      kernel = to_host(stored["kernel"]) if c.pissa else None  # PiSSA starts from the values (else the shape)
       adapters = [
         init_adapter(
           kernel[l] if c.pissa else layer_shape,
@@ -175,9 +216,8 @@ def make(config, model):
       flat[module + ("lora_scale",)] = np.full((layers,), scale, np.float32)
       if c.dropout:
         flat[module + ("lora_dropout",)] = np.full((layers,), c.dropout, np.float32)
-      if c.dora:
-        in_axes = tuple(range(1, 1 + _in_dims(module[-1])))  # (PiSSA: residual + scale A B = kernel)
-        flat[module + ("dora_magnitude",)] = to_host(jnp.sqrt(jnp.square(kernel.astype(jnp.float32)).sum(in_axes)))
+      if c.dora:  # (PiSSA: residual + scale A B = kernel)
+        flat[module + ("dora_magnitude",)] = kernel_norms(stored, _in_dims(module[-1]))
       if c.pissa:
         flat[module + ("lora_a0",)], flat[module + ("lora_b0",)] = a.copy(), b.copy()
         flat[module + ("kernel",)] = np.stack([residual for _, _, residual in adapters])

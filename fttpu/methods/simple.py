@@ -24,7 +24,7 @@ def full(config, model):
   return make_method("full", wrap, functools.partial(masks.label_all, label=masks.TRAIN))
 
 
-@register("zero_shot", learning_rate=2e-5)
+@register("zero_shot", learning_rate=2e-5, frozen_base=True)
 def zero_shot(config, model):
   """Evaluation only: every parameter is frozen and no step runs."""
   return make_method("zero_shot", wrap, functools.partial(masks.label_all, label=masks.FREEZE), trains=False)
@@ -82,7 +82,7 @@ def check_head(config) -> None:
 register_section("head", head_section, check_head)
 
 
-@register("head", learning_rate=1e-2, zo_learning_rate=1e-3)
+@register("head", learning_rate=1e-2, zo_learning_rate=1e-3, frozen_base=True)
 def head(config, model):
   """Linear probing: a linear head on the frozen model's features (see fttpu/classifier.py).
 
@@ -121,7 +121,7 @@ register_added_leaves(
 )  # (layers, length, ...)
 
 
-@register("prefix", learning_rate=3e-2, zo_learning_rate=1e-3)
+@register("prefix", learning_rate=3e-2, zo_learning_rate=1e-3, frozen_base=True)
 def prefix(config, model):
   """Prefix tuning: `prefix.length` trained keys and values per layer, prepended in attention.
 
