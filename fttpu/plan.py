@@ -12,7 +12,8 @@ twice. Without devices of the mesh's size (a laptop, CI) it plans on that many f
 XLA's CPU buffer assignment, a close estimate of a TPU/GPU program's, not its exact figure.
 Selectors that read weights (sparse magnitude/gradient/lottery) are sized as `random`, and PiSSA as
 plain LoRA: the same shapes. Each method takes its default optimizer (configs/fewshot.py: ZO-SGD for
-mezo/zo, AdamW otherwise) unless its spec overrides it: `full:optimizer.name=sgd`.
+mezo/zo, AdamW otherwise) unless its spec overrides it: `full:optimizer.name=sgd`. A spec may store the
+frozen base weights quantised: `lora:model.quantize=nf4` (the `quant` column).
 """
 
 import json
@@ -81,6 +82,7 @@ def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
     config.sparse.selector = "random"  # the same shapes; the choice itself needs the weights
   config.lora.pissa = False
   methods.validate(config)
+  model = stored_as(model, config.model.quantize)
 
   def sized(prepare, params):  # traced weights; what derives from the seed alone (LoRA's A, masks) is computed
     def traced(params):
@@ -107,11 +109,23 @@ def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
   return {
     "remat": config.train.remat,
     "micro_batches": run.micro_batches,
+    "quantize": config.model.quantize,
     "trainable": masks.count_trainable(tree, labels),
     "optimizer_state_mb": sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state.opt_state)) / MB,
     **{f"{key}_mb": value for key, value in sizes.items()},
     "peak_mb": sizes["argument"] + sizes["temp"] + sizes["output"] - sizes["alias"],
   }
+
+
+def stored_as(model, mode: str):
+  """The abstract model (parameter shapes only) with its projection kernels stored as `mode` (model.quantize)."""
+  import dataclasses
+  from fttpu import models
+
+  module = models.with_quantize(model.module, mode)
+  if module is model.module:
+    return model
+  return dataclasses.replace(model, module=module, config=module.config, params=models.param_shapes(module))
 
 
 def model_axes(module):
@@ -169,20 +183,20 @@ def table(result: dict, hbm_gb: float) -> str:
     f"{result['param_dtype']}, compute {result['compute_dtype']}; {result['classifier']} classifier, task "
     f"{result['task']}, batch {result['batch'][0]} x {result['batch'][1]} tokens)",
     f"mesh {mesh} on {math.prod(result['mesh'].values())} {result['platform']} devices; GiB per device:",
-    f"{'method':<{width}}{'remat':>{remat_width}}{'micro':>6}{'trainable':>12}{'arguments':>11}{'temp':>9}{'output':>9}"
-    f"{'alias':>9}{'peak':>9}"
-    + ("  fits" if hbm_gb else ""),
+    f"{'method':<{width}}{'remat':>{remat_width}}{'micro':>6}{'quant':>6}{'trainable':>12}{'arguments':>11}{'temp':>9}{'output':>9}"
+    f"{'alias':>9}{'peak':>9}" + ("  fits" if hbm_gb else ""),
   ]
   for spec, r in result["methods"].items():
     fits = ("  yes" if r["peak_mb"] / 1024 <= hbm_gb else "  NO") if hbm_gb else ""
     lines.append(
-      f"{spec:<{width}}{r['remat']:>{remat_width}}{r['micro_batches']:>6}{count(r['trainable']):>12}{gb(r['argument_mb']):>11}"
+      f"{spec:<{width}}{r['remat']:>{remat_width}}{r['micro_batches']:>6}{r.get('quantize', 'none'):>6}"
+      f"{count(r['trainable']):>12}{gb(r['argument_mb']):>11}"
       f"{gb(r['temp_mb']):>9}"
       f"{gb(r['output_mb']):>9}{gb(r['alias_mb']):>9}{gb(r['peak_mb']):>9}{fits}"
     )
   lines.append(
     "peak = arguments + temp + output - alias (outputs written into donated arguments); remat: train.remat, "
-    "micro: train.grad_accum_steps"
+    "micro: train.grad_accum_steps, quant: model.quantize (the frozen projection kernels' storage)"
   )
   return "\n".join(lines)
 
