@@ -92,19 +92,23 @@ def timed(step, steps: int, warmup: int = 2) -> list[float]:
   return times
 
 
-def bench_model():
+def bench_model(quantize: str = "none"):
   """(model, family, classifier style): the checkpoint (MiniLM by default, as the PyTorch peers use it, with
-  the sentence-similarity classifier) or a preset with random weights and its family's classifier."""
+  the sentence-similarity classifier) or a preset with random weights and its family's classifier; its layers'
+  projections stored as `quantize` says (a method's model.quantize)."""
   from fttpu import models
   from fttpu.models import presets
 
   dtype = FLAGS.param_dtype
   if not FLAGS.model:
-    return models.load("bert", FLAGS.checkpoint, dtype=dtype, param_dtype=dtype), "bert", "similarity"
+    model = models.load("bert", FLAGS.checkpoint, dtype=dtype, param_dtype=dtype, quantize=quantize)
+    return model, "bert", "similarity"
   hf_config = presets.PRESETS[FLAGS.model]
   family = hf_config["model_type"]
   style = models.FAMILIES.get(family).default_classifier
-  config = models.make_config(family, hf_config, lm_head=style == "mlm", dtype=dtype, param_dtype=dtype)
+  config = models.make_config(
+    family, hf_config, lm_head=style == "mlm", dtype=dtype, param_dtype=dtype, quantize=quantize
+  )
   module = models.FAMILIES.get(family).module(config)
   return models.LoadedModel(module, models.random_params(module), None, config, ""), family, style
 
@@ -115,13 +119,16 @@ def run_one(method_name: str, mesh_spec: str) -> dict:
   import numpy as np
   from fttpu import classifier, host_memory, models, sharding, trainer
   from fttpu.data import pipeline
+  from fttpu.models import presets
   from fttpu.methods import masks
 
   sizes = sharding.parse_mesh(mesh_spec)
   jax.config.update("jax_num_cpu_devices", math.prod(sizes.values()))  # fake CPU devices, before any device use
   mesh = sharding.make_mesh(sizes, sharding.devices_for(math.prod(sizes.values())))
 
-  model, family, style = bench_model()
+  family = presets.PRESETS[FLAGS.model]["model_type"] if FLAGS.model else "bert"
+  quantize = "none" if method_name == "forward" else method_config(method_name, family).model.quantize
+  model, family, style = bench_model(quantize)
   vocab = (1000, 20000) if style == "similarity" else (5, model.config.vocab_size)
   batch = pipeline.example_batch(style, FLAGS.batch, FLAGS.seq, FLAGS.classes, label_length=8, id_range=vocab)
   logits_fn = classifier.make_classifier(model.module, style, 20.0).logits

@@ -86,17 +86,19 @@ def test_batch_sizes_must_divide_over_the_data_and_fsdp_axes():
 
 
 def test_bench_cli_prints_json_per_method():
-  methods = ("forward", "zero_shot", "zo:zo.base=head+zo.noise=rademacher")
+  methods = ("forward", "zero_shot", "zo:zo.base=head+zo.noise=rademacher", "zero_shot:model.quantize=int8")
   command = [sys.executable, "-m", "fttpu.bench", f"--methods={','.join(methods)}", "--batch=2", "--seq=8", "--steps=1"]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(result.stdout)
   for method in methods:
     assert report[method]["step_s"] > 0 and report[method]["compile_s"] > 0 and report[method]["max_rss_mb"] > 0
-    assert report[method]["compiled_argument_mb"] > 80  # the 22.7M float32 parameters are arguments
+    assert report[method]["compiled_argument_mb"] > 50  # the 22.7M parameters (float32, or int8 projections)
   assert report["ratios_to_forward"]["zero_shot"] > 0 and report["rss_ratios_to_forward"]["zero_shot"] > 0
   assert report[methods[2]]["trainable"] == 384 * 2 + 2  # the override took: zo over the head only
   assert report[methods[2]]["compiled_alias_mb"] > 80  # the state is donated
+  # model.quantize is benched as the method's model: int8 projections, a third of float32's bytes
+  assert report[methods[3]]["compiled_argument_mb"] < report["zero_shot"]["compiled_argument_mb"] - 25
 
 
 def test_bench_compares_meshes_over_fake_devices():
