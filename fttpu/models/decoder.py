@@ -4,6 +4,10 @@ OPT: learned positions (offset 2, counted over real tokens), pre-LayerNorm (post
 configs with do_layer_norm_before=false), ReLU, biases, a final LayerNorm, output tied to the
 word embeddings. Llama: rotary positions, pre-RMSNorm, SwiGLU, grouped-query attention, no
 biases, a final RMSNorm, and an output matrix of its own unless tie_word_embeddings.
+
+Decoding (fttpu/models/decoding.py) passes `token_positions` (each token's count of real tokens before
+it, for both families, as Hugging Face's generate does on left-padded batches) and `cache_index`: the
+input then goes into a `cache` collection at that slot and `attention_mask` masks the cache's slots.
 """
 
 import flax.linen as nn
@@ -14,10 +18,27 @@ from fttpu.models.layers import Dropout, Embed, LayerNorm, RMSNorm
 from fttpu.models.transformer import ModelConfig
 
 
+def real_token_positions(attention_mask):
+  """Each token's count of real (mask 1) tokens before it; -1 at padding."""
+  mask = attention_mask.astype(jnp.int32)
+  return jnp.cumsum(mask, axis=-1) * mask - 1
+
+
+def default_positions(config: ModelConfig, input_ids, attention_mask):
+  """The positions of a forward pass: OPT counts real tokens, Llama counts columns."""
+  if config.position_offset:
+    return real_token_positions(attention_mask)
+  return jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+
+
 class Decoder(nn.Module):
   """Token ids and attention mask -> `output`: "hidden" states after the final norm (batch, length,
   hidden); "features", the same at `positions` (one per row); or "logits", next-token logits
-  (float32), (batch, length, vocab) or at `positions` over `vocab_ids`."""
+  (float32), (batch, length, vocab) or at `positions` over `vocab_ids`.
+
+  `token_positions` (batch, length): the position of each token (default: OPT counts real tokens,
+  Llama counts columns). With `cache_index` (decoding) the tokens are written to the `cache` collection
+  from that slot on and `attention_mask` (batch, cache length) says which cache slots hold real tokens."""
 
   config: ModelConfig
 
@@ -31,14 +52,13 @@ class Decoder(nn.Module):
     output: str = "hidden",
     positions=None,
     vocab_ids=None,
+    token_positions=None,
+    cache_index=None,
   ):
     c = self.config
     dtype, param_dtype = c.compute_dtype, c.storage_dtype
-    if c.position_offset:  # OPT: count of real tokens before each one
-      mask = attention_mask.astype(jnp.int32)
-      token_positions = jnp.cumsum(mask, axis=-1) * mask - 1
-    else:
-      token_positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+    if token_positions is None:
+      token_positions = default_positions(c, input_ids, attention_mask)
     word = Embed(c.vocab_size, c.hidden_size, "vocab", dtype, param_dtype, name="word")
     hidden = word(input_ids)
     if c.position_offset:
@@ -46,8 +66,11 @@ class Decoder(nn.Module):
         token_positions + c.position_offset
       )
     hidden = Dropout(c.hidden_dropout, deterministic)(hidden)
-    bias = transformer.attention_bias(attention_mask, True, dtype)
-    hidden = transformer.stack_layers(c, deterministic, hidden, bias, token_positions)
+    if cache_index is None:
+      bias = transformer.attention_bias(attention_mask, True, dtype)
+    else:
+      bias = transformer.cache_attention_bias(attention_mask, cache_index, input_ids.shape[-1])
+    hidden = transformer.stack_layers(c, deterministic, hidden, bias, token_positions, cache_index)
     if c.final_norm:
       hidden = (
         RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm")

@@ -14,6 +14,10 @@ names (embed, heads, kv, mlp, vocab, layers) for the sharding rules.
 Methods add leaves the layers look for: `lora_a`/`lora_b`/`lora_scale` (and `lora_dropout`,
 `dora_magnitude`) beside a projection's kernel, `prefix_key`/`prefix_value` in a layer. With
 `quantize` (model.quantize) the projections hold their kernel quantised instead (fttpu/models/quantize.py).
+
+Decoding (fttpu/models/decoding.py) gives each layer a `cache` collection, `key` and `value` of shape
+(batch, cache length, kv heads, head_dim): the layer writes its new keys/values at `cache_index` and
+attends over the whole cache (stacked on the layer axis by the scan like `params` and `noise`).
 """
 
 import dataclasses
@@ -204,6 +208,27 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
+def cache_attention_bias(key_mask: jax.Array, start, length: int) -> jax.Array:
+  """Additive bias (batch, 1, length, cache length) of `length` queries at cache slots start, start + 1, ...:
+  each sees the slots up to its own whose `key_mask` is 1, so neither padding nor a slot not yet written."""
+  slots = jnp.arange(key_mask.shape[-1])
+  queries = start + jnp.arange(length)
+  visible = (key_mask[:, None, None, :] > 0) & (slots[None, None, None, :] <= queries[None, None, :, None])
+  return jnp.where(visible, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
+def write_cache(module: nn.Module, k: jax.Array, v: jax.Array, index) -> tuple[jax.Array, jax.Array]:
+  """The layer's cached keys and values with k and v (batch, length, kv heads, head_dim) written at slot
+  `index` (the same for every row: prompts are left-padded), stored back into the `cache` collection."""
+  out = []
+  for name, new in (("key", k), ("value", v)):
+    cached = module.get_variable("cache", name)
+    cached = jax.lax.dynamic_update_slice(cached, new.astype(cached.dtype), (0, index, 0, 0))
+    module.put_variable("cache", name, cached)
+    out.append(cached.astype(new.dtype))
+  return out[0], out[1]
+
+
 def attention_bias(attention_mask: jax.Array, causal: bool, dtype) -> jax.Array:
   """Additive bias (batch, 1, query, key): -inf-like on padded keys and, if causal, on future keys."""
   visible = attention_mask[:, None, None, :] > 0
@@ -214,14 +239,16 @@ def attention_bias(attention_mask: jax.Array, causal: bool, dtype) -> jax.Array:
 
 
 class Layer(nn.Module):
-  """One transformer block; (hidden, (bias, positions)) -> (hidden, None), to be scanned."""
+  """One transformer block; (hidden, (bias, positions, cache_index)) -> (hidden, None), to be scanned.
+  With a `cache` collection (decoding) the keys and values are written into it at `cache_index` and
+  attention reads the whole cache."""
 
   config: ModelConfig
   deterministic: bool
 
   @nn.compact
   def __call__(self, hidden, inputs):
-    bias, positions = inputs
+    bias, positions, cache_index = inputs
     c = self.config
     dtype, param_dtype = c.compute_dtype, c.storage_dtype
     drop = lambda rate: Dropout(rate, self.deterministic)
@@ -242,6 +269,8 @@ class Layer(nn.Module):
       q, k = rotary(q, positions, c.rotary_theta), rotary(k, positions, c.rotary_theta)
     self.sow("intermediates", "key_states", k)  # read by prefix tuning's initialisation
     self.sow("intermediates", "value_states", v)
+    if self.has_variable("cache", "key"):
+      k, v = write_cache(self, k, v, cache_index)
     if self.has_variable("params", "prefix_key"):  # prefix tuning: P trained keys/values first, seen by all
 
       def prefix(name, x):
@@ -276,19 +305,20 @@ class Layer(nn.Module):
     return hidden.astype(dtype), None
 
 
-def stack_layers(config: ModelConfig, deterministic: bool, hidden, bias, positions):
-  """The L layers as one scanned module named "layers" (parameters stacked on a leading "layers" axis)."""
+def stack_layers(config: ModelConfig, deterministic: bool, hidden, bias, positions, cache_index=None):
+  """The L layers as one scanned module named "layers" (parameters stacked on a leading "layers" axis,
+  and a decoding `cache` too)."""
   policy = REMAT_POLICIES[config.remat]
   layer = Layer if policy is None else nn.remat(Layer, policy=policy, prevent_cse=False)  # scan keeps CSE apart
   layers = nn.scan(
     layer,
-    variable_axes={"params": 0, "intermediates": 0, "noise": 0},
+    variable_axes={"params": 0, "intermediates": 0, "noise": 0, "cache": 0},
     split_rngs={"params": True, "dropout": True},
     in_axes=nn.broadcast,
     length=config.num_layers,
     metadata_params={nn.PARTITION_NAME: "layers"},
   )
-  hidden, _ = layers(config, deterministic, name="layers")(hidden, (bias, positions))
+  hidden, _ = layers(config, deterministic, name="layers")(hidden, (bias, positions, cache_index))
   return hidden
 
 
