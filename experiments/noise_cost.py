@@ -21,8 +21,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from fttpu import cli
 from fttpu.models import perturbation
 
 flags.DEFINE_integer("entries", 6144 * 3072, "Entries per draw.")
@@ -68,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -32,14 +32,18 @@ LABELS = {
   "mezo:zo.noise=rademacher": "MeZO, sign noise",
   "zo:zo.base=lora": "MeZO over LoRA",
 }
-flags.DEFINE_string("workdir", "workdirs/torch_sitting", "Where results.md, results.png and sitting.json go.")
-flags.DEFINE_string("peer", "../shared/bench/peer_torch.py", "The PyTorch peers' script.")
-flags.DEFINE_list("extra_methods", [], "More fttpu methods for the table, without a peer (full:train.remat=full).")
-flags.DEFINE_integer("batch", 16, "Sentences per batch.")
-flags.DEFINE_integer("seq", 64, "Tokens per sentence.")
-flags.DEFINE_integer("steps", 5, "Timed steps (after warm-up) per figure.")
-flags.DEFINE_integer("threads", 2, "The peers' torch threads (fttpu's XLA uses every core).")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags (defined when it runs, so that importing the table code defines none)."""
+  flags.DEFINE_string("workdir", "workdirs/torch_sitting", "Where results.md, results.png and sitting.json go.")
+  flags.DEFINE_string("peer", "../shared/bench/peer_torch.py", "The PyTorch peers' script.")
+  flags.DEFINE_list("extra_methods", [], "More fttpu methods for the table, without a peer (full:train.remat=full).")
+  flags.DEFINE_integer("batch", 16, "Sentences per batch.")
+  flags.DEFINE_integer("seq", 64, "Tokens per sentence.")
+  flags.DEFINE_integer("steps", 5, "Timed steps (after warm-up) per figure.")
+  flags.DEFINE_integer("threads", 2, "The peers' torch threads (fttpu's XLA uses every core).")
 
 
 def run_peers() -> dict:
@@ -107,6 +111,7 @@ def plot(table_rows: list[dict], path: str) -> None:
   for ax, key, title in zip(axes, ("time_ratio", "rss_ratio"), ("step time", "peak RSS")):
     ax.barh(names, [r[key] for r in peered], color="tab:blue")
     ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xlim(0, 1.2 * max([1.0] + [r[key] for r in peered]))
     ax.set_title(f"fttpu / PyTorch, {title}")
     ax.invert_yaxis()
     for i, r in enumerate(peered):
@@ -139,4 +144,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)
