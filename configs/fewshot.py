@@ -45,6 +45,9 @@ def get_config(arg=None):
   config.data.num_dev = 0
   config.data.num_test = 0
   config.data.max_length = 64  # tokens per sentence, truncated and padded
+  # In-context demonstrations before each dev and test row (causal LMs, method=zero_shot only: MeZO's ICL
+  # row uses 32), drawn from the training rows per evaluated row; fttpu/data/demonstrations.py.
+  config.data.demonstrations = 0
   config.data.template = ""  # e.g. "Review: {sentence}"; "" keeps the task's
   config.data.label_descriptions = ()  # one per class; () keeps the task's
   config.data.label_names = ()

@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 import tokenizers
 
-from fttpu.data import pipeline, qa_metrics, row_tasks
+from fttpu.data import demonstrations, pipeline, qa_metrics, row_tasks
 from fttpu.data.rows import Row, RowTask, continued_text, prompt_text
 from fttpu.errors import ConfigError
 
@@ -60,8 +60,11 @@ def encode_teacher_forced(tokenizer: tokenizers.Tokenizer, task: RowTask, rows: 
   return pipeline.Encoded(ids, attention, np.zeros(len(rows), np.int32), target)
 
 
-def encode_prompts(tokenizer, task: RowTask, rows: list[Row], max_length: int, max_new_tokens: int) -> Prompts:
-  """Each row's prompt, left-truncated to max_length - max_new_tokens tokens and padded on the left."""
+def encode_prompts(
+  tokenizer, task: RowTask, rows: list[Row], max_length: int, max_new_tokens: int, prefixes=None
+) -> Prompts:
+  """Each row's prompt (after its prefix: demonstrations), left-truncated to max_length - max_new_tokens
+  tokens and padded on the left."""
   length = max_length - max_new_tokens
   if length < 8:
     raise ConfigError(
@@ -71,7 +74,8 @@ def encode_prompts(tokenizer, task: RowTask, rows: list[Row], max_length: int, m
   encoder = tokenizers.Tokenizer.from_str(tokenizer.to_str())
   encoder.enable_truncation(length, direction="left")
   encoder.enable_padding(direction="left", length=length, pad_id=pad_id, pad_token=pad)
-  encodings = encoder.encode_batch([prompt_text(task, row.fields) for row in rows])
+  prefixes = prefixes or [""] * len(rows)
+  encodings = encoder.encode_batch([prefix + prompt_text(task, row.fields) for prefix, row in zip(prefixes, rows)])
   return Prompts(
     np.asarray([e.ids for e in encodings], np.int32),
     np.asarray([e.attention_mask for e in encodings], np.int32),
@@ -105,12 +109,15 @@ def load_generation(data_config, tokenizer, seed: int, max_new_tokens: int = MAX
   task, splits = row_tasks.load_sample(data_config, seed)
   if not task.generation:
     raise ConfigError(f"task {task.name!r} is multiple choice: pipeline.load_few_shot encodes it")
-  encode = lambda rows: encode_prompts(tokenizer, task, rows, data_config.max_length, max_new_tokens)
+  prefixes = demonstrations.for_rows(data_config, task, splits["train"], seed)  # dev and test rows' only
+  encode = lambda split: encode_prompts(
+    tokenizer, task, splits[split], data_config.max_length, max_new_tokens, prefixes(split, len(splits[split]))
+  )
   return GenerationData(
     task,
     encode_teacher_forced(tokenizer, task, splits["train"], data_config.max_length),
-    encode(splits["train"]),
-    encode(splits["dev"]),
-    encode(splits["test"]),
+    encode("train"),
+    encode("dev"),
+    encode("test"),
     max_new_tokens,
   )

@@ -13,7 +13,8 @@ Each style (tasks.STYLES) encodes differently:
               Row tasks' multiple choice (COPA, ReCoRD; encode_choices): each row's own candidates after
               MeZO's prompt, C the most any row has, plus choice_mask (n, C), 0 at the padding
               candidates of rows with fewer, and gold_mask (n, C), 1 at every right candidate.
-Generation tasks (SQuAD, DROP) are encoded by fttpu.data.generation.
+Generation tasks (SQuAD, DROP) are encoded by fttpu.data.generation. With data.demonstrations > 0 the
+dev and test rows' texts follow their in-context demonstrations (fttpu.data.demonstrations).
 """
 
 import dataclasses
@@ -24,7 +25,7 @@ import numpy as np
 import tokenizers
 
 from fttpu.errors import ConfigError, check
-from fttpu.data import fewshot, row_tasks, tasks, tfds_local
+from fttpu.data import demonstrations, fewshot, row_tasks, tasks, tfds_local
 from fttpu.data.rows import RowTask, continued_text, gold_indices, prompt_text
 
 STYLES = tasks.STYLES
@@ -170,11 +171,6 @@ def encode_mlm(tokenizer: tokenizers.Tokenizer, task: tasks.Task, rows, labels, 
   return Encoded(ids, attention, np.asarray(labels, np.int32))
 
 
-def _candidate(prompt: str, word: str) -> str:
-  """The label word as it follows the prompt: after a space, or directly after a newline (MeZO's RTE)."""
-  return word if prompt[-1:].isspace() else " " + word
-
-
 def encode_continued(
   tokenizer: tokenizers.Tokenizer, prompt_lengths, texts: list[str], max_length: int, what: str = "label-word"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -198,36 +194,42 @@ def encode_continued(
   return ids, np.asarray([e.attention_mask for e in encodings], np.int32), target
 
 
-def encode_causal(tokenizer: tokenizers.Tokenizer, task: tasks.Task, rows, labels, max_length: int) -> Encoded:
+def encode_causal(
+  tokenizer: tokenizers.Tokenizer, task: tasks.Task, rows, labels, max_length: int, prefixes=None
+) -> Encoded:
   """Prompt + each label word per row (each of the row's choices, for multiple choice), truncated from
-  the left; target_mask marks the word's tokens (encode_continued)."""
-  prompts = [tasks.fill(task.causal_template, task.text_fields, row) for row in rows]
+  the left; target_mask marks the word's tokens (encode_continued). `prefixes`: a text before each row's
+  prompt (its demonstrations)."""
+  prefixes = prefixes or [""] * len(rows)
+  prompts = [prefix + tasks.fill(task.causal_template, task.text_fields, row) for prefix, row in zip(prefixes, rows)]
   choices = [task.text_fields.index(f) for f in task.choice_fields]
   words = [[row[i].strip() for i in choices] if choices else task.label_words for row in rows]  # multiple choice
-  texts = [prompt + _candidate(prompt, word) for prompt, row_words in zip(prompts, words) for word in row_words]
+  texts = [prompt + tasks.word_after(prompt, word) for prompt, row_words in zip(prompts, words) for word in row_words]
   prompt_ends = np.repeat([len(p) for p in prompts], task.num_classes)
   shape = (len(prompts), task.num_classes, max_length)
   ids, attention, target = (a.reshape(shape) for a in encode_continued(tokenizer, prompt_ends, texts, max_length))
   return Encoded(ids, attention, np.asarray(labels, np.int32), target)
 
 
-def encode_choices(tokenizer: tokenizers.Tokenizer, task: RowTask, examples, max_length: int, choices: int) -> Encoded:
+def encode_choices(
+  tokenizer: tokenizers.Tokenizer, task: RowTask, examples, max_length: int, choices: int, prefixes=None
+) -> Encoded:
   """A multiple-choice row task's rows (rows.Row), as encode_causal's arrays (n, choices, max_length): each
   row's prompt followed by each of its candidates (MeZO's verbalize), target_mask on the candidate.
 
   A row with fewer candidates than `choices` (ReCoRD's) repeats its first; choice_mask (n, choices) is 0
   there, so the copies neither win nor take probability. gold_mask (n, choices) is 1 at every right
   candidate (a prediction is right when it is any of them); labels is the first gold (MeZO's
-  correct_candidate_id for training).
+  correct_candidate_id for training). `prefixes`: a text before each row's prompt (its demonstrations).
   """
   prompt_ends, texts, golds, counts = [], [], [], []
-  for row in examples:
+  for row, prefix in zip(examples, prefixes or [""] * len(examples)):
     candidates = task.candidates(row.fields)
     if len(candidates) > choices:
       raise ValueError(f"{row.origin}: {len(candidates)} candidates, more than the {choices} encoded per row")
     padded = list(candidates) + [candidates[0]] * (choices - len(candidates))
-    prompt_ends.append(len(prompt_text(task, row.fields)))
-    texts += [continued_text(task, row.fields, candidate) for candidate in padded]
+    prompt_ends.append(len(prefix) + len(prompt_text(task, row.fields)))
+    texts += [prefix + continued_text(task, row.fields, candidate) for candidate in padded]
     golds.append(gold_indices(task, row.fields))
     counts.append(len(candidates))
   shape = (len(examples), choices, max_length)
@@ -240,12 +242,15 @@ def encode_choices(tokenizer: tokenizers.Tokenizer, task: RowTask, examples, max
   return Encoded(ids.reshape(shape), attention.reshape(shape), labels, target.reshape(shape), choice_mask, gold_mask)
 
 
-def encode_split(tokenizer, task: tasks.Task, rows, labels, max_length: int, style: str = "similarity") -> Encoded:
-  """Rows (tuples of texts, or strings for one-text tasks) encoded for `style`."""
+def encode_split(
+  tokenizer, task: tasks.Task, rows, labels, max_length: int, style: str = "similarity", prefixes=None
+) -> Encoded:
+  """Rows (tuples of texts, or strings for one-text tasks) encoded for `style`; `prefixes` (causal only):
+  a text before each row's prompt."""
   if style == "mlm":
     return encode_mlm(tokenizer, task, rows, labels, max_length)
   if style == "causal":
-    return encode_causal(tokenizer, task, rows, labels, max_length)
+    return encode_causal(tokenizer, task, rows, labels, max_length, prefixes)
   ids, mask = encode(tokenizer, [tasks.fill(task.template, task.text_fields, row) for row in rows], max_length)
   return Encoded(ids, mask, np.asarray(labels, np.int32))
 
@@ -333,6 +338,7 @@ def validate(config) -> None:
     d.num_dev,
     f"> 0 exactly when data.num_train > 0 (num_train={d.num_train})",
   )
+  demonstrations.validate(config)
 
 
 def load_choice_rows(data_config, tokenizer, seed: int) -> FewShotData:
@@ -345,7 +351,11 @@ def load_choice_rows(data_config, tokenizer, seed: int) -> FewShotData:
       "decoding scored by F1), which the classification training loop does not run"
     )
   choices = max(len(task.candidates(row.fields)) for split in splits.values() for row in split)
-  encoded = {k: encode_choices(tokenizer, task, v, data_config.max_length, choices) for k, v in splits.items()}
+  prefixes = demonstrations.for_rows(data_config, task, splits["train"], seed)
+  encoded = {
+    k: encode_choices(tokenizer, task, v, data_config.max_length, choices, prefixes(k, len(v)))
+    for k, v in splits.items()
+  }
   return FewShotData(task, encoded["train"], encoded["dev"], encoded["test"], {}, "causal")
 
 
@@ -363,13 +373,28 @@ def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") 
   else:
     train_idx, dev_idx = fewshot.sample_k_shot(train_labels, data_config.k, seed, task.num_classes)
   chosen = np.concatenate([train_idx, dev_idx])
+  prefixes = demonstrations.for_classification(
+    data_config, task, [train_rows[i] for i in train_idx], train_labels[train_idx], seed
+  )
   encoded = encode_split(
-    tokenizer, task, [train_rows[i] for i in chosen], train_labels[chosen], data_config.max_length, style
+    tokenizer,
+    task,
+    [train_rows[i] for i in chosen],
+    train_labels[chosen],
+    data_config.max_length,
+    style,
+    prefixes("train", len(train_idx)) + prefixes("dev", len(dev_idx)),
   )
   test_rows, test_labels = splits["test"]
   test_idx = fewshot.sample_test(len(test_labels), optional("num_test", 0))
   test = encode_split(
-    tokenizer, task, [test_rows[i] for i in test_idx], test_labels[test_idx], data_config.max_length, style
+    tokenizer,
+    task,
+    [test_rows[i] for i in test_idx],
+    test_labels[test_idx],
+    data_config.max_length,
+    style,
+    prefixes("test", len(test_idx)),
   )
   n = len(train_idx)
   return FewShotData(

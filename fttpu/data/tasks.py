@@ -233,6 +233,12 @@ def fill(template: str, text_fields: tuple[str, ...], row, **extra) -> str:
   return template.format(**template_fields(text_fields, row), **extra)
 
 
+def word_after(prompt: str, word: str) -> str:
+  """A label word or candidate as it follows its causal prompt: after a space, or directly after whitespace
+  (MeZO's RTE prompt ends in a newline)."""
+  return word if prompt[-1:].isspace() else " " + word
+
+
 def _checked_template(template: str, key: str, text_fields: tuple[str, ...], mask: bool = False) -> str:
   """`template` if it uses every text field (or a derived form), {mask} exactly once when `mask`, and nothing else."""
   allowed = set(template_fields(text_fields, ("",) * len(text_fields))) | ({"mask"} if mask else set())
