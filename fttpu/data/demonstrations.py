@@ -28,7 +28,7 @@ evaluation only: validate allows them with method=zero_shot alone.
 """
 
 import functools
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 

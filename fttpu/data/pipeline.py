@@ -376,26 +376,13 @@ def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") 
   prefixes = demonstrations.for_classification(
     data_config, task, [train_rows[i] for i in train_idx], train_labels[train_idx], seed
   )
-  encoded = encode_split(
-    tokenizer,
-    task,
-    [train_rows[i] for i in chosen],
-    train_labels[chosen],
-    data_config.max_length,
-    style,
-    prefixes("train", len(train_idx)) + prefixes("dev", len(dev_idx)),
+  encode = lambda rows, labels, indices, split_prefixes: encode_split(
+    tokenizer, task, [rows[i] for i in indices], labels[indices], data_config.max_length, style, split_prefixes
   )
+  encoded = encode(train_rows, train_labels, chosen, prefixes("train", len(train_idx)) + prefixes("dev", len(dev_idx)))
   test_rows, test_labels = splits["test"]
   test_idx = fewshot.sample_test(len(test_labels), optional("num_test", 0))
-  test = encode_split(
-    tokenizer,
-    task,
-    [test_rows[i] for i in test_idx],
-    test_labels[test_idx],
-    data_config.max_length,
-    style,
-    prefixes("test", len(test_idx)),
-  )
+  test = encode(test_rows, test_labels, test_idx, prefixes("test", len(test_idx)))
   n = len(train_idx)
   return FewShotData(
     task,

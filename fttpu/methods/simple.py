@@ -26,7 +26,9 @@ def full(config, model):
 
 @register("zero_shot", learning_rate=2e-5, frozen_base=True)
 def zero_shot(config, model):
-  """Evaluation only: every parameter is frozen and no step runs."""
+  """Evaluation only: every parameter is frozen and no step runs. With data.demonstrations = k > 0 (causal
+  LMs) it is MeZO's ICL row: k answered training rows before each evaluated row (fttpu/data/demonstrations.py);
+  the other methods train, so they refuse demonstrations."""
   return make_method("zero_shot", wrap, functools.partial(masks.label_all, label=masks.FREEZE), trains=False)
 
 
