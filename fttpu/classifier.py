@@ -40,7 +40,8 @@ def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   return (hidden.astype(jnp.float32) * mask).sum(-2) / jnp.maximum(mask.sum(-2), 1.0)
 
 
-def _apply(module, params, noise, ids, mask, rng, **kwargs):
+def apply_model(module, params, noise, ids, mask, rng, **kwargs):
+  """`module` on ids and mask: with dropout when `rng` is given, with a zeroth-order `noise` collection when given."""
   rngs = {} if rng is None else {"dropout": rng}
   variables = {"params": params} if noise is None else {"params": params, "noise": noise}
   return module.apply(variables, ids, mask, deterministic=rng is None, rngs=rngs, **kwargs)
@@ -54,7 +55,7 @@ def make_embed_fn(module) -> Callable:
   """
 
   def embed(params, ids, mask, rng=None, noise=None):
-    pooled = mean_pool(_apply(module, params, noise, ids, mask, rng), mask)
+    pooled = mean_pool(apply_model(module, params, noise, ids, mask, rng), mask)
     return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
   return embed
@@ -115,7 +116,7 @@ def _similarity(module, scale: float) -> Classifier:
 def _masked(module, output_embedding: str) -> Classifier:
   def run(params, noise, batch, rng, **kwargs):
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    return _apply(module, params, noise, ids, mask, rng, positions=mask_positions(batch), **kwargs)
+    return apply_model(module, params, noise, ids, mask, rng, positions=mask_positions(batch), **kwargs)
 
   def logits(tree, batch, rng=None):
     if "head" in tree:
@@ -137,14 +138,14 @@ def _causal(module, output_embedding: str) -> Classifier:
   def features_at(params, noise, batch, rng=None):
     """The last state before the label word (of the first candidate: the prompt is the same for all)."""
     ids, mask, position = batch["input_ids"][:, 0], batch["attention_mask"][:, 0], _first_target(batch)[:, 0] - 1
-    return _apply(module, params, noise, ids, mask, rng, output="features", positions=position).astype(jnp.float32)
+    return apply_model(module, params, noise, ids, mask, rng, output="features", positions=position).astype(jnp.float32)
 
   def logits(tree, batch, rng=None):
     n, classes, length = batch["input_ids"].shape
     if "head" in tree:
       return _head_logits(tree, features_at(tree["model"], tree.get("noise"), batch, rng))
     ids, mask, targets = (batch[k].reshape(n * classes, length) for k in ("input_ids", "attention_mask", "target_mask"))
-    out = _apply(module, tree["model"], tree.get("noise"), ids, mask, rng, output="logits")
+    out = apply_model(module, tree["model"], tree.get("noise"), ids, mask, rng, output="logits")
     return target_log_likelihoods(out, ids, targets).reshape(n, classes)
 
   def zero_shot_head(params, batch):

@@ -5,7 +5,8 @@
                    truncated from the left (OPT's BOS kept) and padded right; target_mask is 1 at the
                    tokens after the prompt (the answer and the newline), so the LM loss on them is
                    MeZO's training objective (train_as_classification=False, only_train_option).
-                   pipeline.train_batch draws batches of it.
+                   train_batch draws batches of it (pipeline's draw), with each row's prompt
+                   (train_prompts) and its index, which zo.objective=f1 decodes and scores.
   Prompts          input_ids, attention_mask (n, P): the prompt alone, truncated from the left to
                    max_length - max_new_tokens (MeZO's room for the answer) and padded on the LEFT, so
                    every row's next token goes to column P; the decoder counts OPT's positions over the
@@ -13,7 +14,8 @@
 
 Evaluation decodes greedily from Prompts (at most max_new_tokens, stopping at stop_ids: the newline's
 token or EOS, as MeZO's run.py), turns the new tokens into text with answer_text and scores them with
-score (the task's metric from fttpu.data.qa_metrics, the best over each row's golds).
+score (the task's metric from fttpu.data.qa_metrics, the best over each row's golds); a run reports
+answer_metrics (F1 and exact match). Training's losses are fttpu/generation_objectives.py's.
 """
 
 import dataclasses
@@ -23,10 +25,11 @@ import tokenizers
 
 from fttpu.data import demonstrations, pipeline, qa_metrics, row_tasks
 from fttpu.data.rows import Row, RowTask, continued_text, prompt_text
-from fttpu.errors import ConfigError
+from fttpu.errors import ConfigError, check
 
 MAX_NEW_TOKENS = 50  # MeZO's run.py max_new_tokens
 STOP = "\n"  # MeZO's run.py eos_token
+MIN_PROMPT_TOKENS = 8  # of data.max_length beside the answer's max_new_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +69,7 @@ def encode_prompts(
   """Each row's prompt (after its prefix: demonstrations), left-truncated to max_length - max_new_tokens
   tokens and padded on the left."""
   length = max_length - max_new_tokens
-  if length < 8:
+  if length < MIN_PROMPT_TOKENS:
     raise ConfigError(
       f"data.max_length={max_length} leaves {length} prompt tokens after the {max_new_tokens} the answer may take"
     )
@@ -102,6 +105,53 @@ def answer_text(tokenizer: tokenizers.Tokenizer, new_ids) -> str:
 def score(task: RowTask, predictions, prompts: Prompts) -> float:
   """The task's metric (MeZO's: SQuAD and DROP report F1) of the decoded answers against each row's golds."""
   return qa_metrics.mean_score(task.metric, predictions, prompts.answers)
+
+
+def answer_metrics(predictions, prompts: Prompts) -> dict:
+  """{"f1", "em"}: the mean token F1 and exact match of the decoded answers against each row's golds."""
+  return {metric: qa_metrics.mean_score(metric, predictions, prompts.answers) for metric in ("f1", "em")}
+
+
+GENERATION_TASKS = tuple(name for name, task in row_tasks.ROW_TASKS.items() if task.generation)
+
+
+def is_generation_task(name: str) -> bool:
+  """Whether data.task names a generation task (SQuAD, DROP): trained on its answers, scored by F1."""
+  return name in GENERATION_TASKS
+
+
+def validate(config) -> None:
+  """config.data.max_new_tokens, and room for the prompt beside it in data.max_length (generation tasks)."""
+  d = config.data
+  if not is_generation_task(d.task):
+    return
+  check(d.max_new_tokens >= 1, "data.max_new_tokens", d.max_new_tokens, "an integer >= 1 (MeZO: 50)")
+  check(
+    d.max_length - d.max_new_tokens >= MIN_PROMPT_TOKENS,
+    "data.max_length",
+    d.max_length,
+    f"at least data.max_new_tokens + {MIN_PROMPT_TOKENS} = {d.max_new_tokens + MIN_PROMPT_TOKENS} (task {d.task!r} "
+    f"decodes up to {d.max_new_tokens} answer tokens after prompts of data.max_length - data.max_new_tokens tokens)",
+  )
+
+
+def train_rows(data: GenerationData, indices) -> dict:
+  """Training rows `indices` as one batch: teacher forcing on the answer (pipeline's keys: input_ids,
+  attention_mask, target_mask, labels, weights) and the rows' left-padded prompts (prompt_input_ids,
+  prompt_attention_mask) with their indices into data.train_prompts (row_index), which the F1 objective
+  decodes and scores against the rows' golds."""
+  indices = np.asarray(indices, np.int64)
+  return {
+    **pipeline.whole(data.train.take(indices)),
+    "prompt_input_ids": data.train_prompts.input_ids[indices],
+    "prompt_attention_mask": data.train_prompts.attention_mask[indices],
+    "row_index": indices.astype(np.int32),
+  }
+
+
+def train_batch(data: GenerationData, step: int, batch_size: int, seed: int) -> dict:
+  """The training batch of global step `step` (the rows pipeline.train_batch would draw)."""
+  return train_rows(data, pipeline.batch_indices(len(data.train), step, batch_size, seed))
 
 
 def load_generation(data_config, tokenizer, seed: int, max_new_tokens: int = MAX_NEW_TOKENS) -> GenerationData:

@@ -347,8 +347,8 @@ def load_choice_rows(data_config, tokenizer, seed: int) -> FewShotData:
   task, splits = row_tasks.load_sample(data_config, seed)
   if task.generation:
     raise ConfigError(
-      f"task {task.name!r} is a generation task: its data is fttpu.data.generation.load_generation (greedy "
-      "decoding scored by F1), which the classification training loop does not run"
+      f"task {task.name!r} is a generation task: fttpu.data.generation.load_generation encodes it (teacher "
+      "forcing to train, prompts to decode greedily and score by F1)"
     )
   choices = max(len(task.candidates(row.fields)) for split in splits.values() for row in split)
   prefixes = demonstrations.for_rows(data_config, task, splits["train"], seed)
@@ -394,8 +394,9 @@ def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") 
   )
 
 
-# One row per example.
+# One row per example; generation tasks' training batches add each row's prompt and its index (to decode).
 EXAMPLE_KEYS = ("input_ids", "attention_mask", "labels", "weights", "target_mask", "choice_mask", "gold_mask")
+EXAMPLE_KEYS += ("prompt_input_ids", "prompt_attention_mask", "row_index")
 
 
 def micro_batches(batch: dict, count: int) -> tuple[dict, dict]:
@@ -423,14 +424,20 @@ def _batch(data: Encoded, weights: np.ndarray) -> dict:
   return batch
 
 
-def train_batch(data: Encoded, step: int, batch_size: int, seed: int) -> dict:
-  """The batch of global step `step`: a fresh seeded permutation of the examples every epoch."""
+def batch_indices(examples: int, step: int, batch_size: int, seed: int) -> np.ndarray:
+  """The example indices of global step `step`'s batch: a fresh seeded permutation every epoch."""
   positions = step * batch_size + np.arange(batch_size)
-  epochs, offsets = np.divmod(positions, len(data))
+  epochs, offsets = np.divmod(positions, examples)
   indices = np.empty(batch_size, np.int64)
   for epoch in np.unique(epochs):
-    permutation = np.random.default_rng([seed, int(epoch)]).permutation(len(data))
+    permutation = np.random.default_rng([seed, int(epoch)]).permutation(examples)
     indices[epochs == epoch] = permutation[offsets[epochs == epoch]]
+  return indices
+
+
+def train_batch(data: Encoded, step: int, batch_size: int, seed: int) -> dict:
+  """The batch of global step `step`: a fresh seeded permutation of the examples every epoch."""
+  indices = batch_indices(len(data), step, batch_size, seed)
   return _batch(data.take(indices), np.ones(batch_size, np.float32))
 
 
