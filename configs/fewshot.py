@@ -14,6 +14,7 @@ import ml_collections
 
 from fttpu import methods, models, sharding
 from fttpu.config import parse_arg
+from fttpu.data import generation
 from fttpu.methods import base as method_base
 
 
@@ -45,6 +46,8 @@ def get_config(arg=None):
   config.data.num_dev = 0
   config.data.num_test = 0
   config.data.max_length = 64  # tokens per sentence, truncated and padded
+  # generation tasks (squad, drop): answer tokens decoded at most (MeZO's 50); prompts keep max_length - this
+  config.data.max_new_tokens = generation.MAX_NEW_TOKENS
   # In-context demonstrations before each dev and test row (causal LMs, method=zero_shot only: MeZO's ICL
   # row uses 32), drawn from the training rows per evaluated row; fttpu/data/demonstrations.py.
   config.data.demonstrations = 0
@@ -87,7 +90,8 @@ def get_config(arg=None):
   config.train.eval_every = 50  # dev accuracy
   config.train.checkpoint_every = 100
   config.train.keep_checkpoints = 2  # the newest ones, plus the best by best_metric
-  config.train.best_metric = "accuracy"  # dev metric whose best checkpoint is kept: accuracy | loss | "" (none)
+  # dev metric whose best checkpoint is kept: accuracy | loss (classification), f1 | em (generation) | "" (none)
+  config.train.best_metric = "f1" if generation.is_generation_task(arg.task) else "accuracy"
   config.train.nonfinite = "stop"  # NaN/Inf loss or gradient: stop (keeping the last good state) | skip the batch
   config.train.divergence = "stop"  # a diverged run (below): stop (keeping the last good state) | continue
   config.train.divergence_ratio = 100.0  # diverged: a training loss above this x max(first step's loss, 1); 0: off

@@ -26,7 +26,8 @@ from orbax.checkpoint import checkpoint_managers
 from fttpu import files
 
 MANIFEST = "fttpu_manifest.json"
-BEST_METRICS = {"accuracy": True, "loss": False}  # dev metric -> higher is better
+# dev metric -> higher is better: classification's accuracy and loss, generation's F1 and exact match
+BEST_METRICS = {"accuracy": True, "loss": False, "f1": True, "em": True}
 
 
 def make_manager(workdir: str, keep: int, best_metric: str = "") -> ocp.CheckpointManager:

@@ -15,12 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fttpu import checkpoint, classifier, methods, models, optim, sharding, step as step_lib
-from fttpu.data import pipeline
+from fttpu import checkpoint, classifier, generation_objectives, methods, models, optim, sharding, step as step_lib
+from fttpu.data import generation, pipeline
 from fttpu.errors import check
 from fttpu.methods import zo
 from fttpu.state import TrainState
 
+# The dev metrics a run evaluates (train.best_metric names one), by whether its task is a generation task.
+DEV_METRICS = {False: ("accuracy", "loss"), True: ("f1", "em")}
 NONFINITE = ("stop", "skip")  # train.nonfinite: what a NaN/Inf loss or gradient does
 DIVERGENCE = ("stop", "continue")  # train.divergence: what a diverged run does (fttpu.guards.divergence)
 
@@ -33,11 +35,13 @@ def check_train(config) -> None:
   check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
   for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     check(t[key] >= 1, f"train.{key}", t[key], "an integer >= 1")
+  metrics_of_task = DEV_METRICS[generation.is_generation_task(config.data.task)]
   check(
-    t.best_metric in ("", *checkpoint.BEST_METRICS),
+    t.best_metric in ("", *metrics_of_task),
     "train.best_metric",
     t.best_metric,
-    f"one of {sorted(checkpoint.BEST_METRICS)} or '' (none)",
+    f"one of {sorted(metrics_of_task)} or '' (none) for the task {config.data.task!r} (dev metrics: "
+    "classification's accuracy and loss, generation's f1 and em)",
   )
   check(t.nonfinite in NONFINITE, "train.nonfinite", t.nonfinite, str(list(NONFINITE)))
   check(t.divergence in DIVERGENCE, "train.divergence", t.divergence, str(list(DIVERGENCE)))
@@ -65,6 +69,7 @@ def validate(config) -> None:
   methods.validate(config)  # first: the method's name, then every method section
   models.validate(config)
   pipeline.validate(config)
+  generation.validate(config)
   check_train(config)
   optim.validate(config)
   sharding.validate(config)
@@ -75,8 +80,8 @@ class Setup(NamedTuple):
 
   method: methods.Method
   tree: Any  # the prepared parameters (host or sharded arrays)
-  loss_fn: Callable  # (tree, batch, rng) -> (loss, aux)
-  logits_fn: Callable  # (tree, batch, rng) -> logits
+  loss_fn: Callable  # (tree, batch, rng) -> (loss, aux): what the train step estimates
+  logits_fn: Callable  # (tree, batch, rng) -> logits; None for generation tasks (they decode)
   optimizer: Any  # config.optimizer's transform (before the mask)
   micro_batches: int = 1  # train.grad_accum_steps: slices of each batch the estimate runs over
 
@@ -90,13 +95,14 @@ def setup(
   total_steps: int | None = None,
   rng=None,
   prepare: Callable | None = None,
+  train_golds: tuple | None = None,
 ) -> Setup:
   """config.method on `model`, prepared from its weights. `batch_at(step)` and `train_set` are training
   batches with their prompts (what sparse selection and linear probes read). `prepare` wraps the method's
-  prepare (fttpu.plan sizes it under jax.eval_shape)."""
+  prepare (fttpu.plan sizes it under jax.eval_shape). `train_golds`: each training row's gold answers
+  (GenerationData.train_prompts.answers), which zo.objective=f1 scores the decoded answers against."""
   model = models.with_remat(model, config.train.remat)
-  classify = classifier.make_classifier(model.module, config.model.classifier, config.model.logit_scale)
-  loss_fn = classifier.make_loss_fn(classify.logits)
+  classify, loss_fn, step_loss_fn = losses(config, model, train_golds)
   optimizer = optim.make_optimizer(config.optimizer, config.train.steps if total_steps is None else total_steps)
   method = methods.get_method(config, optimizer, model)
   context = methods.Context(
@@ -105,11 +111,40 @@ def setup(
   rng = jax.random.key(config.seed) if rng is None else rng
   run_prepare = lambda params: method.prepare(params, rng, context)
   tree = (prepare or (lambda f, params: f(params)))(run_prepare, model.params)
-  return Setup(method, tree, loss_fn, classify.logits, optimizer, config.train.grad_accum_steps)
+  logits_fn = classify.logits if classify else None
+  return Setup(method, tree, step_loss_fn, logits_fn, optimizer, config.train.grad_accum_steps)
 
 
-def data_batches(config, data: pipeline.FewShotData) -> tuple[Callable, dict]:
-  """(batch_at(step), the whole training set), each with the task's prompts."""
+def losses(config, model, train_golds: tuple | None = None) -> tuple:
+  """(classifier, loss, the train step's loss) of the run's task. Classification: the prompt classifier and
+  its cross-entropy, both. Generation (SQuAD, DROP): no classifier, the LM loss on the answer tokens, and for
+  the step under zo.objective=f1 the same loss reporting aux["f1"], the F1 of the greedy answers (decoded
+  in the step, scored against `train_golds` on the host), whose negative the zeroth-order estimate takes."""
+  if not generation.is_generation_task(config.data.task):
+    classify = classifier.make_classifier(model.module, config.model.classifier, config.model.logit_scale)
+    loss_fn = classifier.make_loss_fn(classify.logits)
+    return classify, loss_fn, loss_fn
+  loss_fn = generation_objectives.make_answer_loss_fn(model.module)
+  if not (methods.base.is_zeroth_order(config.method) and config.zo.objective == "f1"):
+    return None, loss_fn, loss_fn
+  if train_golds is None:
+    raise ValueError("zo.objective=f1 scores the training rows' answers: setup needs their train_golds")
+  answer_f1 = generation_objectives.make_answer_f1(
+    model.module,
+    generation_objectives.answer_f1_scorer(model.tokenizer, train_golds),
+    generation.stop_ids(model.tokenizer),
+    config.data.max_new_tokens,
+    model.config.pad_token_id,
+  )
+  return None, loss_fn, generation_objectives.with_answer_f1(loss_fn, answer_f1)
+
+
+def data_batches(config, data: pipeline.FewShotData | generation.GenerationData) -> tuple[Callable, dict]:
+  """(batch_at(step), the whole training set), each with the task's prompts (generation tasks: teacher
+  forcing on the answers, with each row's prompt to decode and its row index, generation.train_rows)."""
+  if isinstance(data, generation.GenerationData):
+    batch_at = lambda step: generation.train_batch(data, step, config.train.batch_size, config.seed)
+    return batch_at, generation.train_rows(data, np.arange(len(data.train)))
   batch_at = lambda step: {
     **pipeline.train_batch(data.train, step, config.train.batch_size, config.seed),
     **data.prompts,

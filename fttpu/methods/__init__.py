@@ -6,6 +6,7 @@ Adding a method: write fttpu/methods/<name>.py with a maker `(config, model) -> 
 to the import of MODULES. configs/fewshot.py, validation, the trainer, bench and plan find it there.
 """
 
+from fttpu.data import generation
 from fttpu.errors import check
 from fttpu.methods import base
 from fttpu.methods import layers, lora, simple, sparse, zo  # the table: each module registers on import
@@ -27,6 +28,7 @@ def validate(config) -> None:
   for _, section in SECTIONS.items():
     section.validate(config)
   check_quantized_base(config)
+  check_generation_task(config)
 
 
 def trained_set(config) -> tuple[str, str]:
@@ -49,4 +51,25 @@ def check_quantized_base(config) -> None:
     name,
     f"method among {valid}, or zo with zo.base among {zo_valid}: model.quantize={mode!r} stores the pretrained "
     f"weights quantised and frozen, and {name} updates them",
+  )
+
+
+# Methods that read a classifier's features or classes, which a generation task (SQuAD, DROP) has not.
+CLASSIFICATION_ONLY = ("head",)
+
+
+def check_generation_task(config) -> None:
+  """A generation task trains on the LM loss of its answers (or zo.objective=f1): every method that trains
+  model weights or adapters on it runs; a linear probe (head) has no classes to score and is refused."""
+  if not generation.is_generation_task(config.data.task):
+    return
+  key, name = trained_set(config)
+  valid = [m for m in METHODS.names() if m not in CLASSIFICATION_ONLY]
+  check(
+    name not in CLASSIFICATION_ONLY,
+    key,
+    name,
+    f"a method among {valid} (zo.base among {[m for m in base.zo_bases() if m not in CLASSIFICATION_ONLY]}): "
+    f"{name} is a linear probe on a classifier's features, and the generation task {config.data.task!r} "
+    "decodes answers instead of choosing a class",
   )

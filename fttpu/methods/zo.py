@@ -37,10 +37,15 @@ from flax import traverse_util
 
 from fttpu import checkpoint, files, optim
 from fttpu.errors import ConfigError, check
+from fttpu.data import generation
 from fttpu.methods import base, masks
 from fttpu.models import perturbation
 
-OBJECTIVES = ("loss", "accuracy")
+# zo.objective: what each probe's value is: the loss, or minus a metric its aux reports (non-differentiable:
+# the batch accuracy of classification, or generation tasks' mean F1 of the greedy answers, MeZO's non_diff)
+OBJECTIVES = ("loss", "accuracy", "f1")
+CLASSIFICATION_OBJECTIVES = ("loss", "accuracy")
+GENERATION_OBJECTIVES = ("loss", "f1")  # of the generation tasks (SQuAD, DROP)
 SIGN_OF_PROJECTION = "zo_sgd_sign"  # the config.optimizer.name that steps along sign(g_i) z_i
 
 
@@ -114,6 +119,11 @@ def gradient(tree, labels, rng: jax.Array, projected: jax.Array, kind: str):
   return masks.fill(tree, labels, values)
 
 
+def objective_value(objective: str, loss: jax.Array, aux: dict) -> jax.Array:
+  """A probe's value under `objective`: the loss, or minus aux[objective] (accuracy, f1: higher is better)."""
+  return loss if objective == "loss" else -aux[objective]
+
+
 def spsa(eps: float, samples: int, kind: str, objective: str, optimizer_name: str = "sgd"):
   """The estimate of a zeroth-order method: (loss, aux, grad) as autodiff returns them; aux's
   projected_grad is the value (the trajectory), what the update uses follows `coefficients`."""
@@ -127,13 +137,14 @@ def spsa(eps: float, samples: int, kind: str, objective: str, optimizer_name: st
       perturbed = perturb(tree, noise, scale)
       of_micro_batch = lambda micro, _: loss_fn(perturbed, micro, None)  # rng None: dropout off
       loss, aux = base.mean_over_micro_batches(of_micro_batch, batch, micro_batches)
-      return loss, aux["accuracy"], loss if objective == "loss" else -aux["accuracy"]
+      return loss, aux, objective_value(objective, loss, aux)
 
     # One loop over the 2n evaluations: the model is compiled once and each pass is unbatched.
-    losses, accuracies, values = jax.lax.map(evaluate, jnp.arange(2 * samples))
+    losses, aux, values = jax.lax.map(evaluate, jnp.arange(2 * samples))
     projected = (values[0::2] - values[1::2]) / (2 * eps)
     grads = gradient(tree, labels, rng, coefficients(projected, optimizer_name), kind)
-    return losses.mean(), {"accuracy": accuracies.mean(), "projected_grad": projected}, grads
+    means = {name: value.mean() for name, value in aux.items()}  # over the probes: accuracy (and f1)
+    return losses.mean(), {**means, "projected_grad": projected}, grads
 
   return estimate
 
@@ -145,7 +156,9 @@ def section() -> ml_collections.ConfigDict:
       "eps": 1e-3,  # perturbation scale (MeZO's default)
       "samples": 1,  # n-SPSA: estimates averaged per step
       "noise": "gaussian",  # gaussian | rademacher
-      "objective": "loss",  # loss | accuracy (non-differentiable: minus the batch accuracy)
+      # loss | accuracy (classification; minus the batch accuracy) | f1 (generation tasks: minus the mean F1
+      # of the greedy answers, MeZO's non-differentiable objective); accuracy and f1 are non-differentiable
+      "objective": "loss",
     }
   )
 
@@ -157,6 +170,7 @@ def check_section(config) -> None:
   check(z.samples >= 1, "zo.samples", z.samples, "an integer >= 1 (n-SPSA)")
   check(z.noise in perturbation.KINDS, "zo.noise", z.noise, str(list(perturbation.KINDS)))
   check(z.objective in OBJECTIVES, "zo.objective", z.objective, str(list(OBJECTIVES)))
+  check_objective_fits_task(z.objective, config.data.task)
   zeroth_order = base.is_zeroth_order(config.method)
   o = config.optimizer
   check(
@@ -166,6 +180,16 @@ def check_section(config) -> None:
     f"{[n for n in optim.OPTIMIZERS if n != SIGN_OF_PROJECTION]} for method={config.method!r} "
     f"({SIGN_OF_PROJECTION} steps along the sign of a zeroth-order projected gradient: method mezo or zo)",
   )
+
+
+def check_objective_fits_task(objective: str, task: str) -> None:
+  """f1 scores generated answers (generation tasks only); accuracy counts classes (classification only)."""
+  if generation.is_generation_task(task):
+    valid, why = GENERATION_OBJECTIVES, f"the generation task {task!r} has no classes; f1 scores its greedy answers"
+  else:
+    valid = CLASSIFICATION_OBJECTIVES
+    why = f"f1 scores decoded answers, of the generation tasks {list(generation.GENERATION_TASKS)} only"
+  check(objective in valid, "zo.objective", objective, f"{list(valid)} ({why})")
 
 
 base.register_section("zo", section, check_section)
