@@ -11,7 +11,7 @@ import json
 import logging
 import resource
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ import numpy as np
 from fttpu import (
   checkpoint,
   files,
+  generate,
   guards,
   host_memory,
   metrics,
@@ -29,9 +30,41 @@ from fttpu import (
   trainer,
   workdir as workdir_lib,
 )
-from fttpu.data import pipeline
+from fttpu.data import generation, pipeline
 from fttpu.errors import CheckpointError
 from fttpu.methods import base as method_base, masks
+
+
+def evaluate_answers(model, data: generation.GenerationData, params, prompts, config, mesh) -> dict:
+  """F1 and exact match of the answers `params` decode greedily after `prompts` (a generation task's split)."""
+  predictions, _ = generate.evaluate_generation(
+    model.module,
+    params,
+    model.tokenizer,
+    data.task,
+    prompts,
+    data.max_new_tokens,
+    batch_size=config.train.eval_batch_size,
+    mesh=mesh,
+    rules=dict(config.sharding_rules),
+  )
+  return generation.answer_metrics(predictions, prompts)
+
+
+def split_evaluator(config, model, data, mesh, logits_fn) -> Callable:
+  """evaluate(merged tree, split) -> the split's dev/test metrics: accuracy and loss (classification), or
+  f1 and em of the greedy answers (generation tasks)."""
+  if isinstance(data, generation.GenerationData):
+    return lambda tree, split: evaluate_answers(model, data, tree["model"], split, config, mesh)
+  eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
+  return lambda tree, split: evaluate(eval_step, tree, split, data.prompts, config.train.eval_batch_size, mesh)
+
+
+def load_data(config, tokenizer) -> pipeline.FewShotData | generation.GenerationData:
+  """The task's sampled, tokenized splits: classification (pipeline) or generation (SQuAD, DROP)."""
+  if generation.is_generation_task(config.data.task):
+    return generation.load_generation(config.data, tokenizer, config.seed, config.data.max_new_tokens)
+  return pipeline.load_few_shot(config.data, tokenizer, config.seed, config.model.classifier)
 
 
 def evaluate(eval_fn, params, data: pipeline.Encoded, prompts: dict, batch_size: int, mesh) -> dict:
@@ -73,12 +106,19 @@ def check_resumable(config, workdir: str, manager) -> None:
   workdir_lib.note_config_json(workdir, name)
 
 
-def data_fingerprints(data: pipeline.FewShotData) -> dict:
-  """{split: fingerprint} of the sampled, tokenized splits."""
-  return {
-    name: workdir_lib.fingerprint(*(x for x in dataclasses.astuple(getattr(data, name)) if x is not None))
-    for name in ("train", "dev", "test")
-  }
+def split_arrays(split) -> list:
+  """The arrays that make up a sampled split: an Encoded's, or a generation.Prompts' ids, mask and golds."""
+  if isinstance(split, generation.Prompts):
+    return [split.input_ids, split.attention_mask, np.frombuffer(json.dumps(split.answers).encode(), np.uint8)]
+  return [x for x in dataclasses.astuple(split) if x is not None]
+
+
+def data_fingerprints(data: pipeline.FewShotData | generation.GenerationData) -> dict:
+  """{split: fingerprint} of the sampled, tokenized splits (generation's train: with its prompts and golds)."""
+  arrays = {name: split_arrays(getattr(data, name)) for name in ("train", "dev", "test")}
+  if isinstance(data, generation.GenerationData):
+    arrays["train"] += split_arrays(data.train_prompts)
+  return {name: workdir_lib.fingerprint(*split) for name, split in arrays.items()}
 
 
 def stop_diverged(manager, step: int, saved_step: int | None, what: str) -> str:
@@ -109,7 +149,7 @@ def start(config, workdir: str, closing: contextlib.ExitStack) -> "Loop":
   rules = dict(config.sharding_rules)
   model = models.load_for(config.model, shardings=lambda module: model_shardings(module, rules, mesh))
   models.check_length(model.config, config.data.max_length)
-  data = pipeline.load_few_shot(config.data, model.tokenizer, config.seed, config.model.classifier)
+  data = load_data(config, model.tokenizer)
   logging.info(
     "task %s: %d train, %d dev, %d test examples; checkpoint %s",
     data.task.name,
@@ -120,7 +160,8 @@ def start(config, workdir: str, closing: contextlib.ExitStack) -> "Loop":
   )
   batch_at, train_set = trainer.data_batches(config, data)
   started = time.perf_counter()
-  run = trainer.setup(config, model, batch_at, train_set)
+  golds = data.train_prompts.answers if isinstance(data, generation.GenerationData) else None
+  run = trainer.setup(config, model, batch_at, train_set, train_golds=golds)
   trainable = masks.count_trainable(run.tree, run.method.labels(run.tree))
   logging.info(
     "method %s: %d of %d parameters train (prepared in %.1fs)",
@@ -139,7 +180,8 @@ def start(config, workdir: str, closing: contextlib.ExitStack) -> "Loop":
     max(sharding.device_bytes(state.params).values()) / 2**20,
   )
   warn_of_bfloat16_on_cpu(state.params)
-  loop = Loop(config, workdir, mesh, manager, run, data, batch_at, state, state_sharding, initial)
+  evaluator = split_evaluator(config, model, data, mesh, run.logits_fn)
+  loop = Loop(config, workdir, mesh, manager, run, data, batch_at, state, state_sharding, initial, evaluator)
   loop.summary["model/trainable"] = int(trainable)
   loop.summary["model/optimizer_entries"] = masks.optimizer_state_entries(state.opt_state)
   loop.resume()
@@ -168,15 +210,15 @@ class Loop:
   mesh: Any
   manager: Any
   run: trainer.Setup
-  data: pipeline.FewShotData
+  data: pipeline.FewShotData | generation.GenerationData
   batch_at: Any
   state: Any
   state_sharding: Any
   initial_artifact: Any
+  evaluator: Callable  # (merged tree, split) -> the split's metrics (split_evaluator)
   saved_step: int | None = None
   fingerprints: dict | None = None  # of the sampled splits, saved in each checkpoint
   writer: Any = None
-  eval_step: Any = None
   summary: dict = dataclasses.field(default_factory=dict)  # figures of the run for the test line
   # saved beside the state in each checkpoint; "projected_grad": the method's per-step record (method.record)
   record: dict = dataclasses.field(
@@ -245,19 +287,12 @@ class Loop:
       self.save()
     checkpoint.finish(self.manager)
 
-  def evaluate(self, split: pipeline.Encoded) -> dict:
-    return evaluate(
-      self.eval_step,
-      self.method.merge(self.state.params),
-      split,
-      self.data.prompts,
-      self.config.train.eval_batch_size,
-      self.mesh,
-    )
+  def evaluate(self, split) -> dict:
+    """The split's metrics ({"accuracy", "loss"}, or a generation task's {"f1", "em"})."""
+    return self.evaluator(self.method.merge(self.state.params), split)
 
   def compile(self, total_steps: int):
-    """The jitted train and eval steps; the train step compiled now (its time is a metric of the run)."""
-    self.eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=self.run.logits_fn))
+    """The jitted train step, compiled now (its time is a metric of the run)."""
     example = sharding.put_batch(self.mesh, self.batch_at(0))
     step = trainer.compile_train_step(
       self.run,
@@ -307,8 +342,8 @@ class Loop:
       dev = None
       if done % config.train.eval_every == 0 or done == total_steps:
         dev = self.evaluate(self.data.dev)
-        self.writer.write(done, {"eval/accuracy": dev["accuracy"], "eval/loss": dev["loss"]}, split="dev")
-        logging.info("step %d dev accuracy %.4f", done, dev["accuracy"])
+        self.writer.write(done, {f"eval/{name}": value for name, value in dev.items()}, split="dev")
+        logging.info("step %d dev %s", done, described(dev))
       if done % config.train.checkpoint_every == 0 or done == total_steps:
         self.save(dev)
     if step_times:
@@ -360,10 +395,15 @@ class Loop:
     self.summary["perf/peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = self.writer.write(
       self.step,
-      {"eval/accuracy": test["accuracy"], "eval/loss": test["loss"], **self.summary},
+      {**{f"eval/{name}": value for name, value in test.items()}, **self.summary},
       split="test",
       examples=len(self.data.test),
       final=True,
     )
-    logging.info("final test accuracy %.4f on %d examples", test["accuracy"], len(self.data.test))
+    logging.info("final test %s on %d examples", described(test), len(self.data.test))
     return result
+
+
+def described(split_metrics: dict) -> str:
+  """'accuracy 0.7500 loss 0.5123' (or 'f1 ... em ...')."""
+  return " ".join(f"{name} {value:.4f}" for name, value in split_metrics.items())
