@@ -9,6 +9,7 @@ the TFDS catalog.
 from typing import Mapping
 
 from fttpu.data.rows import LABEL, TEXTS, Catalog, Column, RowTask
+from fttpu.errors import ConfigError
 
 _SUPER_GLUE = "tensorflow_datasets.text.super_glue"
 SUPER_GLUE_SPLITS = (("train", "train"), ("test", "validation"))  # SuperGLUE's test labels are hidden
@@ -112,3 +113,27 @@ RECORD = RowTask(
     needs_tensorflow=True,  # TFDS extracts the zip with tf.io.gfile
   ),
 )
+
+
+# Candidates per row where the task fixes them (COPA: choice1, choice2); ReCoRD's vary with its entities, and a
+# sample's batches have as many as its row with the most (pipeline.load_choice_rows).
+FIXED_CHOICES = {"copa": 2}
+
+
+def batch_choices(task: str, choices: int = 0) -> int:
+  """Candidates per row of `task`'s batches, for an example batch without data (fttpu.plan --choices):
+  the task's fixed count, where it has one, else `choices`, which then must be given."""
+  fixed = FIXED_CHOICES.get(task)
+  if fixed and choices not in (0, fixed):
+    raise ConfigError(
+      f"choices={choices} for task {task!r}, whose rows have {fixed} candidates each; give {fixed} or 0"
+    )
+  if fixed:
+    return fixed
+  if choices < 2:
+    raise ConfigError(
+      f"choices={choices} for task {task!r}: its rows have differing numbers of candidates (ReCoRD: the passage's "
+      "entities) and its batches have as many as the sample's row with the most; give that number, >= 2 "
+      "(fttpu.plan: --choices=N)"
+    )
+  return choices

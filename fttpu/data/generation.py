@@ -154,6 +154,32 @@ def train_batch(data: GenerationData, step: int, batch_size: int, seed: int) -> 
   return train_rows(data, pipeline.batch_indices(len(data.train), step, batch_size, seed))
 
 
+def example_batch(batch_size: int, max_length: int, max_new_tokens: int, id_range: tuple | None = None) -> dict:
+  """A batch shaped as train_rows' (teacher forcing (n, max_length), prompts (n, max_length - max_new_tokens),
+  row_index (n,)) with no padding: token ids 0, or drawn uniformly from `id_range` = (low, high) with seed 0;
+  target_mask on the last max_new_tokens tokens (the answer). fttpu.plan needs only its shapes."""
+  prompt_length = max_length - max_new_tokens
+  if prompt_length < MIN_PROMPT_TOKENS or max_new_tokens < 1:
+    raise ConfigError(
+      f"data.max_length={max_length} and data.max_new_tokens={max_new_tokens}: a generation batch needs "
+      f"max_new_tokens >= 1 and max_length >= max_new_tokens + {MIN_PROMPT_TOKENS} (the prompt's room)"
+    )
+  rng = np.random.default_rng(0)
+  ids = lambda shape: np.zeros(shape, np.int32) if id_range is None else rng.integers(*id_range, shape, dtype=np.int32)
+  target = np.zeros((batch_size, max_length), np.int32)
+  target[:, prompt_length:] = 1
+  return {
+    "input_ids": ids((batch_size, max_length)),
+    "attention_mask": np.ones((batch_size, max_length), np.int32),
+    "labels": np.zeros(batch_size, np.int32),
+    "weights": np.ones(batch_size, np.float32),
+    "target_mask": target,
+    "prompt_input_ids": ids((batch_size, prompt_length)),
+    "prompt_attention_mask": np.ones((batch_size, prompt_length), np.int32),
+    "row_index": np.arange(batch_size, dtype=np.int32),
+  }
+
+
 def load_generation(data_config, tokenizer, seed: int, max_new_tokens: int = MAX_NEW_TOKENS) -> GenerationData:
   """The generation task config.data names, sampled by MeZO's protocol with `seed`, encoded to train and decode."""
   task, splits = row_tasks.load_sample(data_config, seed)

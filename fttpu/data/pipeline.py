@@ -455,11 +455,18 @@ def eval_batches(data: Encoded, batch_size: int) -> Iterator[dict]:
 
 
 def example_batch(
-  style: str, batch_size: int, length: int, classes: int, label_length: int = 16, id_range: tuple | None = None
+  style: str,
+  batch_size: int,
+  length: int,
+  classes: int,
+  label_length: int = 16,
+  id_range: tuple | None = None,
+  row_choices: bool = False,
 ) -> dict:
   """A batch shaped as this module's batches of `style` (with their prompts), no padding: token ids 0,
-  or drawn uniformly from `id_range` = (low, high) with seed 0. fttpu.plan needs only its shapes;
-  fttpu.bench times steps on the random ids."""
+  or drawn uniformly from `id_range` = (low, high) with seed 0. `row_choices` (causal): a row task's
+  multiple choice (encode_choices), `classes` candidates per row with choice_mask and gold_mask (n, classes).
+  fttpu.plan needs only its shapes; fttpu.bench times steps on the random ids."""
   rng = np.random.default_rng(0)
   ids = lambda shape: np.zeros(shape, np.int32) if id_range is None else rng.integers(*id_range, shape, dtype=np.int32)
   rows = (batch_size, classes, length) if style == "causal" else (batch_size, length)
@@ -471,6 +478,9 @@ def example_batch(
   }
   if style == "causal":
     batch["target_mask"] = np.ones(rows, np.int32)
+    if row_choices:
+      batch["choice_mask"] = np.ones((batch_size, classes), np.int32)
+      batch["gold_mask"] = (np.arange(classes)[None, :] == batch["labels"][:, None]).astype(np.int32)
   elif style == "mlm":
     batch.update(verbalizer_ids=np.arange(classes, dtype=np.int32), mask_token_id=np.asarray(0, np.int32))
   else:
