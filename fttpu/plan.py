@@ -14,6 +14,12 @@ Selectors that read weights (sparse magnitude/gradient/lottery) are sized as `ra
 plain LoRA: the same shapes. Each method takes its default optimizer (configs/fewshot.py: ZO-SGD for
 mezo/zo, AdamW otherwise) unless its spec overrides it: `full:optimizer.name=sgd`. A spec may store the
 frozen base weights quantised: `lora:model.quantize=nf4` (the `quant` column).
+
+The example batch is shaped as the task's training batches (fttpu.data.examples): classification's, the
+row tasks' multiple choice (COPA, ReCoRD: (batch, candidates, length) with choice_mask and gold_mask;
+--choices for ReCoRD) and generation's (SQuAD, DROP: teacher forcing (batch, length) and the prompts
+(batch, length - data.max_new_tokens) that zo.objective=f1 decodes inside the step; its host scorer is a
+callback that compiles but never runs here, so a stand-in tokenizer gives the stop tokens).
 """
 
 import json
@@ -41,6 +47,13 @@ flags.DEFINE_float(
   0.0,
   "Memory per device in GiB (e.g. 32 for TPU v4, 80 for an A100/H100): marks each method as fitting or not.",
 )
+flags.DEFINE_integer(
+  "choices",
+  0,
+  "Candidates per row of a multiple-choice row task's batch: COPA has 2 (the default); ReCoRD's vary per row "
+  "(the passage's entities, padded to the sample's most), so it needs --choices=N, the most a row has. "
+  "0 (default): the task's own count; other tasks take none.",
+)
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
@@ -62,6 +75,15 @@ def hf_config(model: str) -> dict:
       f"--model={model!r} is neither a preset {sorted(presets.PRESETS)} nor a checkpoint directory "
       f"with config.json ({e})"
     ) from None
+
+
+def stand_in_tokenizer():
+  """A tokenizer of the stop tokens alone (generation.stop_ids: the newline, </s>), for zo.objective=f1's step:
+  its decode compares tokens with their ids, and the scorer that turns tokens into text never runs under plan."""
+  import tokenizers
+  from tokenizers.models import WordLevel
+
+  return tokenizers.Tokenizer(WordLevel({"<unk>": 0, "\n": 1, "</s>": 2}, unk_token="<unk>"))
 
 
 def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
@@ -91,7 +113,8 @@ def plan_method(config, spec: str, model, mesh, batch: dict) -> dict:
 
     return jax.eval_shape(traced, params)
 
-  run = trainer.setup(config, model, lambda step: batch, batch, prepare=sized)
+  golds = tuple(("",) for _ in batch["row_index"]) if "row_index" in batch else None  # zo.objective=f1 scores rows
+  run = trainer.setup(config, model, lambda step: batch, batch, prepare=sized, train_golds=golds)
   method, tree = run.method, run.tree
   rules, axes = dict(config.sharding_rules), model_axes(model.module)
   param_sharding = sharding.named(mesh, sharding.param_specs(tree, axes, rules, mesh, methods.added_leaf_axes))
@@ -134,11 +157,12 @@ def model_axes(module):
   return models.logical_axes(module)
 
 
-def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
-  """{'model': ..., 'mesh': ..., 'methods': {spec: per-device MB}} for every method spec."""
+def plan(config, model_name: str, mesh_sizes: dict, method_specs: list, choices: int = 0) -> dict:
+  """{'model': ..., 'mesh': ..., 'shapes': the batch's, 'methods': {spec: per-device MB}} for every method spec;
+  `choices`: candidates per row of a multiple-choice row task (fttpu.data.examples)."""
   import jax
   from fttpu import models, sharding
-  from fttpu.data import pipeline, tasks
+  from fttpu.data import examples
 
   mesh = sharding.make_mesh(mesh_sizes, sharding.devices_for(math.prod(mesh_sizes.values())))
   m = config.model
@@ -148,11 +172,11 @@ def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
   models.check_length(model_config, config.data.max_length)
   module = models.FAMILIES.get(m.family).module(model_config)
   shapes = models.param_shapes(module)
-  model = models.LoadedModel(module, shapes, None, model_config, "")
   d = config.data
-  task = tasks.task_of(d, m.classifier)
+  task, batch = examples.task_example(d, m.classifier, config.train.batch_size, choices)
   sharding.check_batch_sizes(mesh, config.train.batch_size)
-  batch = pipeline.example_batch(m.classifier, config.train.batch_size, d.max_length, task.num_classes)
+  tokenizer = stand_in_tokenizer() if "row_index" in batch else None
+  model = models.LoadedModel(module, shapes, tokenizer, model_config, "")
   parameters = sum(x.size for x in jax.tree_util.tree_leaves(shapes))
   return {
     "model": model_name,
@@ -161,8 +185,9 @@ def plan(config, model_name: str, mesh_sizes: dict, method_specs: list) -> dict:
     "param_dtype": m.param_dtype,
     "compute_dtype": m.compute_dtype,
     "classifier": m.classifier,
-    "task": task.name,
+    "task": task,
     "batch": [config.train.batch_size, d.max_length],
+    "shapes": {key: list(value.shape) for key, value in batch.items()},
     "mesh": dict(mesh.shape),
     "platform": mesh.devices.flat[0].platform,
     "methods": {spec: plan_method(config, spec, model, mesh, batch) for spec in method_specs},
@@ -173,6 +198,15 @@ def count(n: int) -> str:
   return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
 
 
+def batch_text(shapes: dict) -> str:
+  """'batch 16 x 2 candidates x 256 tokens' (and a generation batch's prompts) of plan()'s batch shapes."""
+  rows, *candidates, length = shapes["input_ids"]
+  text = f"batch {rows} x " + "".join(f"{c} candidates x " for c in candidates) + f"{length} tokens"
+  if "prompt_input_ids" in shapes:
+    text += f", prompts {shapes['prompt_input_ids'][1]} tokens"
+  return text
+
+
 def table(result: dict, hbm_gb: float) -> str:
   gb = lambda mb: f"{mb / 1024:.2f}"
   mesh = " ".join(f"{k}={v}" for k, v in result["mesh"].items())
@@ -181,7 +215,7 @@ def table(result: dict, hbm_gb: float) -> str:
   lines = [
     f"{result['model']} ({result['family']}, {result['parameters'] / 1e6:.1f}M parameters in "
     f"{result['param_dtype']}, compute {result['compute_dtype']}; {result['classifier']} classifier, task "
-    f"{result['task']}, batch {result['batch'][0]} x {result['batch'][1]} tokens)",
+    f"{result['task']}, {batch_text(result['shapes'])})",
     f"mesh {mesh} on {math.prod(result['mesh'].values())} {result['platform']} devices; GiB per device:",
     f"{'method':<{width}}{'remat':>{remat_width}}{'micro':>6}{'quant':>6}{'trainable':>12}{'arguments':>11}{'temp':>9}{'output':>9}"
     f"{'alias':>9}{'peak':>9}" + ("  fits" if hbm_gb else ""),
@@ -212,7 +246,8 @@ def main(argv):
   try:
     mesh_sizes = sharding.parse_mesh(FLAGS.mesh) if FLAGS.mesh else {k: max(v, 1) for k, v in config.mesh.items()}
     jax.config.update("jax_num_cpu_devices", math.prod(mesh_sizes.values()))  # fake devices, if planning on CPU
-    result = plan(config, FLAGS.model or config.model.checkpoint, mesh_sizes, FLAGS.methods or [config.method])
+    model, methods = FLAGS.model or config.model.checkpoint, FLAGS.methods or [config.method]
+    result = plan(config, model, mesh_sizes, methods, FLAGS.choices)
   except (ConfigError, ValueError) as e:
     sys.exit(f"error: {e}")
   print(json.dumps(result) if FLAGS.json else table(result, FLAGS.hbm_gb))

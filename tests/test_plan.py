@@ -129,3 +129,108 @@ def test_plan_cli_prints_a_table_per_method_and_rejects_a_bad_mesh(config_only):
   assert bad.returncode != 0 and "--mesh item 'pipeline=2' is invalid" in bad.stderr
   unknown = subprocess.run([*command[:4], "--model=gpt-5"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert unknown.returncode != 0 and "--model='gpt-5' is neither a preset" in unknown.stderr
+
+
+SMALL_OPT = {
+  "model_type": "opt",
+  "vocab_size": 512,
+  "max_position_embeddings": 130,
+  "do_layer_norm_before": True,
+  "activation_function": "relu",
+  "pad_token_id": 1,
+  "bos_token_id": 2,
+  "eos_token_id": 2,
+  "enable_bias": True,
+  "hidden_size": 32,
+  "word_embed_proj_dim": 32,
+  "num_hidden_layers": 2,
+  "num_attention_heads": 4,
+  "ffn_dim": 64,
+}
+
+ROW_SCRIPT = """
+import json, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 2)
+from configs import fewshot
+from fttpu import plan
+mesh = {"data": 1, "fsdp": 2, "tensor": 1}
+def config(task, **data):
+  c = fewshot.get_config(f"family=opt,task={task}")
+  c.train.batch_size = 4
+  for key, value in data.items():
+    c.data[key] = value
+  return c
+out = {
+  "squad": plan.plan(config("squad", max_length=40, max_new_tokens=8), sys.argv[1], mesh,
+                     ["full", "mezo", "mezo:zo.objective=f1"]),
+  "record": plan.plan(config("record", max_length=40), sys.argv[1], mesh, ["mezo"], choices=5),
+  "copa": plan.plan(config("copa", max_length=40), sys.argv[1], mesh, ["mezo"]),
+}
+print(json.dumps({name: {**result, "table": plan.table(result, 0)} for name, result in out.items()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def row_plans(tmp_path_factory):
+  """SQuAD (generation) and ReCoRD, COPA (multiple choice by rows) planned on a tiny OPT over 2 fake devices."""
+  path = tmp_path_factory.mktemp("tiny-opt")
+  with open(path / "config.json", "w") as f:
+    json.dump(SMALL_OPT, f)
+  result = subprocess.run(
+    [sys.executable, "-c", ROW_SCRIPT, str(path)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_generation_task_plans_teacher_forcing_and_the_f1_objectives_decode(row_plans):
+  """SQuAD's batch is generation.train_rows': teacher forcing (n, max_length) on the answer, each row's
+  left-padded prompt (n, max_length - max_new_tokens) and its row index. zo.objective=f1 decodes those
+  prompts inside the step (a key/value cache and a host callback) and compiles under plan: its temporaries
+  exceed the loss objective's. Full fine-tuning holds AdamW's two moments beside the weights."""
+  squad = row_plans["squad"]
+  shapes = squad["shapes"]
+  assert squad["task"] == "squad" and shapes["input_ids"] == shapes["target_mask"] == [4, 40]
+  assert shapes["prompt_input_ids"] == shapes["prompt_attention_mask"] == [4, 32] and shapes["row_index"] == [4]
+  header = squad["table"].splitlines()[0]
+  assert "causal classifier, task squad, batch 4 x 40 tokens, prompts 32 tokens" in header
+  m = squad["methods"]
+  assert m["mezo"]["optimizer_state_mb"] < 1e-3 and 2.5 <= m["full"]["argument_mb"] / m["mezo"]["argument_mb"] <= 3.1
+  assert m["mezo:zo.objective=f1"]["temp_mb"] > m["mezo"]["temp_mb"]
+  # the same state; the f1 step also reads the prompts (the loss objective's step leaves them unused: jit drops them)
+  assert m["mezo"]["argument_mb"] < m["mezo:zo.objective=f1"]["argument_mb"] < 1.05 * m["mezo"]["argument_mb"]
+
+
+def test_a_row_multiple_choice_task_plans_its_candidates_with_their_masks(row_plans):
+  """ReCoRD with --choices=5 and COPA with its 2: causal batches (n, candidates, length) with choice_mask and
+  gold_mask (n, candidates); more candidates, more activations."""
+  record, copa = row_plans["record"], row_plans["copa"]
+  for result, choices in ((record, 5), (copa, 2)):
+    shapes = result["shapes"]
+    assert shapes["input_ids"] == shapes["attention_mask"] == shapes["target_mask"] == [4, choices, 40]
+    assert shapes["choice_mask"] == shapes["gold_mask"] == [4, choices]
+    assert f"task {result['task']}, batch 4 x {choices} candidates x 40 tokens)" in result["table"].splitlines()[0]
+  assert (record["task"], copa["task"]) == ("record", "copa")
+  assert record["methods"]["mezo"]["temp_mb"] > copa["methods"]["mezo"]["temp_mb"]
+
+
+def test_plan_cli_asks_for_recards_candidate_count():
+  """ReCoRD's candidates vary per row: the CLI asks for --choices rather than guessing; COPA refuses another count."""
+  command = [sys.executable, "-m", "fttpu.plan", "--model=opt-125m", "--mesh=data=1"]
+  record = subprocess.run(
+    [*command, "--config=configs/fewshot.py:family=opt,task=record"], cwd=REPO, capture_output=True, text=True
+  )
+  assert record.returncode != 0 and "give that number, >= 2 (fttpu.plan: --choices=N)" in record.stderr
+  copa = subprocess.run(
+    [*command, "--config=configs/fewshot.py:family=opt,task=copa", "--choices=3"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert copa.returncode != 0 and "rows have 2 candidates each; give 2 or 0" in copa.stderr
