@@ -5,7 +5,8 @@ combination is a cell: an ordinary fttpu run (`train.run` of configs/fewshot.py 
 settings) in its own workdir ROOT/<task>/<row>/<hyperparameters>/seed<seed>. `run_cells` runs the
 cells that have not finished (a finished cell has its final test line in metrics.jsonl; an
 interrupted one resumes from its checkpoint) in worker processes, with progress lines. `collect` reads them back, `choose` picks each
-row's hyperparameters by mean final dev accuracy over the seeds (the paper's protocol), and the
+row's hyperparameters by mean final dev score over the seeds (the paper's protocol; the score is accuracy,
+or F1 for a generation task: SQuAD, DROP), and the
 writers turn the chosen cells into Markdown, CSV and LaTeX tables of mean (std) and PNG plots.
 """
 
@@ -37,6 +38,7 @@ class Row:
   method: str
   fixed: tuple = ()  # ((config key, value), ...)
   grid: tuple = ()  # ((config key, (value, ...)), ...)
+  skip: tuple = ()  # tasks the row has no cell for (a method the task cannot run); the table shows "-"
 
   def settings(self) -> list[tuple]:
     """Every combination of the grid, as ((key, value), ...)."""
@@ -95,6 +97,7 @@ def cells(rows, tasks, seeds, task_settings: dict | None = None) -> list[Cell]:
     Cell(row, task, seed, hp, tuple((task_settings or {}).get(task, ())))
     for row in rows
     for task in tasks
+    if task not in row.skip
     for hp in row.settings()
     for seed in seeds
   ]
@@ -223,8 +226,16 @@ def _minutes(seconds: float) -> str:
   return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m" if seconds >= 3600 else f"{seconds / 60:.1f}m"
 
 
+SCORES = ("eval/accuracy", "eval/f1")  # a split's score: classification's accuracy, generation's F1
+
+
+def score(line: dict) -> float:
+  """The score of a dev or test line of metrics.jsonl: its accuracy, or a generation task's F1."""
+  return next(line[key] for key in SCORES if key in line)
+
+
 def collect(all_cells: list[Cell], root: str) -> list[dict]:
-  """One record per finished cell: row, task, seed, hparams, final dev and test accuracy, the dev curve."""
+  """One record per finished cell: row, task, seed, hparams, final dev and test score, the dev curve."""
   records = []
   for cell in all_cells:
     lines = metrics.read_metrics(cell.workdir(root))
@@ -237,10 +248,10 @@ def collect(all_cells: list[Cell], root: str) -> list[dict]:
         "task": cell.task,
         "seed": cell.seed,
         "hparams": cell.hparams,
-        "dev": dev[-1]["eval/accuracy"] if dev else float("nan"),
-        "test": lines[-1]["eval/accuracy"],
+        "dev": score(dev[-1]) if dev else float("nan"),
+        "test": score(lines[-1]),
         "steps": lines[-1]["step"],
-        "curve": [(l["step"], l["eval/accuracy"]) for l in dev],
+        "curve": [(l["step"], score(l)) for l in dev],
         "step_s": lines[-1].get("perf/step_s", float("nan")),
       }
     )
@@ -248,7 +259,7 @@ def collect(all_cells: list[Cell], root: str) -> list[dict]:
 
 
 def choose(records: list[dict]) -> dict:
-  """{(row, task): the records of the hyperparameters with the best mean final dev accuracy over seeds}
+  """{(row, task): the records of the hyperparameters with the best mean final dev score over seeds}
   (a row without dev evaluations, zero-shot, has one setting; ties go to the first setting of the grid)."""
   by_setting = {}
   for r in records:
@@ -294,7 +305,7 @@ def markdown(lines: list[dict], tasks: list[str], paper_name: str = "") -> str:
     for t in tasks:
       c = line[t]
       cells_ += [
-        f"{c['mean']:.1f} ({c['std']:.1f})",
+        f"{c['mean']:.1f} ({c['std']:.1f})" if c["seeds"] else "-",
         str(c["seeds"]),
         ", ".join(f"{k.split('.')[-1]}={v}" for k, v in c["hparams"].items()) or "-",
       ]
@@ -333,7 +344,7 @@ def latex(lines: list[dict], tasks: list[str], caption: str) -> str:
     text.append(
       line["row"].replace("_", "\\_")
       + " & "
-      + " & ".join(f"{line[t]['mean']:.1f} ({line[t]['std']:.1f})" for t in tasks)
+      + " & ".join(f"{line[t]['mean']:.1f} ({line[t]['std']:.1f})" if line[t]["seeds"] else "--" for t in tasks)
       + " \\\\"
     )
   text += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{caption}}}", "\\end{table}"]
@@ -341,8 +352,9 @@ def latex(lines: list[dict], tasks: list[str], caption: str) -> str:
 
 
 def plot(lines: list[dict], chosen: dict, tasks: list[str], path: str, title: str) -> None:
-  """Left: test accuracy per row and task (mean, std over seeds; the paper's value as a marker).
-  Right: dev accuracy against steps per trained row (mean over seeds of the chosen setting)."""
+  """Left: test score per row and task (mean, std over seeds; the paper's value as a marker).
+  Right: dev score against steps per trained row (mean over seeds of the chosen setting). The score is
+  accuracy, or F1 for a generation task."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -358,12 +370,10 @@ def plot(lines: list[dict], chosen: dict, tasks: list[str], path: str, title: st
     )
     paper = [(l[task]["paper"], yy) for l, yy in zip(lines, y) if l[task]["paper"] is not None]
     if paper:
-      axes[0].scatter(
-        *zip(*paper), marker="|", s=120, color="black", zorder=3, label="paper (RoBERTa-large)" if i == 0 else None
-      )
+      axes[0].scatter(*zip(*paper), marker="|", s=120, color="black", zorder=3, label="paper" if i == 0 else None)
   axes[0].set_yticks(np.arange(len(names)) + width * (len(tasks) - 1) / 2, names)
   axes[0].invert_yaxis()
-  axes[0].set(xlabel="test accuracy (%)", title=title)
+  axes[0].set(xlabel="test accuracy or F1 (%)", title=title)
   axes[0].legend(fontsize=8)
   curves = mean_curves(chosen)
   for ax, task in zip(axes[1:], tasks):
@@ -371,7 +381,7 @@ def plot(lines: list[dict], chosen: dict, tasks: list[str], path: str, title: st
       if (name, task) in curves:
         steps, accuracies = zip(*curves[(name, task)])
         ax.plot(steps, 100 * np.array(accuracies), marker=".", label=name)
-    ax.set(xlabel="step", ylabel="dev accuracy (%)", title=f"{task}: dev accuracy during training")
+    ax.set(xlabel="step", ylabel="dev score (%)", title=f"{task}: dev score during training")
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=7)
   for ax in axes:
@@ -479,7 +489,7 @@ def write_tables(grid, root: str, out: str, only=()) -> list[dict]:
 
 
 def mean_curves(chosen: dict) -> dict:
-  """{(row, task): [(step, mean dev accuracy over the seeds), ...]} where the seeds' curves line up."""
+  """{(row, task): [(step, mean dev score over the seeds), ...]} where the seeds' curves line up."""
   out = {}
   for key, records in chosen.items():
     curves = [r["curve"] for r in records if len(r["curve"]) > 1]
