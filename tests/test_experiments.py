@@ -11,6 +11,7 @@ import types
 import pytest
 
 from experiments import sweeps
+from fttpu import metrics
 from experiments.mezo_k16_cpu import grid
 from tests.conftest import data_dir
 
@@ -171,47 +172,131 @@ def test_every_row_of_the_roberta_large_grid_runs_on_a_tiny_roberta(tiny_roberta
   assert len(sweeps.cells(large.ROWS, large.TASKS, large.SEEDS)) == 6 * 5 * (1 + 1 + 3 + 3 + 3 + 9)
 
 
-def test_every_row_of_the_opt13b_grid_runs_on_a_tiny_opt(tmp_path, tfds_dir):
-  """The OPT-13B grid's smoke run: one cell per row (its first setting) on a tiny random OPT, SST-2 with
-  the large-model protocol scaled down (rows drawn, not k per class), two steps, through the sweep."""
-  from experiments.mezo_opt13b import grid as opt13b
+@pytest.fixture(scope="module")
+def opt13b_table(tmp_path_factory):
+  """(data dir with hand-written rows of all 11 tasks in their real formats, a tiny random OPT on them)."""
   from fttpu.models import tiny
+  from tests.table_rows import write_task_folders
 
-  checkpoint = tiny.build("opt", str(tmp_path / "tiny-opt"), tiny.task_texts("sst2", data_dir(), tfds_dir))
+  root = tmp_path_factory.mktemp("opt13b")
+  texts = write_task_folders(str(root / "data"))
+  return str(root / "data"), tiny.build("opt", str(root / "tiny-opt"), texts * 20)
+
+
+def opt13b_smoke_cells(rows, tasks) -> list:
+  """The OPT-13B grid's cells (each row's first setting) for `rows` x `tasks`, scaled to two steps on the
+  hand-written rows (ICL: 2 demonstrations), sign noise for the zeroth-order rows."""
+  from experiments.mezo_opt13b import grid as opt13b
+
   smoke = (
     ("train.steps", 2),
     ("train.batch_size", 4),
+    ("train.eval_batch_size", 4),
     ("train.eval_every", 2),
     ("train.checkpoint_every", 2),
-    ("data.num_train", 24),
-    ("data.num_dev", 16),
-    ("data.num_test", 40),
-    ("data.max_length", 48),
+    ("data.num_train", 8),
+    ("data.num_dev", 4),
+    ("data.num_test", 4),
+    ("data.max_length", 96),
+    ("data.max_new_tokens", 8),
     ("zo.noise", "rademacher"),
   )
-  rows = [dataclasses.replace(r, fixed=r.fixed + smoke) for r in opt13b.ROWS]
-  cells = [sweeps.Cell(r, "sst2", 0, r.settings()[0], opt13b.TASK_SETTINGS["sst2"]) for r in rows]
-  assert sweeps.run_cells(cells, str(tmp_path / "runs"), f"family=opt,checkpoint={checkpoint}", data_dir()) == []
-  records = sweeps.collect(cells, str(tmp_path / "runs"))
-  assert [r["row"] for r in records] == [r.name for r in opt13b.ROWS]
-  assert [r["steps"] for r in records] == [0, 0, 2, 2, 2, 2]
-  config = cells[2].config(f"family=opt,checkpoint={checkpoint}", data_dir())
-  assert (config.data.num_train, config.data.num_test, config.zo.eps, config.optimizer.learning_rate) == (
-    24,
-    40,
-    1e-3,
-    1e-6,
-  )
-  assert (config.model.compute_dtype, config.model.param_dtype, config.mesh.fsdp) == ("float16", "float16", -1)
-  ft = cells[5].config(f"family=opt,checkpoint={checkpoint}", data_dir())  # MeZO's --fp16: float32 weights
-  assert (ft.model.compute_dtype, ft.model.param_dtype, ft.optimizer.weight_decay) == ("bfloat16", "float32", 0.0)
-  assert ft.train.remat == "full"  # what fits the FT row in a v4 chip (experiments/mezo_opt13b/README.md)
-  eps = [c.config(f"family=opt,checkpoint={checkpoint}", data_dir()).zo.eps for c in cells[2:5]]
-  assert eps == [1e-3, 1e-2, 1e-1]
+  icl = lambda r: (("data.demonstrations", 2),) if dict(r.fixed).get("data.demonstrations") else ()
+  rows = [dataclasses.replace(r, fixed=r.fixed + smoke + icl(r)) for r in rows]
+  return [
+    sweeps.Cell(r, task, 0, r.settings()[0], opt13b.TASK_SETTINGS[task])
+    for task in tasks
+    for r in rows
+    if task not in r.skip
+  ]
+
+
+def run_opt13b_smoke(cells, table, root) -> list[dict]:
+  """Runs the cells through the sweep on the tiny OPT: none fails, each trained row ran its two steps, and
+  every cell's test line has the task's score (accuracy, or F1 for SQuAD and DROP) in [0, 1]."""
+  data, checkpoint = table
+  assert sweeps.run_cells(cells, root, f"family=opt,checkpoint={checkpoint}", data) == []
+  records = sweeps.collect(cells, root)
+  assert [(r["row"], r["task"]) for r in records] == [(c.row.name, c.task) for c in cells]
+  for cell, record in zip(cells, records):
+    assert record["steps"] == (0 if cell.row.method in ("zero_shot", "head") else 2), record
+    assert 0.0 <= record["test"] <= 1.0
+    final = metrics.read_metrics(cell.workdir(root))[-1]
+    assert ("eval/f1" in final) == (cell.task in ("squad", "drop")), final
+  return records
+
+
+@pytest.mark.parametrize("task", ["sst2", "squad"])
+def test_every_row_of_the_opt13b_grid_runs_on_a_tiny_opt(task, opt13b_table, tmp_path):
+  """Every row of the OPT-13B grid (its first setting), two steps on a tiny random OPT, through the sweep:
+  on SST-2 (classification) and SQuAD (generation, where LP has no cell)."""
+  from experiments.mezo_opt13b import grid as opt13b
+
+  cells = opt13b_smoke_cells(opt13b.ROWS, [task])
+  expected = [r.name for r in opt13b.ROWS if task not in r.skip]
+  assert [r["row"] for r in run_opt13b_smoke(cells, opt13b_table, str(tmp_path))] == expected
+  assert expected[2] == ("LP" if task == "sst2" else "MeZO")
+
+
+def test_every_task_of_the_opt13b_grid_trains_on_a_tiny_opt(opt13b_table, tmp_path):
+  """The MeZO (LoRA) row on every one of the 11 tasks: each task's rows load from their real format, train
+  two zeroth-order steps and are scored (the row x task product runs behind the slow marker)."""
+  from experiments.mezo_opt13b import grid as opt13b
+
+  row = next(r for r in opt13b.ROWS if r.name == "MeZO (LoRA)")
+  records = run_opt13b_smoke(opt13b_smoke_cells([row], opt13b.TASKS), opt13b_table, str(tmp_path))
+  assert [r["task"] for r in records] == list(opt13b.TASKS)
+
+
+@pytest.mark.slow
+def test_every_cell_of_the_opt13b_grid_runs_on_a_tiny_opt(opt13b_table, tmp_path):
+  """All 75 cells (7 rows x 11 tasks, LP without SQuAD and DROP), two steps each: about 8 minutes here."""
+  from experiments.mezo_opt13b import grid as opt13b
+
+  cells = opt13b_smoke_cells(opt13b.ROWS, opt13b.TASKS)
+  assert len(cells) == 7 * 11 - 2
+  run_opt13b_smoke(cells, opt13b_table, str(tmp_path))
+
+
+def test_the_opt13b_grid_has_every_row_and_column_of_the_paper_with_its_numbers(opt13b_table):
+  """11 columns, 7 rows; every cell's config valid (validation only); the settings of the MeZO, FT and ICL
+  rows and of the tasks with their own splits; the paper's zero-shot, MeZO and FT numbers beside them."""
+  from experiments.mezo_opt13b import grid as opt13b
+  from fttpu import trainer
+
+  assert opt13b.TASKS == ("sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc", "copa", "record", "squad", "drop")
+  names = [r.name for r in opt13b.ROWS]
+  assert names == ["zero-shot", "ICL", "LP", "MeZO", "MeZO (LoRA)", "MeZO (prefix)", "FT"]
   full = sweeps.cells(opt13b.ROWS, opt13b.TASKS, opt13b.SEEDS, opt13b.TASK_SETTINGS)
-  assert len(full) == 7 * (1 + 1 + 2 + 2 + 2 + 3)
-  cb = next(c for c in full if c.task == "cb").config(opt13b.BASE.replace("/path/to/opt-13b", checkpoint), data_dir())
-  assert (cb.data.num_train, cb.data.num_dev, cb.data.num_test) == (150, 100, 1000)
+  per_row = {name: sum(c.row.name == name for c in full) for name in names}
+  assert per_row == {"zero-shot": 11, "ICL": 11, "LP": 9, "MeZO": 22, "MeZO (LoRA)": 22, "MeZO (prefix)": 22, "FT": 33}
+  base = opt13b.BASE.replace("/path/to/opt-13b", opt13b_table[1])
+  configs = {(c.row.name, c.task, c.hparams): c.config(base, opt13b_table[0]) for c in full}
+  for config in configs.values():
+    trainer.validate(config)
+  mezo = configs[("MeZO", "sst2", (("optimizer.learning_rate", 1e-6),))]
+  assert (mezo.zo.eps, mezo.model.param_dtype, mezo.model.compute_dtype, mezo.mesh.fsdp) == (
+    1e-3,
+    "float16",
+    "float16",
+    -1,
+  )
+  ft = configs[("FT", "drop", (("optimizer.learning_rate", 1e-5),))]
+  assert (ft.model.param_dtype, ft.model.compute_dtype, ft.optimizer.weight_decay, ft.train.remat) == (
+    "float32",
+    "bfloat16",
+    0.0,
+    "full",  # what fits the FT row in a v4 chip (experiments/mezo_opt13b/README.md)
+  )
+  assert (ft.data.max_length, ft.train.best_metric, ft.data.max_new_tokens) == (1536, "f1", 50)
+  icl = configs[("ICL", "copa", ())]
+  assert (icl.method, icl.data.demonstrations, icl.data.max_length) == ("zero_shot", 32, 2048)
+  eps = [configs[(n, "rte", opt13b.ROWS[names.index(n)].settings()[0])].zo.eps for n in names[3:6]]
+  assert eps == [1e-3, 1e-2, 1e-1]
+  sizes = lambda task: (lambda c: (c.data.num_train, c.data.num_dev, c.data.num_test))(configs[("zero-shot", task, ())])
+  assert (sizes("cb"), sizes("copa"), sizes("squad")) == ((150, 100, 1000), (300, 100, 1000), (1000, 500, 1000))
+  assert opt13b.PAPER["MeZO"]["squad"] == 84.7 and opt13b.PAPER["FT"]["copa"] == 79.0
+  assert opt13b.PAPER["zero-shot"]["drop"] == 14.6 and all(len(opt13b.PAPER[r]) == 11 for r in opt13b.PAPER)
 
 
 def test_a_tpu_vm_runs_one_cell_at_a_time():
