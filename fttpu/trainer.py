@@ -167,8 +167,13 @@ def compile_train_step(run: Setup, state_sharding, batch_sharding, mesh, skip_no
     skip_nonfinite=skip_nonfinite,
     micro_batches=run.micro_batches,
   )
+
+  def step_on_mesh(state, batch):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's batch_split reads it
+      return step(state, batch)
+
   return jax.jit(
-    step,
+    step_on_mesh,
     in_shardings=(state_sharding, batch_sharding),
     out_shardings=(state_sharding, sharding.replicated(mesh)),
     donate_argnums=0,
