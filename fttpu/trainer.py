@@ -169,7 +169,7 @@ def compile_train_step(run: Setup, state_sharding, batch_sharding, mesh, skip_no
   )
 
   def step_on_mesh(state, batch):
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's batch_split reads it
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's split_rows_for_logits reads it
       return step(state, batch)
 
   return jax.jit(

@@ -240,7 +240,7 @@ def test_plan_cli_asks_for_recards_candidate_count():
 
 
 def test_fsdp_splits_the_output_layers_logits_by_rows_as_data_parallelism_does(row_plans):
-  """The causal LM head under fsdp: its input is split by rows (models.layers.batch_split), so each device
+  """The causal LM head under fsdp: its input is split by rows (models.layers.split_rows_for_logits), so each device
   computes its rows' logits, as under data parallelism, where XLA left to itself contracted over the
   fsdp-sharded hidden axis and all-reduced the whole batch's float32 logits on every device (ReCoRD's 4 x 5
   x 40 tokens x 512 words here: 1.9x data parallelism's temporaries; OPT-13B at 16 x 20 x 768: 93 GiB)."""

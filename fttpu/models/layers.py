@@ -17,14 +17,17 @@ def axes(init, names: tuple):
   return nn.with_logical_partitioning(init, names)
 
 
-def batch_split(x: jax.Array) -> jax.Array:
+def split_rows_for_logits(x: jax.Array) -> jax.Array:
   """x with its leading (batch) axis split over the data and fsdp axes of the mesh the step is traced
   under (trainer.compile_train_step sets it); unchanged outside a mesh or where the rows do not divide.
   The output layer's input needs it: left to itself, XLA contracts a causal LM's head over the
   fsdp-sharded hidden axis and all-reduces the logits of the whole batch on every device (OPT-13B,
-  ReCoRD's 16 x 20 x 768 tokens at fsdp=8: 93 GiB of temporaries per device)."""
+  ReCoRD's 16 x 20 x 768 tokens at fsdp=8: 93 GiB of temporaries per device). Split, each device gathers
+  the whole table instead (vocab x hidden), which costs more than the whole batch's logits (tokens x
+  vocab) where the batch has fewer tokens than the hidden size (COPA's 16 x 2 x 64: 2.5 GiB against 0.9),
+  so such a batch is left as it is."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
+  if mesh.empty or x.size // x.shape[-1] <= x.shape[-1]:
     return x
   axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
   split = 1
@@ -100,7 +103,7 @@ class Embed(nn.Module):
     slice of the vocabulary-sharded table makes XLA gather it: 7.0 against 4.2 GiB at tensor=8.)
     """
     table = perturbed(self, "embedding", self.embedding) if ids is None else self.rows(ids)
-    x = batch_split(x)
+    x = split_rows_for_logits(x)
     return jnp.einsum(
       "...h,vh->...v", x.astype(self.dtype), table.astype(self.dtype), preferred_element_type=jnp.float32
     )
