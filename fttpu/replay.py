@@ -21,9 +21,13 @@ from absl import app, flags
 
 from fttpu import files
 
-flags.DEFINE_string("workdir", None, "Workdir of a zeroth-order run.")
-flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined when it runs (so importing replay_workdir beside another CLI does not clash)."""
+  flags.DEFINE_string("workdir", None, "Workdir of a zeroth-order run.")
+  flags.mark_flag_as_required("workdir")
 
 
 def replay_workdir(workdir: str) -> dict:
@@ -96,4 +100,5 @@ def main(argv):
 if __name__ == "__main__":
   from fttpu import cli
 
+  define_flags()
   cli.run(main)
