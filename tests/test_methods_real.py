@@ -60,7 +60,15 @@ def test_lora_and_dora_match_peft_on_the_same_adapters(minilm, dora, rslora):
 TEST_ROWS = 256  # of SST-2's 872 test rows (data.num_test): each MiniLM pass over all of them takes 7 s
 
 
-@pytest.mark.parametrize("method,overrides", [("lora", {}), ("sparse", {}), ("spiel", {"spiel.every": 2})])
+# LoRA in make test; sparse and SpIEL (45 s each here) in make test-all
+@pytest.mark.parametrize(
+  "method,overrides",
+  [
+    ("lora", {}),
+    pytest.param("sparse", {}, marks=pytest.mark.slow),
+    pytest.param("spiel", {"spiel.every": 2}, marks=pytest.mark.slow),
+  ],
+)
 def test_artifact_on_the_pretrained_weights_reproduces_the_runs_test_accuracy(
   method, overrides, sst2_config, sst2_16shot, minilm, tmp_path
 ):

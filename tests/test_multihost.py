@@ -175,6 +175,7 @@ def launch_two(tiny_roberta, workdir) -> list:
   ]
 
 
+@pytest.mark.slow  # 2 minutes here: make test-all (a preempted pod); make test keeps the two-process run and a killed peer
 def test_sigterm_to_one_process_checkpoints_every_process_at_one_step_and_the_resume_is_exact(tiny_roberta, tmp_path):
   """SIGTERM to process 1 only (what a preempted host gets): JAX's preemption service and orbax's
   sync point make both processes save the same step and exit 0, and the resumed 2-process run

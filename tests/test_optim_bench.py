@@ -159,6 +159,7 @@ def test_random_params_have_the_modules_shapes_dtypes_and_initial_values():
   assert len(weights) >= 5 and len({w.tobytes() for w in weights}) == len(weights)  # each leaf its own draw
 
 
+@pytest.mark.slow  # benches OPT-125m: 84 s here (make test-all; make ladder runs it for real)
 def test_scale_ladder_benches_what_fits_and_says_what_does_not(tmp_path):
   """On OPT-125m in float16 with 1 GiB allowed: MeZO's planned step fits and is measured, full fine-tuning
   (AdamW: gradients and two moments beside the weights) does not and is named so; table and plot written.

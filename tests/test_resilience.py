@@ -103,7 +103,11 @@ def references(tiny_roberta, tmp_path_factory):
   return References(tiny_roberta, tmp_path_factory)
 
 
-@pytest.mark.parametrize("method", ["full/2", "lora", "spiel", "mezo"])
+# full over 2 micro-batches and MeZO in make test; LoRA and SpIEL (70 and 100 s here) in make test-all
+@pytest.mark.parametrize(
+  "method",
+  ["full/2", pytest.param("lora", marks=pytest.mark.slow), pytest.param("spiel", marks=pytest.mark.slow), "mezo"],
+)
 def test_a_killed_run_resumes_to_the_uninterrupted_parameters_bit_for_bit(method, references, tiny_roberta, tmp_path):
   """SIGKILL after step KILL_AT, restart with the same workdir: the final state (params, optimizer state,
   rng), the logged losses and, for MeZO, the trajectory equal the uninterrupted run's exactly. SpIEL

@@ -257,7 +257,8 @@ def run_replay(workdir) -> subprocess.CompletedProcess:
   )
 
 
-@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+# gaussian replays within 1e-3 of an update (make test-all): 51 s here; rademacher, bit for bit, in make test
+@pytest.mark.parametrize("noise", ["rademacher", pytest.param("gaussian", marks=pytest.mark.slow)])
 def test_a_mezo_run_replays_from_its_trajectory(tmp_path, tiny_roberta, noise):
   """The CLI run (tiny RoBERTa, 16-shot SST-2) saves trajectory.safetensors; `python -m fttpu.replay` rebuilds its final checkpoint:
   bit for bit with rademacher noise, within float32 rounding of the Box-Muller draw with gaussian (the
