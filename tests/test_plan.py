@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from fttpu.models import tiny
+
 from tests.conftest import REPO, data_dir
 
 SMALL_ROBERTA = {
@@ -131,23 +133,6 @@ def test_plan_cli_prints_a_table_per_method_and_rejects_a_bad_mesh(config_only):
   assert unknown.returncode != 0 and "--model='gpt-5' is neither a preset" in unknown.stderr
 
 
-SMALL_OPT = {
-  "model_type": "opt",
-  "vocab_size": 512,
-  "max_position_embeddings": 130,
-  "do_layer_norm_before": True,
-  "activation_function": "relu",
-  "pad_token_id": 1,
-  "bos_token_id": 2,
-  "eos_token_id": 2,
-  "enable_bias": True,
-  "hidden_size": 32,
-  "word_embed_proj_dim": 32,
-  "num_hidden_layers": 2,
-  "num_attention_heads": 4,
-  "ffn_dim": 64,
-}
-
 ROW_SCRIPT = """
 import json, sys
 import jax
@@ -179,7 +164,7 @@ def row_plans(tmp_path_factory):
   """SQuAD (generation) and ReCoRD, COPA (multiple choice by rows) planned on a tiny OPT over 2 fake devices."""
   path = tmp_path_factory.mktemp("tiny-opt")
   with open(path / "config.json", "w") as f:
-    json.dump(SMALL_OPT, f)
+    json.dump(tiny.hf_config("opt", 512), f)  # a tiny random OPT's config.json
   result = subprocess.run(
     [sys.executable, "-c", ROW_SCRIPT, str(path)],
     cwd=REPO,
