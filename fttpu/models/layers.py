@@ -2,6 +2,8 @@
 its parameters through `perturbation.perturbed` (a zeroth-order step's noise is added where they are
 read), dropout, and `axes`, the logical axis names the sharding rules map onto the mesh."""
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,10 +32,7 @@ def split_rows_for_logits(x: jax.Array) -> jax.Array:
   if mesh.empty or x.size // x.shape[-1] <= x.shape[-1]:
     return x
   axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
-  split = 1
-  for a in axes:
-    split *= mesh.shape[a]
-  if not axes or x.shape[0] % split:
+  if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
     return x
   return jax.lax.with_sharding_constraint(x, P(axes))
 
