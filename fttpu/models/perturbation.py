@@ -30,9 +30,8 @@ import numpy as np
 KINDS = ("gaussian", "rademacher")
 # JAX's default generator: a step's noise key of each sample (its leaves' and rows' keys are subkeys).
 IMPL = "threefry2x32"
-ANGLE_SALT = np.uint32(0x9E3779B9)  # the angle's bits: a second hash of the radius's (2^32 / golden ratio)
 # What draws z, recorded in a trajectory: replaying one drawn by another generator would diverge.
-GENERATOR = "fmix32-position-hash/box-muller"
+GENERATOR = "fmix32-position-hash/box-muller-16-16"
 
 
 def fmix32(x: jax.Array) -> jax.Array:
@@ -73,14 +72,19 @@ def entry_bits(keys: jax.Array, shape: tuple) -> jax.Array:
 
 
 def symmetric_uniform(bits: jax.Array) -> jax.Array:
-  """Uniform in (-1, 1) from the top 24 of 32 bits: odd integers in [1 - 2^24, 2^24 - 1] over 2^24,
-  exact in float32 and symmetric about 0."""
-  odd = (bits >> 8).astype(jnp.int32) * 2 + (1 - 2**24)
-  return odd.astype(jnp.float32) * (1.0 / 2**24)
+  """Uniform in (-1, 1) from 16 bits (the low 16 of `bits`): odd integers in [1 - 2^16, 2^16 - 1]
+  over 2^16, exact in float32 and symmetric about 0."""
+  odd = (bits & 0xFFFF).astype(jnp.int32) * 2 + (1 - 2**16)
+  return odd.astype(jnp.float32) * (1.0 / 2**16)
 
 
-# sin(x) = sum_k (-1)^k x^(2k+1) / (2k+1)!, through x^11: within 6e-8 for |x| <= pi / 2.
-SINE_TERMS = tuple(np.float32((-1) ** k / math.factorial(2 * k + 1)) for k in range(6))
+def open_unit_interval(bits: jax.Array) -> jax.Array:
+  """Uniform in (0, 1) from the top 16 bits: the midpoints (2k + 1) / 2^17, exact in float32."""
+  return ((bits >> 16).astype(jnp.int32) * 2 + 1).astype(jnp.float32) * (1.0 / 2**17)
+
+
+# sin(x) = sum_k (-1)^k x^(2k+1) / (2k+1)!, through x^9: within 4e-6 for |x| <= pi / 2.
+SINE_TERMS = tuple(np.float32((-1) ** k / math.factorial(2 * k + 1)) for k in range(5))
 
 
 def sin_half_period(u: jax.Array) -> jax.Array:
@@ -97,17 +101,17 @@ def sin_half_period(u: jax.Array) -> jax.Array:
 def unit_from_bits(bits: jax.Array, kind: str) -> jax.Array:
   """z in float32 from 32 bits per entry: +-1 (the top bit) or N(0, 1) by Box-Muller.
 
-  Gaussian: radius sqrt(-2 log u) from the top 24 bits (u in (0, 1], so |z| <= 5.77) times the sine
-  of a uniform angle on a half period (the same arcsine law as the cosine of a whole one), from 24
-  bits of a second hash of the first. A log, a square root and six multiply-adds: half what
-  jax.lax.erf_inv (inverse CDF, two polynomials of nine terms) costs on CPU, so that gaussian MeZO
-  costs about what sign noise does (experiments/noise_cost.py measures both).
+  Gaussian: radius sqrt(-2 log u) from the top 16 bits (u in (0, 1), so |z| <= 4.86) times the sine
+  of a uniform angle on a half period (the same arcsine law as the cosine of a whole one) from the
+  low 16. One hash per entry, as the sign draw; a log, a square root and five multiply-adds: a
+  third of what jax.lax.erf_inv (inverse CDF, two polynomials of nine terms) costs on CPU. A second
+  hash for the angle (24 bits each, the generator before this one) cost 0.1 forwards more of a
+  MeZO step on MiniLM for the same 32 bits of randomness per entry (experiments/noise_cost.py).
   """
   if kind == "rademacher":
     return 1.0 - 2.0 * (bits >> 31).astype(jnp.float32)
-  u = ((bits >> 8).astype(jnp.int32) + 1).astype(jnp.float32) * (1.0 / 2**24)
-  radius = jnp.sqrt(-2.0 * jnp.log(u))
-  return radius * sin_half_period(symmetric_uniform(fmix32(bits ^ ANGLE_SALT)))
+  radius = jnp.sqrt(-2.0 * jnp.log(open_unit_interval(bits)))
+  return radius * sin_half_period(symmetric_uniform(bits))
 
 
 @flax.struct.dataclass
@@ -146,10 +150,14 @@ def subkeys(key: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def leaf_noise(key: jax.Array, shape: tuple, kind: str) -> Noise:
-  """Unit-scale noise of a leaf of `shape` from its key ((2,) uint32): one key per row for 2+ dims."""
+  """Unit-scale noise of a leaf of `shape` from its key ((2,) uint32): one key per row for 2+ dims.
+
+  The row keys are stored (an optimization barrier): XLA would otherwise fuse their four hashes into
+  every draw and recompute them for each entry of the row."""
   if len(shape) < 2:
     return Noise(key, jnp.ones(()), kind)
-  return Noise(subkeys(key, jnp.arange(shape[0], dtype=jnp.uint32)), jnp.ones((shape[0],)), kind)
+  rows = jax.lax.optimization_barrier(subkeys(key, jnp.arange(shape[0], dtype=jnp.uint32)))
+  return Noise(rows, jnp.ones((shape[0],)), kind)
 
 
 def perturbed(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
