@@ -29,6 +29,12 @@ def share_compiled_programs():
 share_compiled_programs()
 
 
+def with_fake_devices(count: int) -> dict:
+  """The environment of a subprocess that sees `count` CPU devices (the session's XLA_FLAGS kept)."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
+  return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+
+
 def huge_pages_for_subprocesses():
   """The environment fttpu's command lines restart themselves into (fttpu.host_memory), set once here so
   that the many runs the tests start do not each restart."""
@@ -41,7 +47,9 @@ def huge_pages_for_subprocesses():
 
 huge_pages_for_subprocesses()
 
-# Files whose programs all run on tiny random models for a few steps: compiling them is nearly all their
+# Files whose programs all run on tiny random models for a few steps (or, test_plan.py, only compile them:
+# jax_disable_most_optimizations lowers LLVM's optimisation level only, so the HLO passes, the buffer
+# assignment and every compiled memory figure the plans read stay the same): compiling them is nearly all their
 # cost, so they compile with XLA's optimisation passes off (jax_disable_most_optimizations; measured on
 # the tiny RoBERTa's full step: compile 3.9 s -> 2.2 s, step 13 -> 41 ms), in-process and in the runs they
 # start. What they check is fttpu's programs (the same HLO), not XLA's code generation. Everything on the
@@ -53,6 +61,7 @@ QUICK_COMPILE_FILES = (
   "test_experiments.py",
   "test_family_methods.py",
   "test_methods.py",
+  "test_plan.py",
   "test_remote_workdir.py",
   "test_sharding.py",
   "test_workdir.py",
@@ -66,12 +75,15 @@ def quick_compile():
   import jax
 
   os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
+  os.environ["JAX_OPTIMIZATION_LEVEL"] = "O0"
   jax.config.update("jax_disable_most_optimizations", True)
+  jax.config.update("jax_optimization_level", "O0")
   try:
     yield
   finally:
-    del os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"]
+    del os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"], os.environ["JAX_OPTIMIZATION_LEVEL"]
     jax.config.update("jax_disable_most_optimizations", False)
+    jax.config.update("jax_optimization_level", "UNKNOWN")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -184,7 +196,13 @@ def tiny_batch(seed: int, size: int = 8, length: int = 12) -> dict:
 # rotary, GQA, untied head) in `make test`; BERT-MLM runs RoBERTa's code but for positions, OPT Llama's
 # decoder with other options, so `make test` runs these methods on them and `make test-all` the rest.
 SHARED_CODE_FAMILIES = ("bert", "opt")
-SHARED_CODE_FAST_METHODS = ("full", "lora", "mezo")
+SHARED_CODE_FAST_METHODS = ("full", "mezo")
+# Rematerialisation wraps the scanned layer the same way for every method: `make test` checks its gradients
+# for full fine-tuning on RoBERTa and Llama, `make test-all` for LoRA and on BERT and OPT too.
+REMAT_FAST = (("roberta", "full"), ("llama", "full"))
+# Methods that only choose which leaves train (whole layers, LISA's sampled layers, SpIEL's entries): the
+# same labels on every family, so `make test` runs them on RoBERTa and `make test-all` on Llama too.
+LABEL_ONLY_METHODS = ("layers", "lisa", "spiel")
 
 
 # The files that take 10 s or more, longest first (measured; only the order depends on it). `make test`
@@ -192,28 +210,28 @@ SHARED_CODE_FAST_METHODS = ("full", "lora", "mezo")
 # handing out files in this order and the short rest after them: longest first leaves the least for one
 # worker to run alone at the end.
 LONGEST_FILES = (
-  "test_resilience.py",
   "test_family_methods.py",
-  "test_zo_consistency.py",
-  "test_zo_real.py",
-  "test_multihost.py",
-  "test_methods.py",
   "test_zo.py",
-  "test_sharding.py",
+  "test_resilience.py",
+  "test_methods.py",
   "test_experiments.py",
+  "test_zo_consistency.py",
   "test_workdir.py",
-  "test_methods_real.py",
+  "test_plan.py",
+  "test_sharding.py",
+  "test_generation_training.py",
   "test_quantize.py",
+  "test_zo_real.py",
+  "test_bad_input.py",
   "test_generate.py",
-  "test_accumulation.py",
   "test_main.py",
+  "test_optim_bench.py",
+  "test_multihost.py",
+  "test_methods_real.py",
   "test_step.py",
   "test_cli_errors.py",
-  "test_plan.py",
-  "test_bad_input.py",
-  "test_remote_workdir.py",
-  "test_optim_bench.py",
   "test_families.py",
+  "test_accumulation.py",
   "test_model_parity.py",
   "test_architecture.py",
 )
@@ -225,11 +243,18 @@ def pytest_collection_modifyitems(config, items):
   rank = lambda item: LONGEST_FILES.index(item.path.name) if item.path.name in LONGEST_FILES else len(LONGEST_FILES)
   items.sort(key=rank)  # stable: the tests of a file keep their order
   for item in items:
-    callspec = getattr(item, "callspec", None)
-    if (
-      item.originalname == "test_every_method_trains_its_leaves_on_every_family"
-      and callspec
-      and callspec.params.get("family_setup") in SHARED_CODE_FAMILIES
-      and callspec.params.get("method_name") not in SHARED_CODE_FAST_METHODS
-    ):
+    if only_in_test_all(item):
       item.add_marker(pytest.mark.slow)
+
+
+def only_in_test_all(item) -> bool:
+  """The cells of the family x method matrices that `make test` leaves to `make test-all` (above)."""
+  params = getattr(getattr(item, "callspec", None), "params", {})
+  family, method = params.get("family_setup"), params.get("method_name")
+  if item.originalname == "test_every_method_trains_its_leaves_on_every_family":
+    if family in SHARED_CODE_FAMILIES:
+      return method not in SHARED_CODE_FAST_METHODS
+    return family == "llama" and method in LABEL_ONLY_METHODS
+  if item.originalname == "test_every_remat_policy_gives_the_gradients_of_none":
+    return (family, method) not in REMAT_FAST
+  return False

@@ -127,7 +127,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("module, make_args, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+# make test runs one case or two of each command line (each case is a process: 4-5 s here); make test-all these too.
+SLOW_CASES = (
+  "main: workdir under a file",
+  "export: no workdir",
+  "replay: no workdir",
+  "replay: not a zeroth-order run",
+  "bench: unknown preset",
+  "tiny: out under a file",
+)
+
+
+@pytest.mark.parametrize(
+  "module, make_args, expected",
+  [pytest.param(*c[1:], id=c[0], marks=pytest.mark.slow if c[0] in SLOW_CASES else ()) for c in CASES],
+)
 def test_a_user_error_is_one_line_without_a_traceback(tmp_path, module, make_args, expected):
   result = subprocess.run(
     [sys.executable, "-m", module, *make_args(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300

@@ -148,6 +148,7 @@ def test_aggregating_only_some_rows_keeps_the_other_rows_of_the_table(swept, tmp
   assert sweeps.write_tables(tiny, str(tmp_path / "rerun"), out)[0]["reviews"]["seeds"] == 0  # without --only
 
 
+@pytest.mark.slow  # 29 s here; make test validates every row's config (test_the_mezo_k16_grid_names_every_row...)
 def test_every_row_of_the_roberta_large_grid_runs_on_a_tiny_roberta(tiny_roberta, tmp_path):
   """The full-scale grid's smoke run: one cell per row (its first setting), two steps, through the sweep
   (sign noise for the zeroth-order rows: gaussian compiles 4x slower here and shards the same)."""
@@ -226,22 +227,18 @@ def run_opt13b_smoke(cells, table, root) -> list[dict]:
   return records
 
 
-def test_every_row_and_every_task_of_the_opt13b_grid_run_on_a_tiny_opt(opt13b_table, tmp_path):
+def test_every_row_of_the_opt13b_grid_and_its_row_tasks_run_on_a_tiny_opt(opt13b_table, tmp_path):
   """Two steps on a tiny random OPT through the sweep: every row of the OPT-13B grid (its first setting) on
-  COPA (multiple choice, LP included), MeZO (LoRA) training on ReCoRD, SQuAD and DROP, and zero-shot on
-  the seven classification tasks: every row and every task's rows, encodings and score run (all 75 cells
-  behind the slow marker)."""
+  COPA (multiple choice, LP included) and MeZO (LoRA) training on ReCoRD, SQuAD and DROP: every row, and
+  the tasks whose rows are not one sentence and a label, run (the seven classification tasks and all 75
+  cells behind the slow marker)."""
   from experiments.mezo_opt13b import grid as opt13b
 
   lora = [r for r in opt13b.ROWS if r.name == "MeZO (LoRA)"]
-  cells = (
-    opt13b_smoke_cells(opt13b.ROWS, ["copa"])
-    + opt13b_smoke_cells(lora, ["record", "squad", "drop"])
-    + opt13b_smoke_cells(opt13b.ROWS[:1], ["sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc"])
-  )
+  cells = opt13b_smoke_cells(opt13b.ROWS, ["copa"]) + opt13b_smoke_cells(lora, ["record", "squad", "drop"])
   records = run_opt13b_smoke(cells, opt13b_table, str(tmp_path))
   assert [r["row"] for r in records[:7]] == [r.name for r in opt13b.ROWS]
-  assert {r["task"] for r in records} == set(opt13b.TASKS)
+  assert {r["task"] for r in records} == {"copa", "record", "squad", "drop"}
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ import transformers
 
 from fttpu import errors
 from fttpu import models
+from tests.conftest import with_fake_devices
 
 
 SIZES = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
@@ -191,7 +192,7 @@ def test_sliced_reads_under_a_sharding_read_only_each_devices_block(pair):
   import sys
 
   family, _, path = pair
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  env = with_fake_devices(8)
   result = subprocess.run(
     [sys.executable, "-c", SLICED_LOAD, family, path], env=env, capture_output=True, text=True, timeout=300
   )

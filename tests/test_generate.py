@@ -25,6 +25,7 @@ from fttpu.data.rows import Row
 from fttpu.errors import ConfigError
 from fttpu.models import decoding, perturbation, tiny
 from fttpu.models.decoder import real_token_positions
+from tests.conftest import with_fake_devices
 from tests.test_families import SIZES, hf_model, randomize, write_tokenizer
 
 pytestmark = pytest.mark.quick_compile  # tiny models, a few tokens: compiling is the cost (tests/conftest.py)
@@ -297,7 +298,7 @@ def test_decoding_on_8_devices_gives_one_devices_tokens(checkpoints):
   padding id is whatever: the mask hides it.)"""
   ids, mask = left_padded(1, lengths=(9, 5, 2, 7, 1, 3), seed=6)
   paths = {family: path for family, (_, path) in checkpoints.items()}
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  env = with_fake_devices(8)
   argument = json.dumps([paths, ids.tolist(), mask.tolist()])
   result = subprocess.run(
     [sys.executable, "-c", SHARDED_DECODE, argument],

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from fttpu.metrics import read_metrics
 from tests.conftest import REPO, data_dir
 
@@ -23,7 +25,7 @@ def test_short_sst2_run_writes_config_metrics_tensorboard_checkpoints_and_resume
     "--config.train.log_every=2",
     "--config.train.eval_every=2",
     "--config.train.checkpoint_every=2",
-    "--config.data.num_test=256",  # of 872: each pass of MiniLM over all of them takes 7 s
+    "--config.data.num_test=64",  # of 872: each pass of MiniLM over all of them takes 7 s
   ]
   result = run_main(*args, workdir=workdir)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -37,7 +39,7 @@ def test_short_sst2_run_writes_config_metrics_tensorboard_checkpoints_and_resume
   assert all(0 <= l["eval/accuracy"] <= 1 for l in lines if "eval/accuracy" in l)
   final = lines[-1]
   assert final["final"] is True and final["split"] == "test" and final["step"] == 4 and "eval/accuracy" in final
-  assert final["examples"] == 256
+  assert final["examples"] == 64
   # full FT: every one of MiniLM's 22.7M parameters trains, AdamW keeps two moments of each
   assert 22.5e6 < final["model/trainable"] < 23e6 and final["model/optimizer_entries"] >= 2 * final["model/trainable"]
   assert final["perf/peak_rss_mb"] > 200 and final["perf/step_s"] > 0
@@ -59,6 +61,7 @@ def test_short_sst2_run_writes_config_metrics_tensorboard_checkpoints_and_resume
   assert "holds checkpoints of a run with another config (train.steps: 4 -> 6)" in other.stderr
 
 
+@pytest.mark.slow  # 15 s here: make test-all; tests/test_bad_input.py and test_cli_errors.py check the messages in make test
 def test_bad_input_fails_before_training_with_a_message(tmp_path):
   result = run_main("--config=configs/fewshot.py:task=sst2", "--config.train.stepz=3", workdir=tmp_path / "bad")
   assert result.returncode != 0

@@ -74,7 +74,14 @@ def state_entries(opt_state) -> int:
   return sum(np.size(x) for x in jax.tree_util.tree_leaves(opt_state) if np.ndim(x) > 0)
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+# Variants whose frozen leaves tests/test_family_methods.py also checks (the same labels) and whose own
+# mechanics the tests below check: make test-all.
+SLOW_VARIANTS = ("layers_regex", "lisa", "sparse_heads", "spiel")
+
+
+@pytest.mark.parametrize(
+  "variant", [pytest.param(v, marks=pytest.mark.slow) if v in SLOW_VARIANTS else v for v in sorted(VARIANTS)]
+)
 def test_frozen_leaves_stay_bit_identical_and_state_matches_trainable_count(tiny, variant):
   method, tree, loss_fn = build(tiny, make_config(variant))
   labels = method.labels(tree)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, data_dir
+from tests.conftest import REPO, data_dir, with_fake_devices
 
 STEPS = 3
 
@@ -112,15 +112,14 @@ def test_each_process_joins_reads_its_half_and_only_process_0_logs(two_processes
   assert sum(bool(r.get("final")) for r in records) == 1  # one writer, not two
 
 
+@pytest.mark.slow  # 31 s here: make test-all; make test keeps the two-process run
 def test_a_killed_peer_stops_the_other_process_with_an_error(tiny_roberta, tmp_path):
   """Process 1 is killed (SIGKILL) mid-training: process 0 must exit with an error within the bound
   (a 10 s heartbeat timeout, plus shutdown), not hang in a collective."""
   env = {
-    **os.environ,
+    **with_fake_devices(2),
     "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}",
     "JAX_NUM_PROCESSES": "2",
-    "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
   }
   command = [*main_args(tiny_roberta, steps=100000), f"--workdir={tmp_path}", "--heartbeat_timeout=10"]
   lead = subprocess.Popen(
@@ -175,7 +174,7 @@ def launch_two(tiny_roberta, workdir) -> list:
   ]
 
 
-@pytest.mark.slow  # 2 minutes here: make test-all (a preempted pod); make test keeps the two-process run and a killed peer
+@pytest.mark.slow  # 2 minutes here: make test-all (a preempted pod), as the killed peer above
 def test_sigterm_to_one_process_checkpoints_every_process_at_one_step_and_the_resume_is_exact(tiny_roberta, tmp_path):
   """SIGTERM to process 1 only (what a preempted host gets): JAX's preemption service and orbax's
   sync point make both processes save the same step and exit 0, and the resumed 2-process run
@@ -288,11 +287,9 @@ def test_a_process_that_sees_another_device_count_than_its_launcher_asked_for_st
 def test_two_processes_check_their_device_count_through_the_real_runtime(tiny_roberta, tmp_path):
   """The same code path as a pod or a SLURM job: 2 processes x 2 fake devices, told to expect 4 each."""
   env = {
-    **os.environ,
+    **with_fake_devices(2),
     "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}",
     "JAX_NUM_PROCESSES": "2",
-    "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
     "FTTPU_LOCAL_DEVICES": "4",
   }
   command = [*main_args(tiny_roberta), f"--workdir={tmp_path}"]

@@ -101,6 +101,7 @@ def test_bench_cli_prints_json_per_method():
   assert report[methods[3]]["compiled_argument_mb"] < report["zero_shot"]["compiled_argument_mb"] - 25
 
 
+@pytest.mark.slow  # 18 s here: make test-all; make test runs the bench CLI on one device above
 def test_bench_compares_meshes_over_fake_devices():
   """--mesh twice: the same method on 1 device and on 4 fake CPU devices with FSDP, each in its own
   process, with the step-time ratio to the first mesh; FSDP's compiled arguments are about a quarter."""

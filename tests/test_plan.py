@@ -32,9 +32,10 @@ from configs import fewshot
 from fttpu import plan
 config = fewshot.get_config("family=roberta")
 config.data.dir = sys.argv[2]
-one = ["mezo", "full", "lora", "full:train.remat=full", "full:train.remat=dots_saveable", "full:train.grad_accum_steps=4"]
-out = {"one": plan.plan(config, sys.argv[1], {"data": 1, "fsdp": 1, "tensor": 1}, one),
-       "fsdp8": plan.plan(config, sys.argv[1], {"data": 1, "fsdp": 8, "tensor": 1}, ["mezo", "full"])}
+one, fsdp8 = sys.argv[3].split(","), [m for m in sys.argv[4].split(",") if m]
+out = {"one": plan.plan(config, sys.argv[1], {"data": 1, "fsdp": 1, "tensor": 1}, one)}
+if fsdp8:
+  out["fsdp8"] = plan.plan(config, sys.argv[1], {"data": 1, "fsdp": 8, "tensor": 1}, fsdp8)
 print(json.dumps(out))
 """
 
@@ -48,10 +49,10 @@ def config_only(tmp_path_factory):
   return str(path)
 
 
-@pytest.fixture(scope="module")
-def plans(config_only):
+def plan_small_roberta(config_only: str, one_device: str, fsdp8: str) -> dict:
+  """SCRIPT's plans: the methods `one_device` on one device, `fsdp8` (comma-separated) over 8 with FSDP."""
   result = subprocess.run(
-    [sys.executable, "-c", SCRIPT, config_only, data_dir()],
+    [sys.executable, "-c", SCRIPT, config_only, data_dir(), one_device, fsdp8],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -61,6 +62,11 @@ def plans(config_only):
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.listdir(config_only) == ["config.json"]
   return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def plans(config_only):
+  return plan_small_roberta(config_only, "mezo,full,lora", "mezo,full")
 
 
 def test_fsdp_over_8_devices_holds_an_eighth_of_the_state_per_device(plans):
@@ -88,10 +94,12 @@ def test_optimizer_state_and_activation_memory_order_the_methods(plans):
     )
 
 
-def test_remat_and_micro_batches_cut_the_full_steps_temporaries(plans):
+@pytest.mark.slow  # four plans (25 s here): make test-all
+def test_remat_and_micro_batches_cut_the_full_steps_temporaries(config_only):
   """Rematerialisation keeps each layer's input instead of its activations, and 4 micro-batches hold
   a quarter of the batch's: the temporaries fall, the arguments (weights, AdamW's moments) do not."""
-  m = plans["one"]["methods"]
+  specs = "full,full:train.remat=full,full:train.remat=dots_saveable,full:train.grad_accum_steps=4"
+  m = plan_small_roberta(config_only, specs, "")["one"]["methods"]
   plain = m["full"]
   assert (plain["remat"], plain["micro_batches"]) == ("none", 1)
   for spec, remat, micro in (
@@ -146,27 +154,27 @@ def config(task, **data):
   for key, value in data.items():
     c.data[key] = value
   return c
-out = {
-  "squad": plan.plan(config("squad", max_length=40, max_new_tokens=8), sys.argv[1], mesh,
-                     ["full", "mezo", "mezo:zo.objective=f1"]),
-  "record": plan.plan(config("record", max_length=40), sys.argv[1], mesh, ["mezo"], choices=5),
-  "copa": plan.plan(config("copa", max_length=40), sys.argv[1], mesh, ["mezo"]),
-  "record_data_parallel": plan.plan(
+plans = {
+  "squad": lambda: plan.plan(config("squad", max_length=40, max_new_tokens=8), sys.argv[1], mesh,
+                             ["full", "mezo", "mezo:zo.objective=f1"]),
+  "record": lambda: plan.plan(config("record", max_length=40), sys.argv[1], mesh, ["mezo"], choices=5),
+  "copa": lambda: plan.plan(config("copa", max_length=40), sys.argv[1], mesh, ["mezo"]),
+  "record_data_parallel": lambda: plan.plan(
     config("record", max_length=40), sys.argv[1], {"data": 2, "fsdp": 1, "tensor": 1}, ["mezo"], choices=5
   ),
 }
+out = {name: plans[name]() for name in sys.argv[2].split(",")}
 print(json.dumps({name: {**result, "table": plan.table(result, 0)} for name, result in out.items()}))
 """
 
 
-@pytest.fixture(scope="module")
-def row_plans(tmp_path_factory):
-  """SQuAD (generation) and ReCoRD, COPA (multiple choice by rows) planned on a tiny OPT over 2 fake devices."""
+def plan_rows(tmp_path_factory, names: str) -> dict:
+  """ROW_SCRIPT's plans `names` (comma-separated) on a tiny OPT over 2 fake devices."""
   path = tmp_path_factory.mktemp("tiny-opt")
   with open(path / "config.json", "w") as f:
     json.dump(tiny.hf_config("opt", 512), f)  # a tiny random OPT's config.json
   result = subprocess.run(
-    [sys.executable, "-c", ROW_SCRIPT, str(path)],
+    [sys.executable, "-c", ROW_SCRIPT, str(path), names],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -177,12 +185,19 @@ def row_plans(tmp_path_factory):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_a_generation_task_plans_teacher_forcing_and_the_f1_objectives_decode(row_plans):
+@pytest.fixture(scope="module")
+def row_plans(tmp_path_factory):
+  """ReCoRD and COPA (multiple choice by rows), ReCoRD under data parallelism too."""
+  return plan_rows(tmp_path_factory, "record,copa,record_data_parallel")
+
+
+@pytest.mark.slow  # three plans (26 s here); make test plans the row tasks' multiple choice below
+def test_a_generation_task_plans_teacher_forcing_and_the_f1_objectives_decode(tmp_path_factory):
   """SQuAD's batch is generation.train_rows': teacher forcing (n, max_length) on the answer, each row's
   left-padded prompt (n, max_length - max_new_tokens) and its row index. zo.objective=f1 decodes those
   prompts inside the step (a key/value cache and a host callback) and compiles under plan: its temporaries
   exceed the loss objective's. Full fine-tuning holds AdamW's two moments beside the weights."""
-  squad = row_plans["squad"]
+  squad = plan_rows(tmp_path_factory, "squad")["squad"]
   shapes = squad["shapes"]
   assert squad["task"] == "squad" and shapes["input_ids"] == shapes["target_mask"] == [4, 40]
   assert shapes["prompt_input_ids"] == shapes["prompt_attention_mask"] == [4, 32] and shapes["row_index"] == [4]

@@ -19,7 +19,7 @@ from fttpu.data import pipeline, tsv
 from fttpu.methods import lora, masks
 from fttpu.models import hf, quantize, tiny
 from fttpu.state import TrainState
-from tests.conftest import REPO, data_dir
+from tests.conftest import REPO, data_dir, with_fake_devices
 
 # bitsandbytes' NF4 table (bitsandbytes/functional.py, get_4bit_type("nf4")), written out here on purpose.
 BNB_NF4 = np.array(
@@ -237,7 +237,7 @@ def test_a_sharded_load_quantises_each_devices_block_as_a_whole_load_does(tiny_c
   """FSDP x tensor over 8 fake devices: each device's block of the int8 values and scales, and of the
   nf4 codes and absmax (blocks of 16 of a 64-entry block: the read widens to whole blocks), equals the
   same block of an unsharded load."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  env = with_fake_devices(8)
   result = subprocess.run(
     [sys.executable, "-c", SHARDED_LOAD, "opt", tiny_checkpoints["opt"]],
     cwd=REPO,
@@ -397,6 +397,7 @@ PLANNED = {  # projections 12x the embeddings, so that the stored base weights d
 
 
 @pytest.mark.quick_compile
+@pytest.mark.slow  # 15 s here: make test-all
 def test_the_plan_shows_what_quantising_the_base_saves(tmp_path):
   """LoRA with a float16 base, then int8, then nf4: the plan names each storage in its quant column and
   JSON, the arguments fall with the base's bytes (measured: 0.61x and 0.43x of float16's, the rest being

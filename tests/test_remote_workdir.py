@@ -77,6 +77,7 @@ def test_a_uri_is_never_made_a_local_folder_and_local_paths_become_absolute(tmp_
   assert str(checkpoint.make_manager("runs/x", keep=1).directory) == str(tmp_path / "runs" / "x" / "checkpoints")
 
 
+@pytest.mark.slow  # 38 s here: make test-all; make test checks the remote paths above
 def test_a_run_in_a_bucket_trains_as_a_local_one_and_resumes_past_a_damaged_checkpoint(
   bucket, tiny_roberta, tmp_path, caplog, monkeypatch
 ):

@@ -21,7 +21,7 @@ import pytest
 from fttpu import checkpoint
 from fttpu.metrics import read_metrics
 from fttpu.state import TrainState
-from tests.conftest import REPO, data_dir
+from tests.conftest import REPO, data_dir, with_fake_devices
 
 STEPS = 150
 KILL_AT = 80  # the run is killed (or sent SIGTERM) once it logs this step; it checkpoints every 25
@@ -103,10 +103,11 @@ def references(tiny_roberta, tmp_path_factory):
   return References(tiny_roberta, tmp_path_factory)
 
 
-# full over 2 micro-batches and MeZO in make test; LoRA and SpIEL (70 and 100 s here) in make test-all
+# full over 2 micro-batches in make test; LoRA, SpIEL and MeZO (whose replay from its trajectory
+# tests/test_zo.py checks in make test) in make test-all
 @pytest.mark.parametrize(
   "method",
-  ["full/2", pytest.param("lora", marks=pytest.mark.slow), pytest.param("spiel", marks=pytest.mark.slow), "mezo"],
+  ["full/2", *(pytest.param(method, marks=pytest.mark.slow) for method in ("lora", "spiel", "mezo"))],
 )
 def test_a_killed_run_resumes_to_the_uninterrupted_parameters_bit_for_bit(method, references, tiny_roberta, tmp_path):
   """SIGKILL after step KILL_AT, restart with the same workdir: the final state (params, optimizer state,
@@ -163,6 +164,7 @@ def test_sigterm_or_ctrl_c_checkpoints_at_the_next_step_and_exits_then_resumes(
   )
 
 
+@pytest.mark.slow  # 15 s here: make test-all; make test sends one Ctrl-C above
 def test_a_second_ctrl_c_stops_at_once_with_one_line(tiny_roberta, tmp_path):
   args = main_args(tiny_roberta, "full", tmp_path)
   process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -304,7 +306,9 @@ def nan_config(tiny_roberta, nonfinite: str, micro_batches: int = 1):
 
 
 @pytest.mark.quick_compile  # 6 steps in-process: compiling is the cost
-@pytest.mark.parametrize("kind,micro_batches", [("loss", 1), ("grad", 1), ("loss", 2)])
+@pytest.mark.parametrize(  # a NaN loss in one of 2 micro-batches covers the whole batch's (make test-all)
+  "kind,micro_batches", [pytest.param("loss", 1, marks=pytest.mark.slow), ("grad", 1), ("loss", 2)]
+)
 def test_a_nonfinite_step_stops_the_run_naming_it_and_keeps_the_last_good_state(
   monkeypatch, tiny_roberta, tmp_path, kind, micro_batches
 ):
@@ -335,6 +339,7 @@ def test_a_nonfinite_step_stops_the_run_naming_it_and_keeps_the_last_good_state(
 
 
 @pytest.mark.quick_compile
+@pytest.mark.slow  # 17 s here: make test-all
 def test_a_stopped_run_resumes_with_skip_once_the_user_switches(monkeypatch, tiny_roberta, tmp_path):
   """train.nonfinite may change on resume (it changes nothing the run computed); other keys may not."""
   from fttpu import train
@@ -408,7 +413,7 @@ checkpoint.finish(manager)
 
 def test_export_reads_a_checkpoint_written_by_another_mesh(tmp_path):
   """fttpu.export restores without a target: an FSDP checkpoint of 8 devices reads onto this one device."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  env = with_fake_devices(8)
   result = subprocess.run(
     [sys.executable, "-c", SAVE_ON_8_DEVICES, str(tmp_path)],
     cwd=REPO,

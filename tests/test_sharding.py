@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from fttpu import methods, models, sharding
-from tests.conftest import REPO
+from tests.conftest import REPO, with_fake_devices
 
 STEPS = 4
 MESHES = {
@@ -37,6 +37,15 @@ METHODS = {
   "lora": ("lora", "adamw", 1e-2),
   "sparse": ("sparse", "adamw", 1e-2),
   "mezo": ("mezo", "sgd", 1e-3),
+}
+# The meshes each method trains on in `make test`: what the tests below read (every method's FSDP run; the
+# data-parallel all-reduces of full and MeZO; tensor parallelism's rules on full and LoRA). The other
+# cells of the matrix run in `make test-all`.
+QUICK_MESHES = {
+  "full": ("data", "fsdp", "tensor"),
+  "lora": ("fsdp", "tensor"),
+  "sparse": ("fsdp",),
+  "mezo": ("data", "fsdp"),
 }
 # Allowed |parameter difference| as a fraction of how far training moved the parameters (see below).
 TOLERANCE = {"full": 1e-4, "lora": 1e-4, "sparse": 1e-4, "mezo": 1e-3}
@@ -90,8 +99,9 @@ for name, (method_name, optimizer, lr) in METHODS.items():
   config.optimizer.name, config.optimizer.learning_rate = optimizer, lr
   method, tree, loss_fn = build(model, config)
   initial = host(tree)
-  runs = {m: train(method, tree, loss_fn, sharding.make_mesh(shape, jax.devices()[:math.prod(shape.values())]))
-          for m, shape in MESHES.items()}
+  meshes = ["one", *json.loads(sys.argv[1])[name]]
+  runs = {m: train(method, tree, loss_fn, sharding.make_mesh(MESHES[m], jax.devices()[:math.prod(MESHES[m].values())]))
+          for m in meshes}
   one = host(runs["one"][0].params)
   moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(initial)))
   out[name] = {"moved": moved}
@@ -136,18 +146,34 @@ print(json.dumps(out))
 """
 
 
+def meshes_to_train(items) -> dict:
+  """Per method, QUICK_MESHES and the meshes of the selected cells of the matrix test."""
+  meshes = {method: set(quick) for method, quick in QUICK_MESHES.items()}
+  for item in items:
+    if item.originalname == "test_sharded_training_matches_one_device" and item.path.name == "test_sharding.py":
+      meshes[item.callspec.params["method"]].add(item.callspec.params["mesh"])
+  return {method: sorted(names) for method, names in meshes.items()}
+
+
 @pytest.fixture(scope="module")
-def eight_devices():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+def eight_devices(request):
+  env = with_fake_devices(8)
+  meshes = json.dumps(meshes_to_train(request.session.items))
   result = subprocess.run(
-    [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    [sys.executable, "-c", SCRIPT, meshes], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
   )
   assert result.returncode == 0, result.stderr[-4000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-@pytest.mark.parametrize("mesh", ["data", "fsdp", "tensor"])
+@pytest.mark.parametrize(
+  "method,mesh",
+  [
+    pytest.param(method, mesh, marks=() if mesh in QUICK_MESHES[method] else pytest.mark.slow, id=f"{mesh}-{method}")
+    for mesh in ("data", "fsdp", "tensor")
+    for method in METHODS
+  ],
+)
 def test_sharded_training_matches_one_device(eight_devices, method, mesh):
   """The same steps on 8 devices give one device's parameters and losses.
 

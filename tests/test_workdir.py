@@ -73,6 +73,7 @@ def test_the_lock_is_taken_by_one_holder_at_a_time_in_one_process_too(tmp_path):
 # ---------------------------------------------------------------- resume checks
 
 
+@pytest.mark.slow  # 28 s here: make test-all; make test checks a workdir of another config (tests/test_bad_input.py)
 def test_resume_checks_the_checkpoints_own_config_and_the_sampled_data(tiny_roberta, tmp_path, caplog):
   data = tmp_path / "data"
   shutil.copytree(os.path.join(data_dir(), "sst2"), data / "sst2")

@@ -147,6 +147,7 @@ def test_zo_sgd_converges_on_a_convex_problem(optimizer_name, schedule):
   assert loss_fn(state.params, batch)[0] < 1e-4 * loss_fn(tree, batch)[0]
 
 
+@pytest.mark.slow  # 22 s here: make test-all; make test replays ZO-SGD-Sign from its trajectory
 def test_zo_sgd_sign_steps_along_the_sign_of_each_projection_times_its_z(tiny):
   """ZO-Bench's ZO-SGD-Sign: sum_i sign(g_i) z_i / n with the same z and g as ZO-SGD's sum_i g_i z_i / n."""
   samples = 4
@@ -290,6 +291,7 @@ def test_a_mezo_run_replays_from_its_trajectory(tmp_path, tiny_roberta, noise):
     assert "its gaussian z was drawn by the inverse-CDF generator of an earlier fttpu" in refused.stderr
 
 
+@pytest.mark.slow  # 19 s here: two runs for one refusal
 def test_replay_refuses_a_run_that_rechooses_its_trainable_set(tmp_path, tiny_roberta):
   """LISA under zo.base=layers resamples its layers from the run's state every layers.every steps;
   the trajectory does not hold that choice, so replay says why it cannot rebuild the run."""

@@ -131,8 +131,16 @@ def test_noise_equals_the_materialised_perturbation_leaf_by_leaf(family, dtype, 
   assert_consistent(leaf_figures(family, dtype, kind), dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", perturbation.KINDS)
+# make test: gaussian (the default) in every dtype and rademacher in float32; make test-all: rademacher in
+# half precision too.
+@pytest.mark.parametrize(
+  "dtype,kind",
+  [
+    pytest.param(dtype, kind, marks=pytest.mark.slow if kind != "gaussian" and dtype != "float32" else ())
+    for kind in perturbation.KINDS
+    for dtype in DTYPES
+  ],
+)
 def test_estimate_projects_onto_the_true_gradient(dtype, kind):
   """On OPT (MeZO's large-model family), computed in float32 so the true gradient is exact."""
   loss_fn, tree, labels, batch, rng = setup("opt", dtype, "float32")
@@ -150,6 +158,7 @@ def test_a_read_that_skips_the_noise_hook_is_caught(monkeypatch):
     assert_consistent(leaf_figures("bert", "float32", "gaussian"), "float32")
 
 
+@pytest.mark.slow  # 19 s here: make test-all; make test keeps the check of a skipped noise hook above
 def test_an_update_along_another_z_is_caught(monkeypatch):
   """An update regenerating z from another key (as the bfloat16 draw did): both checks fail."""
   gradient = zo.gradient
