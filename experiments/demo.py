@@ -8,7 +8,8 @@ run (`fttpu.main`, its own process, so its peak memory is its own) in WORKDIR/<t
 Every method takes its default learning rate of configs/fewshot.py; the autodiff ones run --steps
 AdamW steps, MeZO --zo_steps ZO-SGD steps (two forward passes each, no backward). Writes
 WORKDIR/results.md (test accuracy, step time, trainable parameters, optimizer-state entries, peak
-memory) and WORKDIR/results.png.
+memory) and WORKDIR/results.png. The runs share one XLA compilation cache (WORKDIR/xla_cache): every
+method evaluates the same merged model, so the evaluation step compiles once.
 """
 
 import os
@@ -61,13 +62,19 @@ def run_one(task: str, method: str) -> list[dict]:
     f"--workdir={workdir}",
   ]
   logging.info("%s on %s: %s", method, task, " ".join(command[2:]))
-  run_showing_progress(command, f"{method} on {task}")
+  run_showing_progress(command, f"{method} on {task}", shared_compilation_cache())
   return metrics.read_metrics(workdir)
 
 
-def run_showing_progress(command: list, what: str) -> None:
+def shared_compilation_cache() -> dict:
+  """The runs' environment: JAX's persistent compilation cache in WORKDIR/xla_cache (unless one is set)."""
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.abspath(os.path.join(FLAGS.workdir, "xla_cache"))
+  return {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
+
+
+def run_showing_progress(command: list, what: str, env: dict) -> None:
   """Run `command`, its log passed through; a failure ends the demo with the run's own error line."""
-  process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
   last = ""
   for line in process.stderr:
     sys.stderr.write(line)
