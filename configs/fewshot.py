@@ -46,6 +46,9 @@ def get_config(arg=None):
   config.data.num_dev = 0
   config.data.num_test = 0
   config.data.max_length = 64  # tokens per sentence, truncated and padded
+  # each split padded only to its longest example, rounded up to a multiple of this (evaluation batches to
+  # theirs, longest first); 0 pads everything to max_length
+  config.data.pad_to_multiple_of = 16
   # generation tasks (squad, drop): answer tokens decoded at most (MeZO's 50); prompts keep max_length - this
   config.data.max_new_tokens = generation.MAX_NEW_TOKENS
   # In-context demonstrations before each dev and test row (causal LMs, method=zero_shot only: MeZO's ICL

@@ -57,7 +57,10 @@ def split_evaluator(config, model, data, mesh, logits_fn) -> Callable:
   if isinstance(data, generation.GenerationData):
     return lambda tree, split: evaluate_answers(model, data, tree["model"], split, config, mesh)
   eval_step = jax.jit(functools.partial(step_lib.eval_step, logits_fn=logits_fn))
-  return lambda tree, split: evaluate(eval_step, tree, split, data.prompts, config.train.eval_batch_size, mesh)
+  multiple = pipeline.padding_multiple(config.data)
+  return lambda tree, split: evaluate(
+    eval_step, tree, split, data.prompts, config.train.eval_batch_size, mesh, multiple
+  )
 
 
 def load_data(config, tokenizer) -> pipeline.FewShotData | generation.GenerationData:
@@ -67,10 +70,11 @@ def load_data(config, tokenizer) -> pipeline.FewShotData | generation.Generation
   return pipeline.load_few_shot(config.data, tokenizer, config.seed, config.model.classifier)
 
 
-def evaluate(eval_fn, params, data: pipeline.Encoded, prompts: dict, batch_size: int, mesh) -> dict:
-  """Accuracy and mean cross-entropy over every example of `data`."""
+def evaluate(eval_fn, params, data: pipeline.Encoded, prompts: dict, batch_size: int, mesh, multiple: int = 0) -> dict:
+  """Accuracy and mean cross-entropy over every example of `data` (batches trimmed to a multiple of
+  `multiple` tokens, pipeline.eval_batches)."""
   totals = {"correct": 0.0, "count": 0.0, "loss_sum": 0.0}
-  for batch in pipeline.eval_batches(data, batch_size):
+  for batch in pipeline.eval_batches(data, batch_size, multiple):
     sums = eval_fn(params, sharding.put_batch(mesh, {**batch, **prompts}))
     totals = {k: totals[k] + float(v) for k, v in jax.device_get(sums).items()}
   return {"accuracy": totals["correct"] / totals["count"], "loss": totals["loss_sum"] / totals["count"]}

@@ -189,3 +189,34 @@ def test_eval_batches_cover_every_example_once(sst2_16shot):
   batches = list(pipeline.eval_batches(sst2_16shot.test, 64))
   assert sum(b["weights"].sum() for b in batches) == len(sst2_16shot.test) == 872
   assert all(b["input_ids"].shape == (64, 64) for b in batches)
+
+
+def test_splits_drop_only_columns_that_are_padding_in_every_example(sst2_config, sst2_16shot, minilm):
+  config = sst2_config.data.copy_and_resolve_references()
+  config.pad_to_multiple_of = 0
+  padded = pipeline.load_few_shot(config, minilm.tokenizer, sst2_config.seed)
+  for split in ("train", "dev", "test"):
+    full, trimmed = getattr(padded, split), getattr(sst2_16shot, split)
+    columns = trimmed.input_ids.shape[1]
+    assert full.input_ids.shape[1] == config.max_length and columns % 16 == 0
+    assert columns - 16 < full.lengths().max() <= columns, split  # the longest example rounded up to 16
+    np.testing.assert_array_equal(trimmed.input_ids, full.input_ids[:, :columns])
+    np.testing.assert_array_equal(trimmed.attention_mask, full.attention_mask[:, :columns])
+    assert not full.attention_mask[:, columns:].any()
+  assert sst2_16shot.train.input_ids.shape[1] < config.max_length  # SST-2's 16-shot sample is shorter
+
+
+def test_bucketed_eval_batches_hold_every_example_once_and_its_every_token(sst2_16shot):
+  test = sst2_16shot.test
+  batches = list(pipeline.eval_batches(test, 64, multiple=16))
+  assert {b["input_ids"].shape[1] for b in batches} == {16, 32, 48, 64}  # SST-2's test sentences: 3 to 55 tokens
+  real = [
+    (tuple(ids[mask == 1]), label)
+    for b in batches
+    for ids, mask, label, w in zip(b["input_ids"], b["attention_mask"], b["labels"], b["weights"])
+    if w
+  ]
+  assert sorted(real) == sorted(
+    (tuple(ids[mask == 1]), label) for ids, mask, label in zip(test.input_ids, test.attention_mask, test.labels)
+  )
+  assert sum(b["input_ids"].size for b in batches) < 0.6 * len(batches) * 64 * 64

@@ -46,6 +46,22 @@ class Encoded:
   def take(self, indices) -> "Encoded":
     return Encoded(*(None if x is None else x[indices] for x in dataclasses.astuple(self)))
 
+  def lengths(self) -> np.ndarray:
+    """(n,) each example's tokens up to its last attended one (the longest of its candidates, causal)."""
+    attended = self.attention_mask.reshape(len(self), -1, self.attention_mask.shape[-1]).any(axis=1)
+    return np.where(attended, np.arange(1, attended.shape[-1] + 1), 0).max(axis=-1)
+
+  def trimmed(self, multiple: int) -> "Encoded":
+    """The same examples without the trailing columns that are padding in every one of them, kept to a
+    multiple of `multiple` tokens (fewer shapes to compile); `multiple` 0 keeps every column."""
+    columns = self.input_ids.shape[-1]
+    if multiple:
+      columns = min(columns, -(-max(int(self.lengths().max(initial=0)), 1) // multiple) * multiple)
+    cut = lambda x: None if x is None else x[..., :columns]
+    return dataclasses.replace(
+      self, input_ids=cut(self.input_ids), attention_mask=cut(self.attention_mask), target_mask=cut(self.target_mask)
+    )
+
 
 @dataclasses.dataclass(frozen=True)
 class FewShotData:
@@ -328,6 +344,13 @@ def validate(config) -> None:
   check(
     d.max_length >= 8, "data.max_length", d.max_length, "8..the checkpoint's positions (512 for BERT, 2048 for OPT)"
   )
+  check(
+    d.pad_to_multiple_of >= 0,
+    "data.pad_to_multiple_of",
+    d.pad_to_multiple_of,
+    "an integer >= 0 (pad each split and evaluation batch to its longest example rounded up to a multiple of "
+    "this; 0: to data.max_length)",
+  )
   for key in ("num_train", "num_dev", "num_test"):
     check(
       d[key] >= 0, f"data.{key}", d[key], "an integer >= 0 (0: k per class for train and dev, the whole test split)"
@@ -339,6 +362,12 @@ def validate(config) -> None:
     f"> 0 exactly when data.num_train > 0 (num_train={d.num_train})",
   )
   demonstrations.validate(config)
+
+
+def padding_multiple(data_config) -> int:
+  """data.pad_to_multiple_of: each split is padded to its longest example rounded up to a multiple of this
+  (0: to data.max_length), and evaluation batches to theirs (eval_batches)."""
+  return getattr(data_config, "pad_to_multiple_of", 0)
 
 
 def load_choice_rows(data_config, tokenizer, seed: int) -> FewShotData:
@@ -356,7 +385,8 @@ def load_choice_rows(data_config, tokenizer, seed: int) -> FewShotData:
     k: encode_choices(tokenizer, task, v, data_config.max_length, choices, prefixes(k, len(v)))
     for k, v in splits.items()
   }
-  return FewShotData(task, encoded["train"], encoded["dev"], encoded["test"], {}, "causal")
+  trim = lambda split: encoded[split].trimmed(padding_multiple(data_config))
+  return FewShotData(task, trim("train"), trim("dev"), trim("test"), {}, "causal")
 
 
 def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") -> FewShotData:
@@ -384,11 +414,12 @@ def load_few_shot(data_config, tokenizer, seed: int, style: str = "similarity") 
   test_idx = fewshot.sample_test(len(test_labels), optional("num_test", 0))
   test = encode(test_rows, test_labels, test_idx, prefixes("test", len(test_idx)))
   n = len(train_idx)
+  trim = lambda split: split.trimmed(padding_multiple(data_config))
   return FewShotData(
     task,
-    encoded.take(np.arange(n)),
-    encoded.take(np.arange(n, len(encoded))),
-    test,
+    trim(encoded.take(np.arange(n))),
+    trim(encoded.take(np.arange(n, len(encoded)))),
+    trim(test),
     prompts(tokenizer, task, style),
     style,
   )
@@ -446,12 +477,15 @@ def whole(data: Encoded) -> dict:
   return _batch(data, np.ones(len(data), np.float32))
 
 
-def eval_batches(data: Encoded, batch_size: int) -> Iterator[dict]:
-  """Fixed-size batches over all of `data`; padding rows carry weight 0."""
+def eval_batches(data: Encoded, batch_size: int, multiple: int = 0) -> Iterator[dict]:
+  """Batches of `batch_size` rows over all of `data`; padding rows carry weight 0. With `multiple` > 0
+  the examples go longest first and each batch is trimmed to its longest, a multiple of `multiple` tokens
+  (Encoded.trimmed): short sentences do not pay for the longest one's padding."""
+  order = np.argsort(-data.lengths(), kind="stable") if multiple else np.arange(len(data))
   for start in range(0, len(data), batch_size):
     indices = np.arange(start, start + batch_size)
     weights = (indices < len(data)).astype(np.float32)
-    yield _batch(data.take(np.minimum(indices, len(data) - 1)), weights)
+    yield _batch(data.take(order[np.minimum(indices, len(data) - 1)]).trimmed(multiple), weights)
 
 
 def example_batch(
