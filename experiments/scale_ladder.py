@@ -3,7 +3,8 @@
   python -m experiments.scale_ladder --workdir=workdirs/ladder [--models=opt-125m,opt-1.3b] [--param_dtype=float16]
 
 For each preset (random weights, fttpu/models/presets.py) and method, `fttpu.bench --model=<preset>`
-times the train step at a small batch (its own process per method, medians after warm-up) and
+times the train step at a small batch (its own process per method, medians after warm-up; the
+smaller presets' ratios the median of three rounds of the methods in turn, fttpu.bench --rounds) and
 records the process's peak RSS. Before a model is benchmarked, `fttpu.plan` sizes each method's
 compiled step (arguments + temporaries + outputs; the forward as the zero_shot method's evaluation);
 a method whose plan exceeds this machine's memory (--memory_gb, default: MemTotal less --reserve_gb)
@@ -32,6 +33,9 @@ from fttpu.errors import ConfigError
 LADDER = ("opt-125m", "roberta-base", "roberta-large", "opt-1.3b", "opt-2.7b", "opt-6.7b", "llama-2-7b")
 METHODS = ("forward", "mezo", "zo:zo.base=lora", "lora", "full")
 FORWARD_PLAN = "zero_shot"  # the method whose step is the forward alone
+# A step of the presets from here up takes tens of seconds to minutes: it averages the machine's drift
+# itself, and three rounds would take hours.
+ONE_ROUND_FROM = 2e9
 flags.DEFINE_string("workdir", "workdirs/ladder", "Where the JSON per model, the table and the plot go.")
 flags.DEFINE_list("models", list(LADDER), "Presets to measure, smallest first.")
 flags.DEFINE_list("methods", list(METHODS), "forward, then methods as fttpu.bench takes them.")
@@ -40,6 +44,12 @@ flags.DEFINE_integer("batch", 4, "Sentences per batch.")
 flags.DEFINE_integer("seq", 64, "Tokens per sentence.")
 flags.DEFINE_integer("steps", 2, "Timed steps after --warmup untimed ones.")
 flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling (a 7B model's mezo step takes minutes here).")
+flags.DEFINE_integer(
+  "rounds",
+  3,
+  "Rounds of the methods in turn per model below 2B parameters (fttpu.bench --rounds); larger: one.",
+  lower_bound=1,
+)
 flags.DEFINE_float("memory_gb", 0.0, "Memory a run may use in GiB; 0 = this machine's MemTotal - --reserve_gb.")
 flags.DEFINE_float("reserve_gb", 2.0, "What --memory_gb=0 leaves to the system and the compiler.")
 FLAGS = flags.FLAGS
@@ -110,6 +120,7 @@ def measure(model: str, memory_gb: float, too_big: set) -> dict:
         f"--seq={FLAGS.seq}",
         f"--steps={FLAGS.steps}",
         f"--warmup={FLAGS.warmup}",
+        f"--rounds={FLAGS.rounds if parameters < ONE_ROUND_FROM else 1}",
       ]
     )
   )
@@ -132,7 +143,7 @@ def figures(record: dict, method: str) -> dict | None:
   param_mb = bench["forward"]["model_params_mb"]
   return {
     "step_s": bench[method]["step_s"],
-    "to_forward": bench[method]["step_s"] / bench["forward"]["step_s"],
+    "to_forward": bench["ratios_to_forward"][method] if method != "forward" else 1.0,
     "rss_to_params": bench[method]["max_rss_mb"] / param_mb,
     "rss_gb": bench[method]["max_rss_mb"] / 1024,
   }
@@ -142,7 +153,8 @@ def table(records: list, memory_gb: float) -> str:
   methods = FLAGS.methods
   lines = [
     f"Random-weight presets in {FLAGS.param_dtype}, batch {FLAGS.batch} x {FLAGS.seq} tokens, median of "
-    f"{FLAGS.steps} steps after {FLAGS.warmup} warm-up, {os.cpu_count()} "
+    f"{FLAGS.steps} steps after {FLAGS.warmup} warm-up (below {ONE_ROUND_FROM / 1e9:.0f}B parameters the median of "
+    f"{FLAGS.rounds} rounds of the methods in turn), {os.cpu_count()} "
     f"CPU cores, {memory_gb:.1f} GiB for a run. Each cell: step time as a multiple of the forward's, and peak "
     "RSS as a multiple of the parameter bytes (GiB).",
     "",

@@ -22,6 +22,10 @@ Meshes: `--mesh=data=8 --mesh=fsdp=8` runs every method once per mesh, over that
 devices when the machine has another number (parameters and state placed by the default sharding
 rules, as fttpu.train places them), and reports each mesh's step time as a ratio to the first
 mesh's: `--mesh=data=1 --mesh=data=8 --mesh=fsdp=8` gives the overhead of sharding on one CPU.
+
+`--rounds=3` runs the whole list three times in turn (forward, mezo, forward, mezo, ...): a shared
+machine's speed drifts between processes by more than the steps within one vary, and a ratio of two
+figures from the same round cancels most of it.
 """
 
 import json
@@ -41,6 +45,12 @@ flags.DEFINE_integer("batch", 16, "Sentences per batch.")
 flags.DEFINE_integer("seq", 64, "Tokens per sentence.")
 flags.DEFINE_integer("steps", 5, "Timed steps after the warm-up steps.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling (the first runs pay for allocation).")
+flags.DEFINE_integer(
+  "rounds",
+  1,
+  "Times to run the list of methods, in turn: each figure is the median round's, each ratio the median of the rounds'.",
+  lower_bound=1,
+)
 flags.DEFINE_integer("classes", 2, "Label descriptions (classes).")
 flags.DEFINE_string("checkpoint", "", "Hugging Face checkpoint directory; '' = the installed MiniLM.")
 flags.DEFINE_string(
@@ -214,35 +224,15 @@ def main(argv):
     "seq": FLAGS.seq,
     "steps": FLAGS.steps,
     "warmup": FLAGS.warmup,
+    "rounds": FLAGS.rounds,
     "cpu_count": os.cpu_count(),
   }
   meshes = FLAGS.mesh
-  for method in FLAGS.methods:
-    for mesh in meshes:
-      command = [
-        sys.executable,
-        "-m",
-        "fttpu.bench",
-        f"--one={method}",
-        f"--one_mesh={mesh}",
-        f"--batch={FLAGS.batch}",
-        f"--seq={FLAGS.seq}",
-        f"--steps={FLAGS.steps}",
-        f"--warmup={FLAGS.warmup}",
-        f"--classes={FLAGS.classes}",
-        f"--checkpoint={FLAGS.checkpoint}",
-        f"--model={FLAGS.model}",
-        f"--param_dtype={FLAGS.param_dtype}",
-      ]
-      result = subprocess.run(command, capture_output=True, text=True)
-      if result.returncode:
-        last = (result.stderr.strip().splitlines() or [""])[-1]
-        raise SystemExit(
-          f"error: benchmark of {method} on mesh {mesh}: {last[len('error: ') :]}"
-          if last.startswith("error: ")
-          else f"benchmark of {method} on mesh {mesh} failed:\n{result.stderr[-3000:]}"
-        )
-      out[method if len(meshes) == 1 else f"{method}@{mesh}"] = json.loads(result.stdout.strip().splitlines()[-1])
+  runs = [(method, mesh) for _ in range(FLAGS.rounds) for method in FLAGS.methods for mesh in meshes]
+  results = {}
+  for method, mesh in runs:
+    results.setdefault(method if len(meshes) == 1 else f"{method}@{mesh}", []).append(run_process(method, mesh))
+  out.update({key: median_round(records) for key, records in results.items()})
   if len(meshes) > 1:
     out["step_ratios_to_first_mesh"] = {
       m: {mesh: round(out[f"{m}@{mesh}"]["step_s"] / out[f"{m}@{meshes[0]}"]["step_s"], 2) for mesh in meshes[1:]}
@@ -250,9 +240,50 @@ def main(argv):
     }
   elif "forward" in out:
     others = [m for m in FLAGS.methods if m != "forward"]
-    out["ratios_to_forward"] = {m: round(out[m]["step_s"] / out["forward"]["step_s"], 2) for m in others}
-    out["rss_ratios_to_forward"] = {m: round(out[m]["max_rss_mb"] / out["forward"]["max_rss_mb"], 3) for m in others}
+    out["ratios_to_forward"] = {m: median_ratio(results[m], results["forward"], "step_s", 2) for m in others}
+    out["rss_ratios_to_forward"] = {m: median_ratio(results[m], results["forward"], "max_rss_mb", 3) for m in others}
   print(json.dumps(out, indent=1))
+
+
+def median_round(records: list) -> dict:
+  """The record of the round with the median step time, with every round's step time beside it."""
+  middle = sorted(records, key=lambda r: r["step_s"])[(len(records) - 1) // 2]
+  return middle if len(records) == 1 else {**middle, "round_step_s": [r["step_s"] for r in records]}
+
+
+def median_ratio(records: list, baselines: list, key: str, digits: int) -> float:
+  """The median over rounds of record / baseline of the same round: the machine's drift between
+  rounds falls on both figures of a round alike."""
+  ratios = sorted(r[key] / b[key] for r, b in zip(records, baselines))
+  return round(ratios[(len(ratios) - 1) // 2], digits)
+
+
+def run_process(method: str, mesh: str) -> dict:
+  """One method on one mesh, measured in a process of its own."""
+  command = [
+    sys.executable,
+    "-m",
+    "fttpu.bench",
+    f"--one={method}",
+    f"--one_mesh={mesh}",
+    f"--batch={FLAGS.batch}",
+    f"--seq={FLAGS.seq}",
+    f"--steps={FLAGS.steps}",
+    f"--warmup={FLAGS.warmup}",
+    f"--classes={FLAGS.classes}",
+    f"--checkpoint={FLAGS.checkpoint}",
+    f"--model={FLAGS.model}",
+    f"--param_dtype={FLAGS.param_dtype}",
+  ]
+  result = subprocess.run(command, capture_output=True, text=True)
+  if result.returncode:
+    last = (result.stderr.strip().splitlines() or [""])[-1]
+    raise SystemExit(
+      f"error: benchmark of {method} on mesh {mesh}: {last[len('error: ') :]}"
+      if last.startswith("error: ")
+      else f"benchmark of {method} on mesh {mesh} failed:\n{result.stderr[-3000:]}"
+    )
+  return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

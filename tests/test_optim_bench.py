@@ -160,6 +160,19 @@ def test_random_params_have_the_modules_shapes_dtypes_and_initial_values():
   assert len(weights) >= 5 and len({w.tobytes() for w in weights}) == len(weights)  # each leaf its own draw
 
 
+def test_bench_rounds_take_the_median_round_and_the_median_of_the_rounds_ratios():
+  """With the machine 1.5x slower in round 2, the ratio of the median figures (2.0 / 1.2) would say 1.67;
+  the rounds' own ratios say 2, 2 and 1.67, whose median is 2."""
+  from fttpu import bench
+
+  forward = [{"step_s": s, "max_rss_mb": 500} for s in (1.0, 1.5, 1.2)]
+  mezo = [{"step_s": s, "max_rss_mb": m} for s, m in ((2.0, 700), (3.0, 800), (2.0, 600))]
+  assert bench.median_round(forward) == {"step_s": 1.2, "max_rss_mb": 500, "round_step_s": [1.0, 1.5, 1.2]}
+  assert bench.median_round(mezo[:1]) == mezo[0]  # one round: the record as it was
+  assert bench.median_ratio(mezo, forward, "step_s", 2) == 2.0
+  assert bench.median_ratio(mezo, forward, "max_rss_mb", 3) == 1.4
+
+
 @pytest.mark.slow  # benches OPT-125m: 84 s here (make test-all; make ladder runs it for real)
 def test_scale_ladder_benches_what_fits_and_says_what_does_not(tmp_path):
   """On OPT-125m in float16 with 1 GiB allowed: MeZO's planned step fits and is measured, full fine-tuning
@@ -177,6 +190,7 @@ def test_scale_ladder_benches_what_fits_and_says_what_does_not(tmp_path):
       "--batch=1",
       "--seq=8",
       "--steps=1",
+      "--rounds=1",
       f"--memory_gb={memory_gb}",
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
