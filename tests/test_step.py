@@ -60,6 +60,23 @@ def test_full_changes_every_parameter_and_lowers_the_training_loss(setup, minilm
   assert np.isfinite(first_metrics["train/loss"]) and loss_after < 0.5 * loss_before, (loss_before, loss_after)
 
 
+def test_padding_to_max_length_changes_neither_the_loss_nor_its_gradient(setup, minilm):
+  """A training batch trimmed to its split's longest example (data.pad_to_multiple_of) and the same batch
+  padded to max_length's 64 tokens: the same loss and gradient, up to float32 rounding."""
+  _, _, loss_fn, data = setup
+  batch = batch_at(data, 0)
+  columns = batch["input_ids"].shape[1]
+  pad = lambda x: np.pad(x, ((0, 0), (0, 64 - columns)))
+  padded = {**batch, "input_ids": pad(batch["input_ids"]), "attention_mask": pad(batch["attention_mask"])}
+  value_and_grad = jax.jit(jax.value_and_grad(lambda params, b: loss_fn(params, b)[0]))
+  (loss, grads), (padded_loss, padded_grads) = (value_and_grad({"model": minilm.params}, b) for b in (batch, padded))
+  assert columns == 48 and float(loss) > 0.1  # SST-2's 16-shot sample: 40 tokens at most
+  np.testing.assert_allclose(padded_loss, loss, rtol=1e-5)
+  largest = max(float(np.abs(g).max()) for g in jax.tree_util.tree_leaves(grads))
+  for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(padded_grads)):
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5 * largest)  # (the key biases' gradient is 0: 1e-11 noise)
+
+
 def test_zero_shot_step_keeps_params_bit_identical_with_no_optimizer_state(minilm, sst2_config, sst2_16shot):
   config = sst2_config.copy_and_resolve_references()
   config.method = "zero_shot"
