@@ -102,8 +102,8 @@ def test_full_optimizer_state_covers_exactly_the_params(minilm, sst2_config):
 
 
 def test_eval_padding_rows_and_columns_do_not_count(setup, minilm):
-  """Accuracy over 20 examples is the same in batches of 20, of 8 (4 padding rows) and of 5, each padded
-  to the split's 64 tokens or trimmed to its own longest example (a multiple of 16)."""
+  """Accuracy over 20 examples is the same in batches of 20, of 8 (4 padding rows) and of 5, padded to the
+  split's 64 tokens, and in batches of 8 trimmed each to its own longest example (a multiple of 16)."""
   from fttpu import train
   from fttpu.sharding import make_mesh
 
@@ -113,8 +113,7 @@ def test_eval_padding_rows_and_columns_do_not_count(setup, minilm):
   subset = data.test.take(np.arange(20))
   results = [
     train.evaluate(eval_step, {"model": minilm.params}, subset, data.prompts, size, make_mesh({"data": -1}), multiple)
-    for size in (20, 8, 5)
-    for multiple in (0, 16)
+    for size, multiple in ((20, 0), (8, 0), (5, 0), (8, 16))
   ]
   assert subset.input_ids.shape[1] == 64 and len({r["accuracy"] for r in results}) == 1
   np.testing.assert_allclose([r["loss"] for r in results], results[0]["loss"], rtol=1e-5)
