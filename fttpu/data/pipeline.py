@@ -1,4 +1,4 @@
-"""Task splits -> tokenized few-shot arrays -> fixed-shape batches.
+"""Task splits -> tokenized few-shot arrays -> batches (one shape per training split, a few for evaluation).
 
 Batches are pure functions of (step, seed): resuming at step s replays exactly the batches
 an uninterrupted run would have seen, with no iterator state to checkpoint.
