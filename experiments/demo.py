@@ -9,7 +9,8 @@ Every method takes its default learning rate of configs/fewshot.py; the autodiff
 AdamW steps, MeZO --zo_steps ZO-SGD steps (two forward passes each, no backward). Writes
 WORKDIR/results.md (test accuracy, step time, trainable parameters, optimizer-state entries, peak
 memory) and WORKDIR/results.png. The runs share one XLA compilation cache (WORKDIR/xla_cache): every
-method evaluates the same merged model, so the evaluation step compiles once.
+method evaluates the same merged model, so each evaluation program (one per batch width,
+data.pad_to_multiple_of) compiles once for all five.
 """
 
 import os

@@ -143,7 +143,7 @@ def figures(record: dict, method: str) -> dict | None:
   param_mb = bench["forward"]["model_params_mb"]
   return {
     "step_s": bench[method]["step_s"],
-    "to_forward": bench["ratios_to_forward"][method] if method != "forward" else 1.0,
+    "to_forward": bench["ratios_to_forward"][method],
     "rss_to_params": bench[method]["max_rss_mb"] / param_mb,
     "rss_gb": bench[method]["max_rss_mb"] / 1024,
   }

@@ -30,6 +30,7 @@ figures from the same round cancels most of it.
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -254,8 +255,7 @@ def median_round(records: list) -> dict:
 def median_ratio(records: list, baselines: list, key: str, digits: int) -> float:
   """The median over rounds of record / baseline of the same round: the machine's drift between
   rounds falls on both figures of a round alike."""
-  ratios = sorted(r[key] / b[key] for r, b in zip(records, baselines))
-  return round(ratios[(len(ratios) - 1) // 2], digits)
+  return round(statistics.median_low(r[key] / b[key] for r, b in zip(records, baselines)), digits)
 
 
 def run_process(method: str, mesh: str) -> dict:

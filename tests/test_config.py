@@ -45,6 +45,7 @@ def test_bad_config_arguments(arg, message):
     ),
     ("data.k", 0, r"data.k=0 is invalid; valid: an integer >= 1"),
     ("data.max_length", 4, r"data.max_length=4 is invalid; valid: 8..the checkpoint's positions"),
+    ("data.pad_to_multiple_of", -16, r"data.pad_to_multiple_of=-16 is invalid; valid: an integer >= 0"),
     ("data.num_train", 1000, r"data.num_dev=0 is invalid; valid: > 0 exactly when data.num_train > 0"),
     ("data.num_test", -1, r"data.num_test=-1 is invalid; valid: an integer >= 0"),
     ("train.steps", -5, r"train.steps=-5 is invalid"),
