@@ -3,8 +3,9 @@
 Three styles (`model.classifier`):
 
 - similarity: each class has a label description ("It was great."); the encoder embeds the
-  sentence and every description (mean pooling over real tokens); logits are scaled cosines
-  (sentence-transformers checkpoints such as MiniLM, which have no LM head).
+  sentence and every description (mean pooling over real tokens) in one pass, their tokens packed
+  together; logits are scaled cosines (sentence-transformers checkpoints such as MiniLM, which have
+  no LM head).
 - mlm: prompt-based masked-LM classification as in LM-BFF and MeZO. The template puts a mask
   token in the input; logits are the MLM logits at the mask over each class's verbalizer word.
 - causal: each class's label word is scored by its mean log-likelihood after the prompt under
@@ -48,17 +49,26 @@ def apply_model(module, params, noise, ids, mask, rng, **kwargs):
 
 
 def make_embed_fn(module) -> Callable:
-  """embed(model params, ids, mask, rng=None, noise=None) -> unit-norm mean-pooled features (n, hidden).
+  """embed(model params, ids, mask, rng=None, noise=None) -> unit-norm mean-pooled features (n, hidden),
+  or a tuple of them for tuples of ids and masks (encoded in one pass, see transformer.stack_layers).
 
   `noise` is a zeroth-order perturbation of the params (a `noise` collection, see
   fttpu/models/perturbation.py), added where each parameter is read.
   """
 
   def embed(params, ids, mask, rng=None, noise=None):
-    pooled = mean_pool(apply_model(module, params, noise, ids, mask, rng), mask)
-    return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+    hidden = apply_model(module, params, noise, ids, mask, rng)
+    if isinstance(ids, tuple):  # streams (transformer.stack_layers): one pass, a tuple of features
+      return tuple(unit_mean_pool(h, m) for h, m in zip(hidden, mask))
+    return unit_mean_pool(hidden, mask)
 
   return embed
+
+
+def unit_mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """mean_pool scaled to unit length."""
+  pooled = mean_pool(hidden, mask)
+  return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
 
 def mask_positions(batch: dict) -> jax.Array:
@@ -97,12 +107,16 @@ def _similarity(module, scale: float) -> Classifier:
   embed = make_embed_fn(module)
 
   def logits(tree, batch, rng=None):
-    sentence_rng, label_rng = (None, None) if rng is None else jax.random.split(rng)
     noise = tree.get("noise")
-    sentences = embed(tree["model"], batch["input_ids"], batch["attention_mask"], sentence_rng, noise)
     if "head" in tree:
-      return _head_logits(tree, sentences)
-    labels = embed(tree["model"], batch["label_input_ids"], batch["label_attention_mask"], label_rng, noise)
+      return _head_logits(tree, embed(tree["model"], batch["input_ids"], batch["attention_mask"], rng, noise))
+    sentences, labels = embed(
+      tree["model"],
+      (batch["input_ids"], batch["label_input_ids"]),
+      (batch["attention_mask"], batch["label_attention_mask"]),
+      rng,
+      noise,
+    )
     return scale * sentences @ labels.T
 
   def zero_shot_head(params, batch):

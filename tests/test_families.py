@@ -231,3 +231,62 @@ def test_every_parameter_has_logical_axis_names(pair):
     assert (spec[0] == "layers") == (key_path[0].key == "layers"), jax.tree_util.keystr(key_path)
   kernel = specs["layers"]["query"]["kernel"]
   assert tuple(kernel) == ("layers", "embed", "heads", "kv")
+
+
+def hidden_states(loaded, params, streams, noise=None):
+  """The hidden states of each (ids, mask) in `streams`: one packed pass when there are several."""
+  variables = {"params": params} if noise is None else {"params": params, "noise": noise}
+  ids, masks = (tuple(jnp.asarray(s[i]) for s in streams) for i in (0, 1))
+  return loaded.module.apply(variables, ids if len(ids) > 1 else ids[0], masks if len(masks) > 1 else masks[0])
+
+
+@pytest.mark.quick_compile
+def test_several_streams_in_one_pass_equal_each_alone_perturbed_and_differentiated(pair, monkeypatch):
+  """The similarity classifier encodes the sentences and the label descriptions (batches of other
+  shapes) in one pass, their tokens packed through the layers (or, on BERT, one after the other as
+  where the mesh splits the batch): each stream's hidden states under a zeroth-order perturbation, and
+  the gradient through both, equal those of encoding each batch alone."""
+  from fttpu.methods import masks, zo
+  from fttpu.models import transformer
+
+  family, _, path = pair
+  loaded = models.load(family, path)
+  pad = loaded.config.pad_token_id
+  streams = (
+    padded_batch(pad),
+    (np.array([[5, 9, 7, 4, pad], [8, 6, pad, pad, pad]], np.int32), np.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])),
+  )
+  tree = {"model": loaded.params}
+  noise = zo.perturb(tree, zo.draw_noise(tree, masks.label_all(tree, masks.TRAIN), jax.random.key(1), "gaussian"), 0.05)
+
+  def pooled_product(params, hiddens):
+    first, second = (h.astype(jnp.float32).mean(1) for h in hiddens(params))
+    return jnp.sum(first @ second.T)
+
+  @jax.jit
+  def both_ways(params, noise):
+    """(together, alone): each way's perturbed hidden states and gradient."""
+    together = lambda params, noise=None: hidden_states(loaded, params, streams, noise)
+    alone = lambda params, noise=None: [hidden_states(loaded, params, (stream,), noise) for stream in streams]
+    return [(way(params, noise), jax.grad(pooled_product)(params, way)) for way in (together, alone)]
+
+  for split in (False, True) if family == "bert" else (False,):
+    monkeypatch.setattr(transformer, "batch_is_split", lambda: split)
+    (joint, joint_grad), (alone, alone_grad) = both_ways(loaded.params, noise["noise"])
+    for (_, mask), a, b in zip(streams, joint, alone):
+      np.testing.assert_allclose(np.asarray(a)[mask > 0], np.asarray(b)[mask > 0], atol=2e-5, rtol=0)
+    for a, b in zip(jax.tree.leaves(joint_grad), jax.tree.leaves(alone_grad)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(joint_grad)) > 1e-3  # a real gradient
+    both_ways = jax.jit(both_ways.__wrapped__)  # traced again with the other setting
+
+
+def test_streams_are_packed_unless_the_mesh_splits_the_batch():
+  from jax.sharding import AbstractMesh, AxisType
+  from fttpu.models import transformer
+
+  assert not transformer.batch_is_split()
+  for sizes, split in (((1, 1, 4), False), ((2, 1, 1), True), ((1, 2, 2), True)):
+    mesh = AbstractMesh(sizes, ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+    with jax.sharding.use_abstract_mesh(mesh):
+      assert transformer.batch_is_split() == split, sizes

@@ -19,7 +19,8 @@ class BertEncoder(nn.Module):
   """Token ids and attention mask -> `output`: "hidden" states (batch, length, hidden); "features",
   the MLM head's transformed states before the word projection; or "logits", the MLM logits
   (float32). With `positions` (one per row) the head runs there only, and with `vocab_ids` over
-  those words only (a verbalizer)."""
+  those words only (a verbalizer). Tuples of ids and masks (streams, see transformer.stack_layers)
+  give a tuple of hidden states."""
 
   config: ModelConfig
 
@@ -36,21 +37,30 @@ class BertEncoder(nn.Module):
   ):
     c = self.config
     dtype, param_dtype = c.compute_dtype, c.storage_dtype
-    if c.positions_from_ids:  # RoBERTa: pad + cumulative count of real tokens; pads get pad
-      real = (input_ids != c.pad_token_id).astype(jnp.int32)
-      token_positions = jnp.cumsum(real, axis=-1) * real + c.pad_token_id
-    else:
-      token_positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
     word = Embed(c.vocab_size, c.hidden_size, "vocab", dtype, param_dtype, name="word")
-    embedded = (
-      word(input_ids)
-      + Embed(c.max_positions, c.hidden_size, None, dtype, param_dtype, name="position")(token_positions)
-      + Embed(c.type_vocab_size, c.hidden_size, None, dtype, param_dtype, name="token_type")(jnp.zeros_like(input_ids))
-    )
-    hidden = LayerNorm(c.norm_eps, dtype, param_dtype, name="embedding_norm")(embedded)
-    hidden = Dropout(c.hidden_dropout, deterministic)(hidden)
-    bias = transformer.attention_bias(attention_mask, False, dtype)
-    hidden = transformer.stack_layers(c, deterministic, hidden, bias, token_positions)
+    position = Embed(c.max_positions, c.hidden_size, None, dtype, param_dtype, name="position")
+    token_type = Embed(c.type_vocab_size, c.hidden_size, None, dtype, param_dtype, name="token_type")
+    embedding_norm = LayerNorm(c.norm_eps, dtype, param_dtype, name="embedding_norm")
+    embedding_dropout = Dropout(c.hidden_dropout, deterministic)
+
+    def embed(input_ids):
+      """(hidden, token positions) of one batch."""
+      if c.positions_from_ids:  # RoBERTa: pad + cumulative count of real tokens; pads get pad
+        real = (input_ids != c.pad_token_id).astype(jnp.int32)
+        token_positions = jnp.cumsum(real, axis=-1) * real + c.pad_token_id
+      else:
+        token_positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+      embedded = word(input_ids) + position(token_positions) + token_type(jnp.zeros_like(input_ids))
+      return embedding_dropout(embedding_norm(embedded)), token_positions
+
+    bias = lambda mask: transformer.attention_bias(mask, False, dtype)
+    if isinstance(input_ids, tuple):  # streams: batches of different shapes through one pass (stack_layers)
+      if output != "hidden":
+        raise ValueError(f"output={output!r} with several streams of ids; valid: 'hidden'")
+      hidden, token_positions = zip(*map(embed, input_ids))
+      return transformer.stack_layers(c, deterministic, hidden, tuple(map(bias, attention_mask)), token_positions)
+    hidden, token_positions = embed(input_ids)
+    hidden = transformer.stack_layers(c, deterministic, hidden, bias(attention_mask), token_positions)
     if not c.lm_head or (output == "hidden" and not self.is_initializing()):
       return hidden
     # The MLM head: transform, then the tied word embeddings (only the rows asked for) plus a bias.

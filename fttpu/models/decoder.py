@@ -38,7 +38,8 @@ class Decoder(nn.Module):
 
   `token_positions` (batch, length): the position of each token (default: OPT counts real tokens,
   Llama counts columns). With `cache_index` (decoding) the tokens are written to the `cache` collection
-  from that slot on and `attention_mask` (batch, cache length) says which cache slots hold real tokens."""
+  from that slot on and `attention_mask` (batch, cache length) says which cache slots hold real tokens.
+  Tuples of ids and masks (streams, see transformer.stack_layers) give a tuple of hidden states."""
 
   config: ModelConfig
 
@@ -57,26 +58,39 @@ class Decoder(nn.Module):
   ):
     c = self.config
     dtype, param_dtype = c.compute_dtype, c.storage_dtype
+    word = Embed(c.vocab_size, c.hidden_size, "vocab", dtype, param_dtype, name="word")
+    position = (
+      Embed(c.max_positions, c.hidden_size, None, dtype, param_dtype, name="position") if c.position_offset else None
+    )
+    embedding_dropout = Dropout(c.hidden_dropout, deterministic)
+    final_norm = (
+      (RMSNorm if c.rms_norm else LayerNorm)(c.norm_eps, dtype, param_dtype, name="final_norm")
+      if c.final_norm
+      else None
+    )
+
+    def embed(input_ids, token_positions):
+      hidden = word(input_ids)
+      if position is not None:
+        hidden = hidden + position(token_positions + c.position_offset)
+      return embedding_dropout(hidden)
+
+    finish = lambda hidden: hidden if final_norm is None else final_norm(hidden)
+    if isinstance(input_ids, tuple):  # streams: batches of different shapes through one pass (stack_layers)
+      if output != "hidden" or token_positions is not None or cache_index is not None:
+        raise ValueError("several streams of ids take output='hidden' and neither token_positions nor cache_index")
+      token_positions = tuple(default_positions(c, ids, mask) for ids, mask in zip(input_ids, attention_mask))
+      hidden = tuple(map(embed, input_ids, token_positions))
+      bias = tuple(transformer.attention_bias(mask, True, dtype) for mask in attention_mask)
+      return tuple(map(finish, transformer.stack_layers(c, deterministic, hidden, bias, token_positions)))
     if token_positions is None:
       token_positions = default_positions(c, input_ids, attention_mask)
-    word = Embed(c.vocab_size, c.hidden_size, "vocab", dtype, param_dtype, name="word")
-    hidden = word(input_ids)
-    if c.position_offset:
-      hidden = hidden + Embed(c.max_positions, c.hidden_size, None, dtype, param_dtype, name="position")(
-        token_positions + c.position_offset
-      )
-    hidden = Dropout(c.hidden_dropout, deterministic)(hidden)
+    hidden = embed(input_ids, token_positions)
     if cache_index is None:
       bias = transformer.attention_bias(attention_mask, True, dtype)
     else:
       bias = transformer.cache_attention_bias(attention_mask, cache_index, input_ids.shape[-1])
-    hidden = transformer.stack_layers(c, deterministic, hidden, bias, token_positions, cache_index)
-    if c.final_norm:
-      hidden = (
-        RMSNorm(c.norm_eps, dtype, param_dtype, name="final_norm")
-        if c.rms_norm
-        else LayerNorm(c.norm_eps, dtype, param_dtype, name="final_norm")
-      )(hidden)
+    hidden = finish(transformer.stack_layers(c, deterministic, hidden, bias, token_positions, cache_index))
     if output == "features":
       return transformer.gather_positions(hidden, positions)
     if output == "hidden" and not self.is_initializing():

@@ -21,6 +21,7 @@ attends over the whole cache (stacked on the layer axis by the scan like `params
 """
 
 import dataclasses
+import itertools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 
 from fttpu.errors import check
 from fttpu.models import quantize as quantization
-from fttpu.models.layers import Dropout, LayerNorm, RMSNorm, axes, dropout
+from fttpu.models.layers import BATCH_AXES, Dropout, LayerNorm, RMSNorm, axes, dropout
 from fttpu.models.perturbation import perturbed
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -241,10 +242,16 @@ def attention_bias(attention_mask: jax.Array, causal: bool, dtype) -> jax.Array:
 class Layer(nn.Module):
   """One transformer block; (hidden, (bias, positions, cache_index)) -> (hidden, None), to be scanned.
   With a `cache` collection (decoding) the keys and values are written into it at `cache_index` and
-  attention reads the whole cache."""
+  attention reads the whole cache.
+
+  `streams` (packed mode): the (batch, length) of several batches whose tokens come packed in one
+  hidden of shape (tokens, hidden), with a tuple of biases and positions, one per stream. Every
+  projection then reads its weight once for all streams (one matmul; a zeroth-order step draws the
+  weight's noise once) and only attention runs per stream (`stack_layers` packs and unpacks)."""
 
   config: ModelConfig
   deterministic: bool
+  streams: tuple = ()
 
   @nn.compact
   def __call__(self, hidden, inputs):
@@ -265,6 +272,34 @@ class Layer(nn.Module):
     q = project((c.num_heads, c.head_dim), ("embed", "heads", "kv"), "query")(x)
     k = project((c.num_kv_heads, c.head_dim), ("embed", "heads", "kv"), "key")(x)
     v = project((c.num_kv_heads, c.head_dim), ("embed", "heads", "kv"), "value")(x)
+    attention_drop = drop(c.attention_dropout)
+    if self.streams:
+      split = lambda t: split_streams(t, self.streams)
+      streams = zip(split(q), split(k), split(v), bias, positions)
+      context = pack_streams([self.attend(attention_drop, *stream) for stream in streams])
+    else:
+      context = self.attend(attention_drop, q, k, v, bias, positions, cache_index)
+    attended = project((c.hidden_size,), ("heads", "kv", "embed"), "attention_out", 2)(context)
+    hidden = hidden + drop(c.hidden_dropout)(attended)
+    if not c.pre_norm:
+      hidden = norm("attention_norm")(hidden)
+
+    x = norm("mlp_norm")(hidden) if c.pre_norm else hidden
+    inner = project((c.intermediate_size,), ("embed", "mlp"), "mlp_in")(x)
+    if c.gated_mlp:
+      inner = ACTIVATIONS[c.hidden_act](project((c.intermediate_size,), ("embed", "mlp"), "mlp_gate")(x)) * inner
+    else:
+      inner = ACTIVATIONS[c.hidden_act](inner)
+    out = project((c.hidden_size,), ("mlp", "embed"), "mlp_out")(inner)
+    hidden = hidden + drop(c.hidden_dropout)(out)
+    if not c.pre_norm:
+      hidden = norm("mlp_norm")(hidden)
+    return hidden.astype(dtype), None
+
+  def attend(self, drop, q, k, v, bias, positions, cache_index=None):
+    """Attention of one batch: q, k, v (batch, length, heads, head_dim) -> context, q's shape; `drop`
+    is the attention dropout."""
+    c = self.config
     if c.rotary_theta:
       q, k = rotary(q, positions, c.rotary_theta), rotary(k, positions, c.rotary_theta)
     self.sow("intermediates", "key_states", k)  # read by prefix tuning's initialisation
@@ -284,42 +319,56 @@ class Layer(nn.Module):
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
       k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(c.head_dim)
-    probs = jax.nn.softmax(scores + bias, axis=-1).astype(dtype)
-    probs = drop(c.attention_dropout)(probs)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    attended = project((c.hidden_size,), ("heads", "kv", "embed"), "attention_out", 2)(context)
-    hidden = hidden + drop(c.hidden_dropout)(attended)
-    if not c.pre_norm:
-      hidden = norm("attention_norm")(hidden)
+    probs = drop(jax.nn.softmax(scores + bias, axis=-1).astype(q.dtype))
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
-    x = norm("mlp_norm")(hidden) if c.pre_norm else hidden
-    inner = project((c.intermediate_size,), ("embed", "mlp"), "mlp_in")(x)
-    if c.gated_mlp:
-      inner = ACTIVATIONS[c.hidden_act](project((c.intermediate_size,), ("embed", "mlp"), "mlp_gate")(x)) * inner
-    else:
-      inner = ACTIVATIONS[c.hidden_act](inner)
-    out = project((c.hidden_size,), ("mlp", "embed"), "mlp_out")(inner)
-    hidden = hidden + drop(c.hidden_dropout)(out)
-    if not c.pre_norm:
-      hidden = norm("mlp_norm")(hidden)
-    return hidden.astype(dtype), None
+
+def pack_streams(streams) -> jax.Array:
+  """Arrays (batch_i, length_i, ...) -> one (sum of batch_i * length_i, ...) of their tokens in order."""
+  return jnp.concatenate([s.reshape((-1,) + s.shape[2:]) for s in streams], axis=0)
+
+
+def split_streams(packed: jax.Array, shapes: tuple) -> list:
+  """The inverse of pack_streams: the (batch, length, ...) arrays of `shapes` ((batch, length) each)."""
+  sizes = [batch * length for batch, length in shapes]
+  parts = jnp.split(packed, list(itertools.accumulate(sizes))[:-1], axis=0)
+  return [part.reshape(shape + packed.shape[1:]) for part, shape in zip(parts, shapes)]
+
+
+def batch_is_split() -> bool:
+  """Whether the mesh the step is traced under splits a batch over devices (see layers.split_rows_for_logits)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and any(mesh.shape[a] > 1 for a in BATCH_AXES if a in mesh.axis_names)
 
 
 def stack_layers(config: ModelConfig, deterministic: bool, hidden, bias, positions, cache_index=None):
   """The L layers as one scanned module named "layers" (parameters stacked on a leading "layers" axis,
-  and a decoding `cache` too)."""
+  and a decoding `cache` too).
+
+  Given tuples (one hidden, bias and positions per stream: batches of different shapes, such as the
+  sentences and the label descriptions of the similarity classifier) it returns a tuple of hiddens:
+  the streams' tokens go through the layers packed together (`Layer.streams`), so each weight is read
+  once for all. Where the mesh splits a batch over devices the streams run one after the other
+  instead: packed, the sentences' shards and the replicated label descriptions would meet in one array
+  and be resharded at every layer."""
   policy = REMAT_POLICIES[config.remat]
   layer = Layer if policy is None else nn.remat(Layer, policy=policy, prevent_cse=False)  # scan keeps CSE apart
-  layers = nn.scan(
+  scanned = lambda streams=(): nn.scan(
     layer,
     variable_axes={"params": 0, "intermediates": 0, "noise": 0, "cache": 0},
     split_rngs={"params": True, "dropout": True},
     in_axes=nn.broadcast,
     length=config.num_layers,
     metadata_params={nn.PARTITION_NAME: "layers"},
-  )
-  hidden, _ = layers(config, deterministic, name="layers")(hidden, (bias, positions, cache_index))
-  return hidden
+  )(config, deterministic, streams, name="layers")
+  if not isinstance(hidden, tuple):
+    return scanned()(hidden, (bias, positions, cache_index))[0]
+  if batch_is_split():
+    layers = scanned()
+    return tuple(layers(h, (b, p, None))[0] for h, b, p in zip(hidden, bias, positions))
+  shapes = tuple(h.shape[:2] for h in hidden)
+  packed, _ = scanned(shapes)(pack_streams(hidden), (bias, positions, None))
+  return tuple(split_streams(packed, shapes))
 
 
 def gather_positions(hidden: jax.Array, positions: Optional[jax.Array]) -> jax.Array:
