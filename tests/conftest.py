@@ -203,6 +203,9 @@ REMAT_FAST = (("roberta", "full"), ("llama", "full"))
 # Methods that only choose which leaves train (whole layers, LISA's sampled layers, SpIEL's entries): the
 # same labels on every family, so `make test` runs them on RoBERTa and `make test-all` on Llama too.
 LABEL_ONLY_METHODS = ("layers", "lisa", "spiel")
+# Packed streams: RoBERTa runs BERT's encoder and OPT Llama's decoder path (other positions), so `make test`
+# checks bert and llama and leaves these to `make test-all`.
+STREAMS_SHARED_CODE_FAMILIES = ("roberta", "opt")
 
 
 # The files that take 10 s or more, longest first (measured; only the order depends on it). `make test`
@@ -248,7 +251,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def only_in_test_all(item) -> bool:
-  """The cells of the family x method matrices that `make test` leaves to `make test-all` (above)."""
+  """The cells of the family x method matrices (and of the packed-streams test over families) that `make
+  test` leaves to `make test-all` (above)."""
   params = getattr(getattr(item, "callspec", None), "params", {})
   family, method = params.get("family_setup"), params.get("method_name")
   if item.originalname == "test_every_method_trains_its_leaves_on_every_family":
@@ -257,4 +261,6 @@ def only_in_test_all(item) -> bool:
     return family == "llama" and method in LABEL_ONLY_METHODS
   if item.originalname == "test_every_remat_policy_gives_the_gradients_of_none":
     return (family, method) not in REMAT_FAST
+  if item.originalname == "test_several_streams_in_one_pass_equal_each_alone_perturbed_and_differentiated":
+    return params.get("pair") in STREAMS_SHARED_CODE_FAMILIES
   return False
