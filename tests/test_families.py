@@ -290,3 +290,14 @@ def test_streams_are_packed_unless_the_mesh_splits_the_batch():
     mesh = AbstractMesh(sizes, ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
     with jax.sharding.use_abstract_mesh(mesh):
       assert transformer.batch_is_split() == split, sizes
+
+
+def test_exact_gelu_is_pytorchs_in_value_and_jaxs_in_gradient():
+  from fttpu.models import transformer
+
+  x = np.linspace(-10, 10, 20001, dtype=np.float32)
+  ours = np.asarray(transformer.ACTIVATIONS["gelu"](jnp.asarray(x)))
+  np.testing.assert_allclose(ours, torch.nn.functional.gelu(torch.from_numpy(x)).numpy(), atol=2e-6, rtol=0)
+  grad = jax.vmap(jax.grad(transformer.ACTIVATIONS["gelu"]))(jnp.asarray(x))
+  reference = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(reference), atol=2e-6, rtol=0)

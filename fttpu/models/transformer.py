@@ -22,11 +22,13 @@ attends over the whole cache (stacked on the layer axis by the scan like `params
 
 import dataclasses
 import itertools
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fttpu.errors import check
 from fttpu.models import quantize as quantization
@@ -44,8 +46,17 @@ REMAT_POLICIES = {
   "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # projections, not attention
 }
 
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU as PyTorch computes it, x / 2 * (1 + erf(x / sqrt 2)) in float32: jax.nn.gelu's exact form goes
+  through erfc, which on CPU cost 3.5x erf (1.50 against 0.43 ms on MiniLM's 1040 x 1536 MLP activations;
+  the two differ by at most 1e-6, at large negative x where both are ~0)."""
+  x32 = x.astype(jnp.float32)
+  return (x32 * (0.5 + 0.5 * jax.lax.erf(x32 * np.float32(math.sqrt(0.5))))).astype(x.dtype)
+
+
 ACTIVATIONS = {
-  "gelu": lambda x: nn.gelu(x, approximate=False),
+  "gelu": gelu,
   "gelu_new": lambda x: nn.gelu(x, approximate=True),
   "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
   "relu": nn.relu,
