@@ -271,7 +271,7 @@ def test_several_streams_in_one_pass_equal_each_alone_perturbed_and_differentiat
     return [(way(params, noise), jax.grad(pooled_product)(params, way)) for way in (together, alone)]
 
   for split in (False, True) if family == "bert" else (False,):
-    monkeypatch.setattr(transformer, "batch_is_split", lambda: split)
+    monkeypatch.setattr(transformer, "batch_split_axes", lambda: ("data",) if split else ())
     (joint, joint_grad), (alone, alone_grad) = both_ways(loaded.params, noise["noise"])
     for (_, mask), a, b in zip(streams, joint, alone):
       np.testing.assert_allclose(np.asarray(a)[mask > 0], np.asarray(b)[mask > 0], atol=2e-5, rtol=0)
@@ -283,13 +283,13 @@ def test_several_streams_in_one_pass_equal_each_alone_perturbed_and_differentiat
 
 def test_streams_are_packed_unless_the_mesh_splits_the_batch():
   from jax.sharding import AbstractMesh, AxisType
-  from fttpu.models import transformer
+  from fttpu.models import layers
 
-  assert not transformer.batch_is_split()
-  for sizes, split in (((1, 1, 4), False), ((2, 1, 1), True), ((1, 2, 2), True)):
+  assert layers.batch_split_axes() == ()
+  for sizes, split in (((1, 1, 4), ()), ((2, 1, 1), ("data",)), ((1, 2, 2), ("fsdp",)), ((2, 2, 1), ("data", "fsdp"))):
     mesh = AbstractMesh(sizes, ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
     with jax.sharding.use_abstract_mesh(mesh):
-      assert transformer.batch_is_split() == split, sizes
+      assert layers.batch_split_axes() == split, sizes
 
 
 def test_exact_gelu_is_pytorchs_in_value_and_jaxs_in_gradient():

@@ -28,13 +28,20 @@ def split_rows_for_logits(x: jax.Array) -> jax.Array:
   the whole table instead (vocab x hidden), which costs more than the whole batch's logits (tokens x
   vocab) where the batch has fewer tokens than the hidden size (COPA's 16 x 2 x 64: 2.5 GiB against 0.9),
   so such a batch is left as it is."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or x.size // x.shape[-1] <= x.shape[-1]:
+  axes = batch_split_axes()
+  if not axes or x.size // x.shape[-1] <= x.shape[-1]:
     return x
-  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
-  if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+  mesh = jax.sharding.get_abstract_mesh()
+  if x.shape[0] % math.prod(mesh.shape[a] for a in axes):
     return x
   return jax.lax.with_sharding_constraint(x, P(axes))
+
+
+def batch_split_axes() -> tuple:
+  """The batch axes (data, fsdp) over which the mesh the step is traced under splits a batch: those of
+  size > 1; () outside a mesh."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return () if mesh.empty else tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
 
 
 def keep_mask(key: jax.Array, rate, shape: tuple) -> jax.Array:

@@ -32,7 +32,7 @@ import numpy as np
 
 from fttpu.errors import check
 from fttpu.models import quantize as quantization
-from fttpu.models.layers import BATCH_AXES, Dropout, LayerNorm, RMSNorm, axes, dropout
+from fttpu.models.layers import Dropout, LayerNorm, RMSNorm, axes, batch_split_axes, dropout
 from fttpu.models.perturbation import perturbed
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -346,12 +346,6 @@ def split_streams(packed: jax.Array, shapes: tuple) -> list:
   return [part.reshape(shape + packed.shape[1:]) for part, shape in zip(parts, shapes)]
 
 
-def batch_is_split() -> bool:
-  """Whether the mesh the step is traced under splits a batch over devices (see layers.split_rows_for_logits)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return not mesh.empty and any(mesh.shape[a] > 1 for a in BATCH_AXES if a in mesh.axis_names)
-
-
 def stack_layers(config: ModelConfig, deterministic: bool, hidden, bias, positions, cache_index=None):
   """The L layers as one scanned module named "layers" (parameters stacked on a leading "layers" axis,
   and a decoding `cache` too).
@@ -374,7 +368,7 @@ def stack_layers(config: ModelConfig, deterministic: bool, hidden, bias, positio
   )(config, deterministic, streams, name="layers")
   if not isinstance(hidden, tuple):
     return scanned()(hidden, (bias, positions, cache_index))[0]
-  if batch_is_split():
+  if batch_split_axes():
     layers = scanned()
     return tuple(layers(h, (b, p, None))[0] for h, b, p in zip(hidden, bias, positions))
   shapes = tuple(h.shape[:2] for h in hidden)
