@@ -186,6 +186,35 @@ def test_stochastic_rounding_is_unbiased_where_nearest_rounding_loses_the_update
   assert abs(values.mean() - (1.0 + update)) < 5 * standard_error
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_stochastic_rounding_lands_on_a_neighbour_with_the_probability_that_keeps_the_mean(dtype):
+  """Over both signs and every binade the dtype has (float16's subnormals and the range below its smallest
+  one included): each result is one of x's two neighbours in the dtype, and the mean of 4000 roundings of
+  x sits within 5 standard errors of x. NaN and infinities pass through."""
+  import jax.numpy as jnp
+
+  info = jnp.finfo(dtype)
+  exponents = np.random.default_rng(0).uniform(info.minexp - info.nmant - 2, 15, 1000)
+  signs = np.where(np.arange(1000) % 2, 1.0, -1.0)
+  x = (signs * 2.0**exponents).astype(np.float32)
+  draws = 4000
+  rounded = masks.stochastic_round(jnp.asarray(np.repeat(x[:, None], draws, 1)), dtype, jax.random.key(0))
+  rounded = np.asarray(rounded.astype(jnp.float32), np.float64)
+  # the neighbours in numpy (ml_dtypes): XLA's CPU backend flushes subnormal operands of its comparisons to zero
+  nearest = x.astype(jnp.dtype(dtype))
+  other = np.nextafter(nearest, np.where(nearest.astype(np.float32) < x, np.inf, -np.inf).astype(nearest.dtype))
+  nearest, other = nearest.astype(np.float64), other.astype(np.float64)
+  assert np.all((rounded == nearest[:, None]) | (rounded == other[:, None]))
+  gap = np.abs(other - nearest)
+  p = np.abs(x - nearest) / np.where(gap > 0, gap, 1)
+  standard_error = gap * np.sqrt(np.maximum(p * (1 - p), 1 / draws) / draws)
+  assert np.all(np.abs(rounded.mean(1) - x) < 5 * standard_error + 1e-12 * np.abs(x))
+  assert 0.05 < np.mean(rounded != nearest[:, None]) < 0.45  # both neighbours are taken
+  special = jnp.array([np.nan, np.inf, -np.inf, 0.0], jnp.float32)
+  out = np.asarray(masks.stochastic_round(special, dtype, jax.random.key(1)).astype(jnp.float32))
+  assert np.isnan(out[0]) and out[1] == np.inf and out[2] == -np.inf and out[3] == 0.0
+
+
 def test_the_rounding_dither_is_uniform_and_independent_across_entries_and_keys():
   """The hashed uniforms stochastic rounding uses: 16 equal bins over 2^20 entries of a 2-d leaf each hold
   1/16 within 5 standard errors, neighbouring entries (along either axis) and two keys are uncorrelated
