@@ -95,7 +95,7 @@ def test_noise_is_independent_across_samples_steps_leaves_and_within_each_draw(k
       assert abs(np.corrcoef(base**power, other**power)[0, 1]) < 5 / np.sqrt(size), (label, power)
   if kind == "gaussian":
     u = np.linspace(-1, 1, 10001, dtype=np.float32)
-    np.testing.assert_allclose(perturbation.sin_half_period(jnp.asarray(u)), np.sin(np.pi * u / 2), rtol=0, atol=5e-6)
+    np.testing.assert_allclose(perturbation.sin_half_period(jnp.asarray(u)), np.sin(np.pi * u / 2), rtol=0, atol=1e-6)
     assert stats.kstest(base, "norm").pvalue > 1e-3
     for order, moment in ((1, 0), (2, 1), (3, 0), (4, 3), (6, 15)):
       spread = np.sqrt(stats.norm.moment(2 * order) - moment**2)  # the standard error of the sample moment
