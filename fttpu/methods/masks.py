@@ -104,13 +104,13 @@ def apply_updates(params, updates, labels, key):
   )
 
 
-def hashed_uniform(key: jax.Array, shape: tuple) -> jax.Array:
-  """Uniform [0, 1) floats (24 random bits) per entry, a hash of the entry's position and one draw of
-  `key` (perturbation.entry_bits). Element-wise, so it fuses into its consumer: jax.random.uniform of a
-  leaf's shape is a stored array of the leaf's size on CPU (threefry runs as a loop), several GiB per
-  step for a billion-parameter model. Positions past 2^32 wrap (their dither repeats), harmless here."""
-  bits = perturbation.entry_bits(jax.random.bits(key, (2,), jnp.uint32), shape)
-  return (bits >> 8).astype(jnp.float32) * (1.0 / 2**24)
+def rounding_bits(key: jax.Array, shape: tuple) -> jax.Array:
+  """32 random bits (uint32) per entry of `shape` for stochastic rounding: a hash of the entry's position
+  and one draw of `key` (perturbation.entry_bits). Element-wise, so it fuses into its consumer:
+  jax.random.bits of a leaf's shape is a stored array of the leaf's size on CPU (threefry runs as a loop),
+  several GiB per step for a billion-parameter model. Positions past 2^32 wrap (their dither repeats),
+  harmless here."""
+  return perturbation.entry_bits(jax.random.bits(key, (2,), jnp.uint32), shape)
 
 
 def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
@@ -120,9 +120,9 @@ def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
   On the bits: adding a random integer below 2^d to the magnitude's bits and clearing their low d bits,
   d the float32 mantissa bits `dtype` lacks (16 for bfloat16, 13 for float16; more in float16's
   subnormal range, whose spacing stays 2^-24), carries into the kept bits with probability exactly
-  the dropped fraction. Integer arithmetic only: a third of the element-wise cost of rounding to
-  nearest, stepping with nextafter and comparing a uniform to the gap (0.77 -> 0.47 ns an entry of a
-  float16 update in place on this CPU, the hash included)."""
+  the dropped fraction. Integer arithmetic in place of rounding to nearest, stepping with nextafter
+  and comparing a uniform to the gap: 0.77 -> 0.60 ns an entry of a float16 update in place on this
+  CPU, the hash included (experiments/noise_cost.py)."""
   info = jnp.finfo(dtype)
   lacking = 23 - info.nmant
   raw = jax.lax.bitcast_convert_type(x, jnp.uint32)
@@ -133,7 +133,7 @@ def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
     low = (jnp.uint32(1) << dropped) - 1
   else:  # bfloat16 shares float32's exponents: the same 16 bits everywhere
     low = jnp.uint32((1 << lacking) - 1)
-  bits = perturbation.entry_bits(jax.random.bits(key, (2,), jnp.uint32), x.shape)
+  bits = rounding_bits(key, x.shape)
   rounded = ((magnitude + (bits & low)) & ~low) | (raw & jnp.uint32(0x80000000))
   rounded = jax.lax.bitcast_convert_type(rounded, jnp.float32)
   smallest = np.float32(2.0 ** (info.minexp - info.nmant))  # 2^-24 (float16), 2^-133 (bfloat16)
