@@ -127,8 +127,8 @@ def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
   lacking = 23 - info.nmant
   raw = jax.lax.bitcast_convert_type(x, jnp.uint32)
   magnitude = raw & jnp.uint32(0x7FFFFFFF)
-  biased_exponent = (magnitude >> 23).astype(jnp.int32)  # 127 + floor(log2 |x|)
   if info.minexp > -126:  # float16's subnormals (below 2^-14) keep one bit fewer per binade, to 2^-24's 23
+    biased_exponent = (magnitude >> 23).astype(jnp.int32)  # 127 + floor(log2 |x|)
     dropped = lacking + jnp.clip(info.minexp + 127 - biased_exponent, 0, info.nmant).astype(jnp.uint32)
     low = (jnp.uint32(1) << dropped) - 1
   else:  # bfloat16 shares float32's exponents: the same 16 bits everywhere

@@ -83,6 +83,14 @@ def open_unit_interval(bits: jax.Array) -> jax.Array:
   return ((bits >> 16).astype(jnp.int32) * 2 + 1).astype(jnp.float32) * (1.0 / 2**17)
 
 
+def polynomial(terms: tuple, x: jax.Array) -> jax.Array:
+  """terms[0] + terms[1] x + terms[2] x^2 + ... by Horner's rule (a multiply-add a term)."""
+  total = terms[-1]
+  for term in reversed(terms[:-1]):
+    total = term + total * x
+  return total
+
+
 # sin(pi u / 2) ~ u (c1 + c3 u^2 + c5 u^4 + c7 u^6) on [-1, 1]: a minimax fit (Lawson's iteration), rounded to
 # float32, within 7.4e-7 (the Taylor series to x^9 it replaced was within 4e-6 with a term more).
 SINE_TERMS = tuple(np.float32(c) for c in (1.570791006, -0.6458928585, 0.07943434268, -0.004333095159))
@@ -91,11 +99,7 @@ SINE_TERMS = tuple(np.float32(c) for c in (1.570791006, -0.6458928585, 0.0794343
 def sin_half_period(u: jax.Array) -> jax.Array:
   """sin(pi u / 2) for u in [-1, 1], as a polynomial: jnp.sin's range reduction is the costliest
   part of the draw on CPU (5 ns an entry) and this range needs none."""
-  square = u * u
-  total = SINE_TERMS[-1]
-  for term in reversed(SINE_TERMS[:-1]):
-    total = term + total * square
-  return u * total
+  return u * polynomial(SINE_TERMS, u * u)
 
 
 # log(1 + x) ~ x (c1 + c2 x + ... + c7 x^6) on [sqrt(1/2) - 1, sqrt(2) - 1]: a least-squares fit of the relative
@@ -116,10 +120,7 @@ def log_positive(u: jax.Array) -> jax.Array:
   offset = jax.lax.bitcast_convert_type(u, jnp.int32) - SQRT_HALF_BITS
   exponent = offset >> 23  # arithmetic shift: floor
   x = jax.lax.bitcast_convert_type(offset - (exponent << 23) + SQRT_HALF_BITS, jnp.float32) - 1.0
-  total = LOG1P_TERMS[-1]
-  for term in reversed(LOG1P_TERMS[:-1]):
-    total = term + total * x
-  return exponent.astype(jnp.float32) * np.float32(math.log(2)) + x * total
+  return exponent.astype(jnp.float32) * np.float32(math.log(2)) + x * polynomial(LOG1P_TERMS, x)
 
 
 def unit_from_bits(bits: jax.Array, kind: str) -> jax.Array:
